@@ -1,0 +1,33 @@
+# Two entry points: `make run` (whole default DAG on the mock survey) and `make test`.
+# Both create or reuse .venv from pyproject.toml (pinned versions); nothing else is needed.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= 2
+SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
+
+.PHONY: run test lint bench clean setup
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $@
+
+run: setup
+	$(SNAKEMAKE)
+	$(SNAKEMAKE) --report results/report.html
+
+test: setup
+	$(BIN)/python -m pytest tests
+
+lint: setup
+	$(SNAKEMAKE) --lint
+
+bench: setup
+	$(BIN)/python bench/bench_models.py
+
+clean:
+	rm -rf results resources logs benchmarks .snakemake

@@ -1,0 +1,146 @@
+"""Read and write survey files in the SDSS DR17 layout: the allStar catalogue and the
+per-star aspcapStar spectra under `<TELESCOPE>/<FIELD>/`.
+
+The mock survey and real DR17 data go through these same functions, so the real-data code
+path is the one the default run exercises.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pandas as pd
+
+from . import apogee
+from .provenance import atomic_path
+
+ALLSTAR_NAME = "allStar-dr17-synspec_rev1.fits"
+SEISMIC_NAME = "seismic.csv"
+SEISMIC_COLUMNS = ("APOGEE_ID", "DNU", "NUMAX", "DPI1", "EVSTATE")
+#: WCS keywords of aspcapStar HDU1–3 (log-linear vacuum grid).
+GRID_CARDS = {"CRVAL1": apogee.LOG10_LAMBDA0, "CDELT1": apogee.LOG10_STEP, "CRPIX1": 1,
+              "CTYPE1": "LOG-LINEAR", "DC-FLAG": 1}
+
+
+class SurveyFileError(ValueError):
+    """A survey file that cannot be used; the message names the file and the problem."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{path}: {reason}")
+
+
+def aspcapstar_relpath(telescope: str, field: str, apogee_id: str) -> str:
+    """Path of a star's aspcapStar file relative to the survey root (DR17 naming)."""
+    return f"{telescope.strip()}/{field.strip()}/aspcapStar-dr17-{apogee_id.strip()}.fits"
+
+
+def _to_records(table: pd.DataFrame) -> np.ndarray:
+    """pandas -> numpy structured array with fixed-width byte strings (FITS-friendly)."""
+    cols = []
+    for name in table.columns:
+        values = table[name].to_numpy()
+        if values.dtype == object or pd.api.types.is_string_dtype(values.dtype):
+            strings = [str(v) for v in values]
+            width = max(1, max((len(s) for s in strings), default=1))
+            values = np.array(strings, dtype=f"S{width}")
+        elif values.dtype == np.float64:
+            values = values.astype(np.float32) if name.endswith("_ERR") else values
+        cols.append((name, values))
+    out = np.empty(len(table), dtype=[(n, v.dtype, v.shape[1:]) for n, v in cols])
+    for n, v in cols:
+        out[n] = v
+    return out
+
+
+def write_allstar(path, table: pd.DataFrame, header: dict | None = None) -> None:
+    """Write an allStar catalogue (table in HDU1) atomically."""
+    with atomic_path(path) as tmp:
+        with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+            fits.write(np.zeros(0, dtype=np.int16), header={"VERSION": "dr17", **(header or {})})
+            fits.write(_to_records(table), extname="ALLSTAR")
+
+
+def read_allstar(path, columns=None) -> pd.DataFrame:
+    """Read allStar HDU1 into a DataFrame (string columns stripped)."""
+    try:
+        data = fitsio.read(str(path), ext=1, columns=columns)
+    except (OSError, ValueError) as exc:
+        raise SurveyFileError(path, f"cannot read allStar table: {exc}") from exc
+    frame = {}
+    for name in data.dtype.names:
+        col = data[name]
+        if col.dtype.kind in "SU":
+            col = np.char.strip(col.astype(str))
+        elif col.ndim > 1:
+            continue
+        elif col.dtype.byteorder not in ("=", "|"):
+            col = col.astype(col.dtype.newbyteorder("="))
+        frame[name] = col
+    table = pd.DataFrame(frame)
+    if "APOGEE_ID" not in table:
+        raise SurveyFileError(path, "allStar table has no APOGEE_ID column")
+    return table
+
+
+def write_aspcapstar(path, flux, error, model=None, header: dict | None = None,
+                     row: np.ndarray | None = None) -> None:
+    """Write one aspcapStar file: HDU1 flux, HDU2 error, HDU3 model on the 8575 grid, HDU4 row."""
+    flux = np.asarray(flux, dtype=np.float32)
+    error = np.asarray(error, dtype=np.float32)
+    model = flux if model is None else np.asarray(model, dtype=np.float32)
+    for name, arr in (("flux", flux), ("error", error), ("model", model)):
+        if arr.shape != (apogee.N_PIX,):
+            raise ValueError(f"write_aspcapstar {path}: {name} must have shape ({apogee.N_PIX},), "
+                             f"got {arr.shape}")
+    with atomic_path(path) as tmp:
+        with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+            fits.write(np.zeros(0, dtype=np.int16), header={"VERSION": "dr17", **(header or {})})
+            for arr, what in ((flux, "normalized flux"), (error, "flux uncertainty"),
+                              (model, "best-fit model")):
+                fits.write(arr, header={**GRID_CARDS, "BUNIT": "normalized", "COMMENT": what})
+            if row is not None:
+                fits.write(row)
+
+
+def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid.
+
+    Raises SurveyFileError naming the file for a missing, unreadable, truncated or
+    wrong-shaped file, or one whose flux or error is not finite."""
+    path = Path(path)
+    if not path.exists():
+        raise SurveyFileError(path, "file is missing")
+    try:
+        with fitsio.FITS(str(path)) as fits:
+            if len(fits) < 3:
+                raise SurveyFileError(path, f"expected at least 3 HDUs, found {len(fits)}")
+            flux = fits[1].read()
+            error = fits[2].read()
+    except SurveyFileError:
+        raise
+    except (OSError, ValueError, IndexError) as exc:
+        raise SurveyFileError(path, f"corrupt or truncated FITS: {exc}") from exc
+    for name, arr in (("flux", flux), ("error", error)):
+        if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
+            shape = None if arr is None else arr.shape
+            raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
+    flux = flux.astype(np.float32)
+    error = error.astype(np.float32)
+    if not np.all(np.isfinite(flux)):
+        raise SurveyFileError(path, f"flux has {int(np.sum(~np.isfinite(flux)))} NaN/inf pixels")
+    if not np.all(np.isfinite(error)):
+        raise SurveyFileError(path, f"error has {int(np.sum(~np.isfinite(error)))} NaN/inf pixels")
+    return flux, error
+
+
+def read_seismic(path) -> pd.DataFrame:
+    """A seismic catalogue (CSV: APOGEE_ID, DNU μHz, NUMAX μHz, DPI1 s, EVSTATE 1=RGB 2=RC)."""
+    table = pd.read_csv(path)
+    missing = [c for c in ("APOGEE_ID",) if c not in table]
+    if missing:
+        raise SurveyFileError(path, f"seismic catalogue lacks columns {missing}")
+    table["APOGEE_ID"] = table["APOGEE_ID"].astype(str).str.strip()
+    return table

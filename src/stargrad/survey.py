@@ -59,7 +59,7 @@ def write_allstar(path, table: pd.DataFrame, header: dict | None = None) -> None
     """Write an allStar catalogue (table in HDU1) atomically."""
     with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-            fits.write(np.zeros(0, dtype=np.int16), header={"VERSION": "dr17", **(header or {})})
+            fits.write(None, header={"VERSION": "dr17", **(header or {})})
             fits.write(_to_records(table), extname="ALLSTAR")
 
 
@@ -97,7 +97,7 @@ def write_aspcapstar(path, flux, error, model=None, header: dict | None = None,
                              f"got {arr.shape}")
     with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
-            fits.write(np.zeros(0, dtype=np.int16), header={"VERSION": "dr17", **(header or {})})
+            fits.write(None, header={"VERSION": "dr17", **(header or {})})
             for arr, what in ((flux, "normalized flux"), (error, "flux uncertainty"),
                               (model, "best-fit model")):
                 fits.write(arr, header={**GRID_CARDS, "BUNIT": "normalized", "COMMENT": what})
@@ -116,13 +116,14 @@ def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with fitsio.FITS(str(path)) as fits:
             if len(fits) < 3:
-                raise SurveyFileError(path, f"expected at least 3 HDUs, found {len(fits)}")
+                raise SurveyFileError(path, f"truncated or incomplete FITS: expected at least 3 HDUs, "
+                                              f"found {len(fits)}")
             flux = fits[1].read()
             error = fits[2].read()
     except SurveyFileError:
         raise
     except (OSError, ValueError, IndexError) as exc:
-        raise SurveyFileError(path, f"corrupt or truncated FITS: {exc}") from exc
+        raise SurveyFileError(path, f"corrupt or truncated FITS: {str(exc).splitlines()[0]}") from exc
     for name, arr in (("flux", flux), ("error", error)):
         if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
             shape = None if arr is None else arr.shape

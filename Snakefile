@@ -1,0 +1,30 @@
+# stargrad: learn, explain and compare stellar-label models on APOGEE spectra.
+# Thin on purpose: config + schema in common.smk, one .smk per stage, logic in src/stargrad/.
+from snakemake.utils import min_version
+
+min_version("9.12")
+
+
+# The default config, unless one is given with --configfile (which would otherwise be merged
+# into this one, leaking the default's models into e.g. config/ci.yaml).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/survey.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/train.smk"
+include: "workflow/rules/predict.smk"
+include: "workflow/rules/compare.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,11 @@
+"""Rule compile_dataset: compile every split of a dataset to <split>.fits + quarantine.csv."""
+from stargrad.dataset import compile_dataset
+from stargrad.runlog import rule_logger
+
+with rule_logger(snakemake.log[0]) as log:
+    compile_dataset(snakemake.input.split, snakemake.input.allstar, snakemake.input.seismic or None,
+                    snakemake.params.survey_root, snakemake.output.splits,
+                    snakemake.output.quarantine,
+                    manifests=[p for p in snakemake.input.spectra if p.endswith(".csv")],
+                    bad_error=snakemake.params.bad_error, on_bad_file=snakemake.params.on_bad_file,
+                    header=snakemake.params.header, log=log)

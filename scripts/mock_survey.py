@@ -1,0 +1,8 @@
+"""Rule mock_survey: write the embedded mock survey in the DR17 layout."""
+from pathlib import Path
+
+from stargrad.mock import write_mock_survey
+from stargrad.runlog import rule_logger
+
+with rule_logger(snakemake.log[0]) as log:
+    write_mock_survey(Path(snakemake.output.allstar).parent, **snakemake.params.mock, log=log)

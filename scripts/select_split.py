@@ -1,0 +1,11 @@
+"""Rule select_split: apply a dataset's selection to the allStar catalogue and split it."""
+from stargrad.provenance import atomic_path
+from stargrad.runlog import rule_logger
+from stargrad.select import select_and_split
+from stargrad.survey import read_allstar
+
+with rule_logger(snakemake.log[0]) as log:
+    table = select_and_split(read_allstar(snakemake.input.allstar), snakemake.params.dataset)
+    with atomic_path(snakemake.output[0]) as tmp:
+        table.to_csv(tmp, index=False)
+    log(f"split counts: {table['split'].value_counts().to_dict()}")

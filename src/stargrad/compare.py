@@ -1,0 +1,114 @@
+"""Cross-model metrics: the log g study's MSE table, astroNN's median / mad_std table,
+per-class accuracy, uncertainty calibration and the ratio to the Cramér–Rao bound."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pandas as pd
+from astropy.stats import mad_std
+
+from .apogee import MAGIC_NUMBER
+from .pipeline import read_predictions
+from .plots import plot_metric_by_label
+from .provenance import atomic_path
+
+METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
+                  "z_mad_std", "crb_median", "crb_ratio", "spread_ratio", "accuracy",
+                  "accuracy_rgb", "accuracy_rc")
+
+
+def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray,
+                       crb: np.ndarray | None = None) -> dict:
+    """Metrics of one label on one split; −9999 truths are left out.
+
+    z_mad_std: robust spread of residual/std_total (1 = calibrated). crb_ratio: mad_std of
+    the residuals over the median per-star Cramér–Rao bound (1 = the physical limit).
+    spread_ratio: robust spread of the predictions over that of the truth (a cluster's
+    abundance spread recovered or not)."""
+    ok = (true != MAGIC_NUMBER) & np.isfinite(true) & np.isfinite(pred)
+    resid = pred[ok] - true[ok]
+    out = {"n": int(ok.sum())}
+    if not ok.any():
+        return out
+    out.update(mse=float(np.mean(resid ** 2)), rmse=float(np.sqrt(np.mean(resid ** 2))),
+               bias_median=float(np.median(resid)), mad_std=float(mad_std(resid)))
+    sigma = std_total[ok]
+    if np.all(sigma > 0):
+        out["z_mad_std"] = float(mad_std(resid / sigma))
+    true_spread = mad_std(true[ok])
+    if true_spread > 0:
+        out["spread_ratio"] = float(mad_std(pred[ok]) / true_spread)
+    if crb is not None:
+        c = crb[ok]
+        c = c[np.isfinite(c) & (c > 0)]
+        if c.size:
+            out["crb_median"] = float(np.median(c))
+            out["crb_ratio"] = out["mad_std"] / out["crb_median"]
+    return out
+
+
+def classification_metrics(prob: np.ndarray, true: np.ndarray) -> dict:
+    """Accuracy overall and per class (0 RGB, 1 RC) at threshold 0.5."""
+    ok = true != MAGIC_NUMBER
+    pred_class = (prob[ok] >= 0.5).astype(float)
+    truth = true[ok]
+    out = {"n": int(ok.sum())}
+    if not ok.any():
+        return out
+    out["accuracy"] = float(np.mean(pred_class == truth))
+    for cls, name in ((0.0, "accuracy_rgb"), (1.0, "accuracy_rc")):
+        sel = truth == cls
+        if sel.any():
+            out[name] = float(np.mean(pred_class[sel] == cls))
+    p = np.clip(prob[ok], 1e-7, 1 - 1e-7)
+    out["mse"] = float(np.mean((p - truth) ** 2))
+    return out
+
+
+def task_metrics(predictions: dict[tuple[str, str], pd.DataFrame], labels: list[str], kind: str,
+                 task: str, crb: pd.DataFrame | None = None) -> pd.DataFrame:
+    """One row per (model, split, label). `predictions` maps (model, split) -> PREDICTIONS."""
+    rows = []
+    crb_by_id = crb.set_index("APOGEE_ID") if crb is not None else None
+    for (model, split_name), table in sorted(predictions.items()):
+        for label in labels:
+            pred, true = table[label].to_numpy(), table[f"{label}_true"].to_numpy()
+            if kind == "classification":
+                row = classification_metrics(pred, true)
+            else:
+                crb_values = None
+                if crb_by_id is not None and f"crb_{label}" in crb_by_id:
+                    crb_values = crb_by_id[f"crb_{label}"].reindex(table["APOGEE_ID"]).to_numpy()
+                row = regression_metrics(pred, true, table[f"{label}_std_total"].to_numpy(),
+                                         crb_values)
+            rows.append({"model": model, "task": task, "split": split_name, "label": label, **row})
+    return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
+
+
+def compare_task(prediction_paths, crb_path, task, metrics_path, summary_path, log=print) -> None:
+    """The compare rule: metrics.csv over every (model, split, label) and a summary figure.
+
+    Prediction files are `results/predictions/<model>/<task>/<split>.fits`."""
+    predictions = {}
+    for path in prediction_paths:
+        path = Path(path)
+        predictions[(path.parent.parent.name, path.stem)] = read_predictions(path)
+    crb = None
+    if crb_path:
+        table = fitsio.read(str(crb_path), ext="CRB")
+        crb = pd.DataFrame({n: (np.char.strip(table[n].astype(str)) if table[n].dtype.kind in "SU"
+                                else table[n].astype(float)) for n in table.dtype.names})
+    metrics = task_metrics(predictions, list(task.labels), task.kind, task.name, crb)
+    with atomic_path(metrics_path) as tmp:
+        metrics.to_csv(tmp, index=False, float_format="%.6g")
+    test = metrics[metrics["split"] == "test"]
+    if task.kind == "classification":
+        metric, ylabel, ref = "accuracy", "test accuracy", None
+    elif crb is not None and test["crb_ratio"].notna().any():
+        metric, ylabel, ref = "crb_ratio", "test mad_std / Cramér–Rao bound", 1.0
+    else:
+        metric, ylabel, ref = "mad_std", "test mad_std of residuals", None
+    plot_metric_by_label(summary_path, test, metric, f"{task.name}: {ylabel}", ylabel, ref)
+    log(f"{task.name}: {len(metrics)} metric rows for {len(predictions)} prediction files")

@@ -1,0 +1,437 @@
+"""Download SDSS DR17 files from the SAS (HTTPS) or a local SAS mirror, with SHA-1 checks,
+retries with exponential backoff, HTTP Range resume and a quarantine table.
+
+A source is an `http://` / `https://` URL, a `file://` URL or a plain local path; a local
+mirror directory is laid out like the SAS and goes through exactly the same code. A file is
+written to `<dest>.part` and renamed onto its final name only once complete and verified, so an
+interrupted or failed download never leaves a partial file under the final name.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+from typing import Callable, NamedTuple
+
+import numpy as np
+import pandas as pd
+
+from . import survey
+from .provenance import atomic_path
+
+ALLSTAR_NAME = survey.ALLSTAR_NAME
+#: Spectrum products that can be downloaded (the `survey.sas.spectra` config key).
+SPECTRUM_KINDS = ("aspcapStar", "apStar")
+MANIFEST_COLUMNS = ("APOGEE_ID", "path", "status", "reason", "bytes", "sha1")
+_BLOCK = 1 << 20
+#: HTTP codes worth retrying: request timeout, rate limit, and every 5xx.
+_TRANSIENT_HTTP = {408, 429}
+
+
+class FetchResult(NamedTuple):
+    """Outcome of one `fetch`: status "ok"/"failed", final size (bytes), wall time (s),
+    SHA-1 of the final file (None when failed), why it failed ("" when ok), attempts made."""
+    status: str
+    bytes: int
+    seconds: float
+    sha1: str | None
+    reason: str
+    attempts: int
+
+
+class DownloadError(RuntimeError):
+    """A file that could not be downloaded or verified (raised with on_bad_file="error")."""
+
+
+class _Transient(Exception):
+    """A failure worth retrying (connection error, timeout, 5xx, truncated transfer)."""
+
+
+class _Permanent(Exception):
+    """A failure that retrying will not fix (404, 403, missing local file)."""
+
+
+class _Restart(Exception):
+    """Drop the .part file and start again from byte 0 (does not consume a retry)."""
+
+
+# --------------------------------------------------------------------------- SAS layout
+
+def _join(base: str, *parts: str) -> str:
+    """Join path components onto a URL or a local directory."""
+    return "/".join([str(base).rstrip("/"), *(p.strip().strip("/") for p in parts)])
+
+
+def allstar_url(base_url: str) -> str:
+    """URL (or mirror path) of the DR17 allStar catalogue under the synspec_rev1 directory."""
+    return _join(base_url, ALLSTAR_NAME)
+
+
+def spectrum_relpath(kind: str, telescope: str, field: str, apogee_id: str) -> str:
+    """Path of a star's spectrum relative to its product root: aspcapStar-dr17-<ID>.fits, or
+    apStar-dr17-<ID>.fits (asStar-… for lco25m), under <TELESCOPE>/<FIELD>/."""
+    if kind == "aspcapStar":
+        return survey.aspcapstar_relpath(telescope, field, apogee_id)
+    if kind == "apStar":
+        prefix = "asStar" if telescope.strip() == "lco25m" else "apStar"
+        return f"{telescope.strip()}/{field.strip()}/{prefix}-dr17-{apogee_id.strip()}.fits"
+    raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
+
+
+def aspcapstar_url(base_url: str, telescope: str, field: str, apogee_id: str) -> str:
+    """URL of a star's aspcapStar file: <base>/<TELESCOPE>/<FIELD>/aspcapStar-dr17-<ID>.fits."""
+    return _join(base_url, spectrum_relpath("aspcapStar", telescope, field, apogee_id))
+
+
+def apstar_url(base_url: str, telescope: str, field: str, apogee_id: str) -> str:
+    """URL of a star's combined apStar/asStar file under the DR17 `redux/dr17/stars` root."""
+    return _join(base_url, spectrum_relpath("apStar", telescope, field, apogee_id))
+
+
+def checksum_list_name(telescope: str, field: str, kind: str = "aspcapStar") -> str:
+    """File name of the SAS sha1sum list of one field (DR17 naming)."""
+    telescope, field = telescope.strip(), field.strip()
+    if kind == "apStar":
+        return f"dr17_stars_{telescope}_{field}.sha1sum"
+    if kind != "aspcapStar":
+        raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
+    if telescope == "lco25m":
+        return f"dr17_synspec_rev1_{telescope}_{field}.sha1sum"
+    return f"dr17_synspec_{telescope}_{field}.sha1sum"
+
+
+def checksum_list_url(base_url: str, telescope: str, field: str, kind: str = "aspcapStar") -> str:
+    """URL of the sha1sum list that sits beside a field's spectra."""
+    return _join(base_url, telescope.strip(), field.strip(),
+                 checksum_list_name(telescope, field, kind))
+
+
+def parse_sha1sum(text: str) -> dict[str, str]:
+    """Parse `sha1sum` output ("<40 hex>  [*]<path>" lines) into {file name: sha1}."""
+    sums = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(None, 1)
+        digest = parts[0].lower()
+        if len(parts) != 2 or len(digest) != 40 or any(c not in "0123456789abcdef" for c in digest):
+            raise ValueError(f"sha1sum list line {number} is not '<sha1>  <file>': {line!r}")
+        sums[Path(parts[1].strip().lstrip("*")).name] = digest
+    return sums
+
+
+def chunk_of(apogee_ids, n_chunks: int) -> np.ndarray:
+    """Download job (0 … n_chunks−1) of each star, from a stable hash of its stripped ID."""
+    if int(n_chunks) < 1:
+        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+    ids = [str(i).strip() for i in np.atleast_1d(np.asarray(apogee_ids, dtype=object))]
+    digests = [int.from_bytes(hashlib.sha1(i.encode()).digest()[:8], "big") for i in ids]
+    return np.array([d % int(n_chunks) for d in digests], dtype=np.int64)
+
+
+# --------------------------------------------------------------------------- one file
+
+def file_sha1(path) -> str:
+    """SHA-1 hex digest of a file."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _is_http(source: str) -> bool:
+    return source.startswith(("http://", "https://"))
+
+
+def _local_path(source: str) -> Path:
+    if source.startswith("file://"):
+        return Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path))
+    return Path(source)
+
+
+def _open(source: str, offset: int, timeout_s: float):
+    """Open `source` at byte `offset` if it can resume there.
+
+    Returns (stream, start, total): `start` is `offset` when resuming and 0 when the source
+    restarts from the beginning; `total` is the full size in bytes, None when unknown."""
+    if not _is_http(source):
+        path = _local_path(source)
+        try:
+            stream = open(path, "rb")
+        except (FileNotFoundError, IsADirectoryError, PermissionError) as exc:
+            raise _Permanent(f"missing file ({exc.strerror}: {path})") from exc
+        except OSError as exc:
+            raise _Transient(f"cannot open {path}: {exc}") from exc
+        total = os.fstat(stream.fileno()).st_size
+        start = offset if offset <= total else 0
+        stream.seek(start)
+        return stream, start, total
+    headers = {"Range": f"bytes={offset}-"} if offset else {}
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(source, headers=headers),
+                                          timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        exc.close()
+        if exc.code == 416 and offset:  # our .part is not a prefix the server agrees with: restart
+            raise _Restart(f"HTTP 416 for a resume at byte {offset}") from exc
+        if exc.code >= 500 or exc.code in _TRANSIENT_HTTP:
+            raise _Transient(f"HTTP {exc.code} {exc.reason}") from exc
+        what = "missing file" if exc.code in (404, 410) else "refused"
+        raise _Permanent(f"{what} (HTTP {exc.code} {exc.reason})") from exc
+    except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+        raise _Transient(f"connection failed: {getattr(exc, 'reason', exc)}") from exc
+    length = response.headers.get("Content-Length")
+    start = 0
+    if offset and response.status == 206:
+        content_range = response.headers.get("Content-Range", "")
+        if content_range.startswith(f"bytes {offset}-"):
+            start = offset
+        else:
+            response.close()
+            raise _Restart(f"unexpected Content-Range {content_range!r} for a resume at {offset}")
+    total = start + int(length) if length is not None else None
+    return response, start, total
+
+
+def _stream_to_part(source, part: Path, timeout_s: float, log, label: str):
+    """Append `source` to `part`, resuming where it ends. Returns (SHA-1, resumed?)."""
+    offset = part.stat().st_size if part.exists() else 0
+    stream, start, total = _open(source, offset, timeout_s)
+    digest = hashlib.sha1()
+    if start:
+        with open(part, "rb") as fh:
+            for block in iter(lambda: fh.read(_BLOCK), b""):
+                digest.update(block)
+    received, t0, next_report = start, time.monotonic(), time.monotonic() + 10.0
+    with stream, open(part, "ab" if start else "wb") as out:
+        while True:
+            try:
+                block = stream.read(_BLOCK)
+            except (OSError, http.client.HTTPException) as exc:
+                raise _Transient(f"transfer interrupted after {received} bytes: {exc}") from exc
+            if not block:
+                break
+            out.write(block)
+            digest.update(block)
+            received += len(block)
+            if time.monotonic() >= next_report:
+                rate = (received - start) / 1e6 / max(time.monotonic() - t0, 1e-9)
+                log(f"{label}: {received / 1e6:.1f} / "
+                    f"{'?' if total is None else f'{total / 1e6:.1f}'} MB, {rate:.2f} MB/s")
+                next_report += 10.0
+    if total is not None and received < total:
+        raise _Transient(f"truncated transfer: {received} of {total} bytes")
+    return digest.hexdigest(), bool(start)
+
+
+def fetch(url_or_path, dest, *, sha1: str | None = None, retries: int = 5,
+          backoff_s: float = 1.0, timeout_s: float = 60, log: Callable = print) -> FetchResult:
+    """Download one file to `dest` via `<dest>.part`, verifying its SHA-1 when given.
+
+    Transient failures are retried up to `retries` times, waiting backoff_s·2^k seconds; a
+    partial `.part` is resumed with an HTTP Range request when the server honours it. A 404 is
+    not retried; a SHA-1 mismatch after a clean full download is re-downloaded once, then fails.
+    On failure nothing is written under `dest` (a `.part` kept for resume may remain)."""
+    source, dest = str(url_or_path), Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    expected = None if sha1 is None else str(sha1).strip().lower()
+    t0 = time.monotonic()
+    transient = mismatches = attempts = 0
+
+    def done(status, reason="", digest=None):
+        size = dest.stat().st_size if status == "ok" else 0
+        return FetchResult(status, size, time.monotonic() - t0, digest, reason, attempts)
+
+    while True:
+        attempts += 1
+        try:
+            digest, resumed = _stream_to_part(source, part, timeout_s, log, dest.name)
+        except _Restart as exc:
+            log(f"{dest.name}: {exc}; restarting from byte 0")
+            part.unlink(missing_ok=True)
+            continue
+        except _Permanent as exc:
+            part.unlink(missing_ok=True)
+            return done("failed", f"{exc} [{source}]")
+        except _Transient as exc:
+            transient += 1
+            if transient > retries:
+                return done("failed", f"gave up after {attempts} attempts: {exc} [{source}]")
+            delay = backoff_s * 2 ** (transient - 1)
+            log(f"{dest.name}: {exc}; retry {transient}/{retries} in {delay:.2f} s")
+            time.sleep(delay)
+            continue
+        if expected is None or digest == expected:
+            os.replace(part, dest)
+            return done("ok", digest=digest)
+        part.unlink()
+        if resumed:  # the kept prefix may be stale: one fresh download decides
+            log(f"{dest.name}: SHA-1 mismatch after a resume; downloading from scratch")
+            continue
+        mismatches += 1
+        if mismatches >= 2:
+            return done("failed", f"SHA-1 mismatch: expected {expected}, got {digest} "
+                                  f"(twice) [{source}]")
+        log(f"{dest.name}: SHA-1 mismatch (expected {expected}, got {digest}); re-downloading")
+
+
+def download_allstar(base_url: str, dest, *, sha1: str | None = None, retries: int = 5,
+                     backoff_s: float = 1.0, timeout_s: float = 60,
+                     log: Callable = print) -> FetchResult:
+    """Fetch the allStar catalogue to `dest` (the download_allstar rule); raises DownloadError
+    naming the file when it cannot be fetched or verified."""
+    url = allstar_url(base_url)
+    result = fetch(url, dest, sha1=sha1, retries=retries, backoff_s=backoff_s,
+                   timeout_s=timeout_s, log=log)
+    if result.status != "ok":
+        raise DownloadError(f"{dest}: {result.reason}")
+    log(f"{ALLSTAR_NAME}: {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s, "
+        f"sha1 {result.sha1}{' (verified)' if sha1 else ' (not verified: no allstar_sha1)'}")
+    return result
+
+
+# --------------------------------------------------------------------------- many files
+
+def chunk_targets(allstar: pd.DataFrame, apogee_ids, chunk: int, n_chunks: int) -> pd.DataFrame:
+    """Rows (APOGEE_ID, TELESCOPE, FIELD) of the stars in `apogee_ids` assigned to `chunk`.
+
+    A star with several allStar rows keeps its first; IDs absent from allStar raise."""
+    missing_cols = [c for c in ("APOGEE_ID", "TELESCOPE", "FIELD") if c not in allstar]
+    if missing_cols:
+        raise ValueError(f"allStar table lacks columns {missing_cols}")
+    ids = pd.Index(pd.unique(pd.Series(apogee_ids, dtype=str).str.strip()))
+    table = allstar[["APOGEE_ID", "TELESCOPE", "FIELD"]].astype(str)
+    table = table.apply(lambda col: col.str.strip()).drop_duplicates("APOGEE_ID")
+    unknown = ids.difference(table["APOGEE_ID"])
+    if len(unknown):
+        raise ValueError(f"{len(unknown)} requested stars are not in allStar, e.g. "
+                         f"{list(unknown[:5])}")
+    stars = table[table["APOGEE_ID"].isin(ids)]
+    return stars[chunk_of(stars["APOGEE_ID"], n_chunks) == int(chunk)].reset_index(drop=True)
+
+
+def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
+                     verify: str = "sha1sum", retries: int = 5, backoff_s: float = 1.0,
+                     timeout_s: float = 60, on_bad_file: str = "quarantine",
+                     spectra: str = "aspcapStar", progress_every_s: float = 10.0,
+                     log: Callable = print) -> pd.DataFrame:
+    """Download the spectra of `stars` (APOGEE_ID, TELESCOPE, FIELD) into `survey_root`.
+
+    Each field's sha1sum list is fetched once (and kept, so a rerun fetches nothing); files
+    already present and verified are skipped. Returns the manifest, one row per star:
+    APOGEE_ID, path, status ("ok"/"quarantined"), reason, bytes, sha1. With
+    on_bad_file="error" the first bad file raises DownloadError naming it instead."""
+    if verify not in ("sha1sum", "none"):
+        raise ValueError(f"verify must be 'sha1sum' or 'none', got {verify!r}")
+    if on_bad_file not in ("quarantine", "error"):
+        raise ValueError(f"on_bad_file must be 'quarantine' or 'error', got {on_bad_file!r}")
+    if spectra not in SPECTRUM_KINDS:
+        raise ValueError(f"spectra must be one of {SPECTRUM_KINDS}, got {spectra!r}")
+    missing_cols = [c for c in ("APOGEE_ID", "TELESCOPE", "FIELD") if c not in stars]
+    if missing_cols:
+        raise ValueError(f"download_spectra: stars table lacks columns {missing_cols}")
+    root = Path(survey_root)
+    stars = stars[["APOGEE_ID", "TELESCOPE", "FIELD"]].astype(str)
+    stars = stars.apply(lambda col: col.str.strip()).drop_duplicates()
+    fetch_kw = dict(retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, log=log)
+    rows, n_total, n_bytes = [], len(stars), 0
+    t0 = time.monotonic()
+    next_report = t0 + progress_every_s
+
+    def bad(row, reason):
+        if on_bad_file == "error":
+            raise DownloadError(f"{row['path']}: {reason}")
+        log(f"quarantined {row['path']}: {reason}")
+        return {**row, "status": "quarantined", "reason": reason, "bytes": 0, "sha1": ""}
+
+    for (telescope, field), group in stars.groupby(["TELESCOPE", "FIELD"], sort=True):
+        sums, list_problem = {}, ""
+        if verify == "sha1sum":
+            sums, list_problem = _field_checksums(base_url, root, telescope, field, spectra,
+                                                  fetch_kw)
+        for apogee_id in group["APOGEE_ID"]:
+            rel = spectrum_relpath(spectra, telescope, field, apogee_id)
+            dest = root / rel
+            row = {"APOGEE_ID": apogee_id, "path": str(dest)}
+            expected = sums.get(dest.name)
+            if verify == "sha1sum" and expected is None:
+                rows.append(bad(row, list_problem or f"no checksum entry for {dest.name} in "
+                                f"{checksum_list_name(telescope, field, spectra)}"))
+            else:
+                rows.append(_one_spectrum(row, _join(base_url, rel), dest, expected, fetch_kw,
+                                          bad))
+                n_bytes += rows[-1]["bytes"] if rows[-1].get("fetched") else 0
+            now = time.monotonic()
+            if now >= next_report or len(rows) == n_total:
+                n_bad = sum(r["status"] != "ok" for r in rows)
+                log(f"spectra: {len(rows)}/{n_total} files, {n_bad} quarantined, "
+                    f"{n_bytes / 1e6:.1f} MB downloaded, "
+                    f"{n_bytes / 1e6 / max(now - t0, 1e-9):.2f} MB/s")
+                next_report = now + progress_every_s
+    manifest = pd.DataFrame(rows, columns=list(MANIFEST_COLUMNS))
+    return manifest.astype({"bytes": np.int64})
+
+
+def download_chunk(allstar_path, split_paths, chunk: int, n_chunks: int, survey_root,
+                   base_url: str, manifest_path, *, log: Callable = print, **kwargs) -> pd.DataFrame:
+    """The download_spectra rule: the stars listed in any `split_paths` CSV (APOGEE_ID column)
+    whose `chunk_of` is `chunk` are downloaded; the manifest is written to `manifest_path`.
+    `kwargs` go to `download_spectra`."""
+    ids = []
+    for path in split_paths:
+        table = pd.read_csv(path, dtype={"APOGEE_ID": str}, keep_default_na=False)
+        if "APOGEE_ID" not in table:
+            raise ValueError(f"{path}: split table has no APOGEE_ID column")
+        ids.extend(table["APOGEE_ID"])
+    allstar = survey.read_allstar(allstar_path, columns=["APOGEE_ID", "TELESCOPE", "FIELD"])
+    stars = chunk_targets(allstar, ids, chunk, n_chunks)
+    log(f"chunk {chunk}/{n_chunks}: {len(stars)} of {len(set(ids))} selected stars, "
+        f"{stars.groupby(['TELESCOPE', 'FIELD']).ngroups} fields, from {base_url}")
+    manifest = download_spectra(stars, survey_root, base_url, log=log, **kwargs)
+    with atomic_path(manifest_path) as tmp:
+        manifest.to_csv(tmp, index=False)
+    n_bad = int((manifest["status"] != "ok").sum())
+    log(f"chunk {chunk}: {len(manifest) - n_bad} ok, {n_bad} quarantined")
+    return manifest
+
+
+def _field_checksums(base_url, root: Path, telescope, field, kind, fetch_kw):
+    """{file: sha1} of one field, from the cached list or the SAS; ("", problem) on failure."""
+    name = checksum_list_name(telescope, field, kind)
+    local = root / telescope / field / name
+    if not local.exists():
+        result = fetch(checksum_list_url(base_url, telescope, field, kind), local, **fetch_kw)
+        if result.status != "ok":
+            return {}, f"checksum list {name} unavailable: {result.reason}"
+    try:
+        return parse_sha1sum(local.read_text()), ""
+    except (ValueError, UnicodeDecodeError) as exc:
+        local.unlink()  # a bad cached list must not poison the next run
+        return {}, f"checksum list {local} is unreadable: {exc}"
+
+
+def _one_spectrum(row: dict, url: str, dest: Path, expected, fetch_kw, bad) -> dict:
+    """Verify an existing file or fetch it; the manifest row (with `fetched` set)."""
+    if dest.exists():
+        if expected is None:
+            return {**row, "status": "ok", "reason": "", "bytes": dest.stat().st_size,
+                    "sha1": file_sha1(dest), "fetched": False}
+        digest = file_sha1(dest)
+        if digest == expected:
+            return {**row, "status": "ok", "reason": "", "bytes": dest.stat().st_size,
+                    "sha1": digest, "fetched": False}
+        fetch_kw["log"](f"{dest}: SHA-1 {digest} does not match {expected}; re-downloading")
+        dest.unlink()
+    result = fetch(url, dest, sha1=expected, **fetch_kw)
+    if result.status != "ok":
+        return bad(row, result.reason)
+    return {**row, "status": "ok", "reason": "", "bytes": result.bytes, "sha1": result.sha1,
+            "fetched": True}

@@ -1,0 +1,74 @@
+"""Principal component analysis of spectra, the linear baseline of the VAE.
+
+`fit` takes the per-pixel mean over valid pixels, replaces masked pixels by it, and computes the
+principal components by SVD of the centred training spectra (in JAX). `apply` projects onto the
+first `n_components` components: "z" (and "z_mean") are the scores, "value" the reconstruction.
+"""
+from __future__ import annotations
+
+import jax.numpy as jnp
+
+from . import Model
+from .vae import fill_masked, masked_mse, pixel_valid_of
+
+
+def fit_components(x, pixel_valid, n_components: int) -> dict:
+    """Mean (P,), components (K, P, orthonormal rows) and explained variance (K,) of spectra.
+
+    Each component's sign is fixed so that its largest-|value| pixel is positive, making the
+    result independent of the SVD implementation."""
+    x = jnp.asarray(x, dtype=jnp.float32)
+    n_stars, n_pix = x.shape
+    if n_stars < 2:
+        raise ValueError(f"pca.fit: need at least 2 training spectra, got {n_stars}")
+    if n_components > min(n_stars, n_pix):
+        raise ValueError(f"pca: n_components={n_components} exceeds min(n_stars, n_pixels) = "
+                         f"{min(n_stars, n_pix)} of the training batch")
+    n_good = jnp.sum(pixel_valid, axis=0)
+    mean = jnp.sum(fill_masked(x, pixel_valid), axis=0) / jnp.maximum(n_good, 1)
+    centred = jnp.where(pixel_valid, x, mean) - mean
+    _, s, vt = jnp.linalg.svd(centred, full_matrices=False)
+    comps = vt[:n_components]
+    peak = jnp.take_along_axis(comps, jnp.argmax(jnp.abs(comps), axis=1)[:, None], axis=1)
+    comps = comps * jnp.sign(peak)
+    return {"mean": mean, "components": comps,
+            "explained_variance": s[:n_components] ** 2 / (n_stars - 1)}
+
+
+def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regression",
+          n_components: int = 8) -> Model:
+    """PCA Model over `n_inputs` pixels keeping `n_components`; `n_outputs`, `kind` ignored."""
+    del n_outputs, kind  # unsupervised
+    for name, value in (("n_inputs", n_inputs), ("n_components", n_components)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"pca: {name} must be a positive integer, got {value!r}")
+    if n_components > n_inputs:
+        raise ValueError(f"pca: n_components={n_components} exceeds n_inputs={n_inputs}")
+
+    def init(key):
+        del key  # deterministic: fit() computes the parameters
+        return {"mean": jnp.zeros(n_inputs), "components": jnp.zeros((n_components, n_inputs)),
+                "explained_variance": jnp.zeros(n_components)}
+
+    def apply(params, x, key=None, train=False):
+        del key, train
+        if x.ndim != 2 or x.shape[1] != n_inputs:
+            raise ValueError(f"pca.apply: x must have shape (B, {n_inputs}), got {x.shape}")
+        z = (x - params["mean"]) @ params["components"].T
+        return {"value": params["mean"] + z @ params["components"], "z_mean": z, "z": z}
+
+    def loss(params, batch, key):
+        valid = pixel_valid_of(batch)
+        out = apply(params, fill_masked(batch["x"], valid))
+        recon = jnp.mean(masked_mse(out["value"], batch["x"], valid))
+        return recon, {"recon": recon}
+
+    def fit(train_batch, valid_batch, key):
+        del valid_batch, key  # closed form: nothing to tune or draw
+        x = jnp.asarray(train_batch["x"])
+        if x.ndim != 2 or x.shape[1] != n_inputs:
+            raise ValueError(f"pca.fit: train_batch['x'] must have shape (N, {n_inputs}), "
+                             f"got {x.shape}")
+        return fit_components(x, pixel_valid_of(train_batch), n_components)
+
+    return Model(init=init, apply=apply, loss=loss, fit=fit, input_norm="mean")

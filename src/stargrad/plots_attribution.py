@@ -1,0 +1,116 @@
+"""Figures of gradient attribution (matplotlib, Agg): a mean Jacobian over the three APOGEE
+chips against vacuum wavelength (Å), the label's ASPCAP DR17 windows shaded, the strongest
+features named by their nearest line."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from . import apogee  # noqa: E402
+from .attribution import _as_7514, match_lines, own_element, top_features  # noqa: E402
+from .provenance import atomic_path  # noqa: E402
+
+CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}
+#: savefig metadata that keeps creation dates out of vector formats (same input, same bytes).
+_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
+
+
+def _chip_figure(title: str, ylabel: str):
+    fig, axes = plt.subplots(3, 1, figsize=(12, 8), constrained_layout=True)
+    fig.suptitle(title)
+    for ax, chip in zip(axes, apogee.CHIP_OFFSETS):
+        ax.axhline(0.0, color="0.3", ls="--", lw=0.8)
+        ax.set_ylabel(f"{chip} chip\n{ylabel}")
+    axes[-1].set_xlabel("vacuum wavelength (Å)")
+    return fig, axes
+
+
+def _draw_chips(axes, y, label: str, color=None, lw=0.8):
+    """One (7514,) curve split over the three chip panels."""
+    wave = apogee.chips_split(apogee.wavelength(apogee.N_PIX_GAPLESS))
+    for ax, chip, w, v in zip(axes, apogee.CHIP_OFFSETS, wave, apogee.chips_split(y)):
+        ax.plot(w, v, lw=lw, color=color or CHIP_COLORS[chip], label=label)
+        ax.set_xlim(w[0], w[-1])
+
+
+def _shade_windows(axes, label: str) -> None:
+    element = own_element(label)
+    if element is None:
+        return
+    windows = apogee.load_windows()
+    windows = windows[windows["element"] == element]
+    for ax in axes:
+        for i, (start, end) in enumerate(zip(windows["start_vac_angstrom"],
+                                             windows["end_vac_angstrom"])):
+            ax.axvspan(start, end, color="gold", alpha=0.35, lw=0,
+                       label=f"{element} windows" if i == 0 else None)
+
+
+def _annotate(axes, features: pd.DataFrame) -> None:
+    """Mark each feature; name it by its nearest line (species_1) where one matched."""
+    panel = {chip: ax for chip, ax in zip(apogee.CHIP_OFFSETS, axes)}
+    for row in features.itertuples(index=False):
+        name = getattr(row, "species_1", None)
+        text = f"{name}" if isinstance(name, str) and name else f"{row.wavelength_vac:.1f}"
+        panel[row.chip].annotate(text, (row.wavelength_vac, row.jacobian),
+                                 xytext=(0, 8 if row.jacobian >= 0 else -14),
+                                 textcoords="offset points", ha="center", fontsize=7,
+                                 arrowprops={"arrowstyle": "-", "lw": 0.5})
+
+
+def _save(fig, path) -> None:
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fmt = path.suffix.lstrip(".") or "png"
+        fig.savefig(tmp, format=fmt, dpi=120, metadata=_NO_DATE.get(fmt))
+    plt.close(fig)
+
+
+def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame,
+                        ylabel: str = "∂label/∂flux") -> None:
+    """One label's mean Jacobian (7514,) over the blue/green/red chips, dashed zero line, the
+    label's element windows shaded (none for teff, logg), `top_lines_df` rows (top_features
+    or match_lines output for this label) annotated with their species."""
+    j = _as_7514(mean_jac_k, f"plot_label_jacobian({label}): mean_jac_k")
+    fig, axes = _chip_figure(f"{label}: mean Jacobian", ylabel)
+    _shade_windows(axes, label)
+    _draw_chips(axes, j, label)
+    _annotate(axes, top_lines_df)
+    if own_element(label) is not None:
+        axes[0].legend(loc="upper right", fontsize=8)
+    _save(fig, path)
+
+
+def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
+    """Several models' mean Jacobians (7514,) for one label, overlaid per chip. Each curve is
+    divided by its own max |J| (given in the legend) so that shapes compare across scales."""
+    if not jacs_by_model:
+        raise ValueError("plot_jacobian_comparison: jacs_by_model is empty")
+    fig, axes = _chip_figure(f"{label}: mean Jacobian by model", "J / max|J|")
+    _shade_windows(axes, label)
+    for i, (name, jac) in enumerate(jacs_by_model.items()):
+        j = _as_7514(jac, f"plot_jacobian_comparison: model {name!r}")
+        scale = np.max(np.abs(j)) or 1.0
+        _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
+    axes[0].legend(loc="upper right", fontsize=8)
+    _save(fig, path)
+
+
+def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -> None:
+    """A single-output model's mean gradient (e.g. the evstate classifier or the dpi1
+    regressor) over the three chips, its `n_features` strongest features named by line."""
+    j = _as_7514(mean_jac, "plot_classifier_gradient: mean_jac")
+    if j.ndim == 2 and j.shape[0] == 1:
+        j = j[0]
+    if j.ndim != 1:
+        raise ValueError(f"plot_classifier_gradient: expected one output, got shape {j.shape}")
+    fig, axes = _chip_figure(title, "∂output/∂flux")
+    _draw_chips(axes, j, title)
+    _annotate(axes, match_lines(top_features(j, n_features)))
+    _save(fig, path)

@@ -1,0 +1,458 @@
+"""The one generic training loop for every gradient-trained model family.
+
+`fit` runs optax Adam over shuffled minibatches kept on device (one `lax.scan` per epoch),
+evaluates the validation loss after each epoch, lowers the learning rate on a plateau and
+stops early, as astroNN's Keras callbacks do, and returns the best-validation parameters.
+Families with a closed-form `Model.fit` (ridge, KNN, PCA) bypass the loop.
+
+Calling conventions for family authors:
+- training steps call `model.loss(params, batch, key)` with a fresh key per step;
+- validation calls `model.loss(params, batch, None)`: `key=None` means deterministic
+  (dropout off), so the validation loss is the same every time it is computed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pandas as pd
+from jax import lax
+
+from .params_io import load_params, save_params
+
+BATCH_KEYS = ("x", "y", "y_err", "valid")
+CHECKPOINT_NAME = "checkpoint.npz"
+# Changing these on resume is allowed; any other config difference is an error.
+_RESUMABLE_FIELDS = ("max_epochs",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, batching and schedule settings (defaults follow astroNN's callbacks).
+
+    `early_stopping_patience=None` disables early stopping. `optimizer` is "adam" or "adamw"
+    (decoupled `weight_decay`, which must be 0 for "adam"). `seed` is what callers turn into
+    the key passed to `fit` (`fit(..., key=None)` does it)."""
+    learning_rate: float = 1e-3
+    batch_size: int = 64
+    max_epochs: int = 50
+    early_stopping_patience: int | None = 8
+    plateau_factor: float = 0.5
+    plateau_patience: int = 2
+    plateau_min_delta: float = 5e-5
+    min_learning_rate: float = 1e-8
+    optimizer: str = "adam"
+    adam_eps: float = 1e-7
+    weight_decay: float = 0.0
+    drop_last: bool = True
+    seed: int = 0
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            value = _coerce(field.name, getattr(self, field.name), type(field.default))
+            object.__setattr__(self, field.name, value)
+        checks = {
+            "learning_rate": self.learning_rate > 0,
+            "batch_size": self.batch_size >= 1,
+            "max_epochs": self.max_epochs >= 1,
+            "early_stopping_patience": (self.early_stopping_patience is None
+                                        or self.early_stopping_patience >= 1),
+            "plateau_factor": 0 < self.plateau_factor < 1,
+            "plateau_patience": self.plateau_patience >= 1,
+            "plateau_min_delta": self.plateau_min_delta >= 0,
+            "min_learning_rate": self.min_learning_rate >= 0,
+            "optimizer": self.optimizer in ("adam", "adamw"),
+            "adam_eps": self.adam_eps > 0,
+            "weight_decay": self.weight_decay >= 0
+            and (self.optimizer == "adamw" or self.weight_decay == 0),
+        }
+        bad = [name for name, ok in checks.items() if not ok]
+        if bad:
+            name = bad[0]
+            hint = {"plateau_factor": "must be in (0, 1)",
+                    "optimizer": "must be 'adam' or 'adamw'",
+                    "weight_decay": "must be >= 0, and 0 unless optimizer is 'adamw'",
+                    "early_stopping_patience": "must be >= 1 or None"}.get(name, "out of range")
+            raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r}: {hint}")
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> "TrainConfig":
+        """Build from a config mapping; unknown keys are an error."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"unknown training option(s) {', '.join(map(repr, unknown))}; "
+                             f"known: {', '.join(sorted(known))}")
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value, kind: type):
+    """Check/convert one config value to its field's type (YAML may give '1e-3' as str)."""
+    if value is None and name == "early_stopping_patience":
+        return None
+    try:
+        if kind is bool and isinstance(value, (bool, np.bool_)):
+            return bool(value)
+        if kind is int and not isinstance(value, (bool, np.bool_)) and float(value) == int(value):
+            return int(value)
+        if kind is float and not isinstance(value, (bool, np.bool_)):
+            return float(value)
+        if kind is str and isinstance(value, str):
+            return value
+    except (TypeError, ValueError):
+        pass
+    raise ValueError(f"TrainConfig.{name} must be {kind.__name__}, got {value!r}")
+
+
+# ---------------------------------------------------------------- input checks
+
+def _check_batch(which: str, batch) -> dict:
+    """Validate a batch dict of numpy arrays; return it with float32 x/y/y_err."""
+    if not isinstance(batch, Mapping):
+        raise TypeError(f"{which} must be a dict of arrays, got {type(batch).__name__}")
+    missing = [k for k in BATCH_KEYS if k not in batch]
+    if missing:
+        raise ValueError(f"{which} lacks {', '.join(missing)} (needs {', '.join(BATCH_KEYS)})")
+    out = {}
+    for name, value in batch.items():
+        arr = np.asarray(value)
+        label = f"{which}[{name!r}]"
+        if arr.ndim == 0:
+            raise ValueError(f"{label} must have a leading star axis, got a scalar")
+        if name == "valid" and arr.dtype != bool:
+            raise TypeError(f"{label} must be bool, got {arr.dtype}")
+        if name in ("x", "y", "y_err"):
+            if arr.ndim != 2:
+                raise ValueError(f"{label} must be 2-D (stars, {'pixels' if name == 'x' else 'labels'}),"
+                                 f" got shape {arr.shape}")
+            if arr.dtype.kind not in "fiu":
+                raise TypeError(f"{label} must be numeric, got {arr.dtype}")
+            arr = arr.astype(np.float32, copy=False)
+        elif arr.dtype.kind not in "fiub":
+            raise TypeError(f"{label} must be numeric or bool, got {arr.dtype}")
+        if arr.dtype.kind == "f":
+            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            if bad:
+                raise ValueError(f"{label} has {bad} NaN/inf values")
+        out[name] = arr
+    n_stars, n_labels = out["y"].shape
+    if n_stars == 0:
+        raise ValueError(f"{which} has no stars")
+    for name, arr in out.items():
+        if arr.shape[0] != n_stars:
+            raise ValueError(f"{which}[{name!r}] has {arr.shape[0]} stars, {which}['y'] has {n_stars}")
+    for name in ("y_err", "valid"):
+        if out[name].shape != (n_stars, n_labels):
+            raise ValueError(f"{which}[{name!r}] has shape {out[name].shape}, "
+                             f"expected {(n_stars, n_labels)} like {which}['y']")
+    return out
+
+
+def _check_compatible(train: dict, valid: dict) -> None:
+    if set(train) != set(valid):
+        raise ValueError(f"train and valid hold different arrays: {sorted(train)} vs {sorted(valid)}")
+    for name in train:
+        if train[name].shape[1:] != valid[name].shape[1:]:
+            raise ValueError(f"train[{name!r}] rows have shape {train[name].shape[1:]}, "
+                             f"valid[{name!r}] rows {valid[name].shape[1:]}")
+
+
+def _check_loss_output(model, params, batch, key) -> None:
+    """Fail early, with a clear message, if `model.loss` does not return (scalar, {name: scalar})."""
+    out = jax.eval_shape(model.loss, params, batch, key)
+    ok = (isinstance(out, tuple) and len(out) == 2 and getattr(out[0], "shape", None) == ()
+          and isinstance(out[1], dict)
+          and all(getattr(v, "shape", None) == () and k != "loss" for k, v in out[1].items()))
+    if not ok:
+        raise TypeError(f"model.loss must return (scalar, {{name: scalar}}) with no metric named "
+                        f"'loss'; got {out}")
+
+
+def _as_key(key, seed: int):
+    """A typed PRNG key from a key (typed or raw uint32), an int seed, or None (use `seed`)."""
+    if key is None:
+        return jax.random.key(seed)
+    if isinstance(key, int):
+        return jax.random.key(key)
+    key = jnp.asarray(key)
+    if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+        return key
+    return jax.random.wrap_key_data(key)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def _split_batches(data: dict, batch_size: int):
+    """Fixed batches: (arrays reshaped to (n_full, batch_size, ...), remainder arrays, n_rest)."""
+    n = len(data["y"])
+    n_full, n_rest = divmod(n, batch_size)
+    full = {k: a[:n_full * batch_size].reshape((n_full, batch_size) + a.shape[1:])
+            for k, a in data.items()}
+    rest = {k: a[n_full * batch_size:] for k, a in data.items()}
+    return full, rest, n_rest
+
+
+def _average(parts) -> tuple[float, dict]:
+    """Star-weighted mean of per-batch (losses, metrics, batch_size) parts."""
+    total, weights, metrics = 0.0, 0, {}
+    for losses, mets, size in parts:
+        losses = np.asarray(losses, np.float64).reshape(-1)
+        total += float(losses.sum()) * size
+        weights += losses.size * size
+        for name, values in mets.items():
+            metrics[name] = metrics.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64))) * size
+    return total / weights, {name: value / weights for name, value in metrics.items()}
+
+
+def make_evaluator(model, data: dict, batch_size: int):
+    """Return `evaluate(params) -> (loss, {metric: value})`, the star-weighted mean of
+    `model.loss(params, batch, None)` over fixed (unshuffled) batches of `data`."""
+    batch_size = min(batch_size, len(data["y"]))
+    full, rest, n_rest = _split_batches(jax.device_put(data), batch_size)
+
+    def batch_loss(params, batch):
+        return model.loss(params, batch, None)
+
+    full_loss = jax.jit(lambda params, batches: lax.map(lambda b: batch_loss(params, b), batches))
+    rest_loss = jax.jit(batch_loss)
+
+    def evaluate(params):
+        parts = [(*full_loss(params, full), batch_size)]
+        if n_rest:
+            parts.append((*rest_loss(params, rest), n_rest))
+        return _average(parts)
+
+    return evaluate
+
+
+# ---------------------------------------------------------------- training
+
+def _optimizer(cfg: TrainConfig):
+    if cfg.optimizer == "adamw":
+        return optax.inject_hyperparams(optax.adamw)(
+            learning_rate=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)
+    return optax.inject_hyperparams(optax.adam)(learning_rate=cfg.learning_rate, eps=cfg.adam_eps)
+
+
+def _with_learning_rate(opt_state, lr: float):
+    hyper = dict(opt_state.hyperparams, learning_rate=jnp.asarray(lr, jnp.float32))
+    return opt_state._replace(hyperparams=hyper)
+
+
+def _make_epoch(model, tx, data: dict, batch_size: int, drop_last: bool):
+    """Return `epoch(params, opt_state, key) -> (params, opt_state, loss, metrics)`.
+
+    The training arrays stay on device; each epoch draws a permutation from `key`, scans the
+    full minibatches, and (unless `drop_last`) takes one more step on the partial batch."""
+    n = len(data["y"])
+    n_full, n_rest = divmod(n, batch_size)
+    n_rest = 0 if drop_last else n_rest
+    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+
+    def step(params, opt_state, batch, key):
+        (loss, metrics), grads = grad_fn(params, batch, key)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss, metrics
+
+    @jax.jit
+    def scan_epoch(params, opt_state, data, key):
+        perm_key, step_key = jax.random.split(key)
+        order = jax.random.permutation(perm_key, n)
+        keys = jax.random.split(step_key, n_full + 1)
+
+        def body(carry, inputs):
+            idx, k = inputs
+            batch = {name: a[idx] for name, a in data.items()}
+            params, opt_state, loss, metrics = step(*carry, batch, k)
+            return (params, opt_state), (loss, metrics)
+
+        idx = order[:n_full * batch_size].reshape(n_full, batch_size)
+        (params, opt_state), (losses, metrics) = lax.scan(body, (params, opt_state),
+                                                          (idx, keys[:-1]))
+        return params, opt_state, losses, metrics, order[n_full * batch_size:], keys[-1]
+
+    rest_step = jax.jit(step)
+
+    def epoch(params, opt_state, key):
+        params, opt_state, losses, metrics, rest_idx, rest_key = scan_epoch(
+            params, opt_state, data, key)
+        parts = [(losses, metrics, batch_size)]
+        if n_rest:
+            batch = {name: a[rest_idx] for name, a in data.items()}
+            params, opt_state, loss, mets = rest_step(params, opt_state, batch, rest_key)
+            parts.append((loss, mets, n_rest))
+        loss, metrics = _average(parts)
+        return params, opt_state, loss, metrics
+
+    return epoch
+
+
+def _schedule_step(sched: dict, valid_loss: float, epoch: int, cfg: TrainConfig):
+    """Advance ReduceLROnPlateau and early stopping (Keras semantics, mode 'min', no cooldown).
+
+    Returns the new schedule state and whether this epoch is the best so far."""
+    sched = dict(sched)
+    if valid_loss < sched["plateau_best"] - cfg.plateau_min_delta:
+        sched["plateau_best"], sched["plateau_wait"] = valid_loss, 0
+    else:
+        sched["plateau_wait"] += 1
+        if sched["plateau_wait"] >= cfg.plateau_patience and sched["lr"] > cfg.min_learning_rate:
+            sched["lr"] = max(sched["lr"] * cfg.plateau_factor, cfg.min_learning_rate)
+            sched["plateau_wait"] = 0
+    improved = valid_loss < sched["best_valid"]
+    if improved:
+        sched["best_valid"], sched["best_epoch"] = valid_loss, epoch
+    patience = cfg.early_stopping_patience
+    sched["stopped"] = patience is not None and epoch - sched["best_epoch"] >= patience
+    return sched, improved
+
+
+def _fresh_schedule(cfg: TrainConfig) -> dict:
+    return {"epoch": 0, "lr": cfg.learning_rate, "plateau_best": math.inf, "plateau_wait": 0,
+            "best_valid": math.inf, "best_epoch": 0, "stopped": False}
+
+
+def _data_shapes(train: dict, valid: dict) -> dict:
+    return {f"{which}/{k}": list(a.shape) for which, d in (("train", train), ("valid", valid))
+            for k, a in sorted(d.items())}
+
+
+def _save_checkpoint(path: Path, params, opt_state, best_params, meta: dict) -> None:
+    save_params(path, {"params": params, "best_params": best_params,
+                       "opt_state": jax.tree.leaves(opt_state),
+                       "meta": np.array(json.dumps(meta, sort_keys=True))})
+
+
+def _load_checkpoint(path: Path, meta_now: dict, params, opt_state):
+    """Restore (params, opt_state, best_params, schedule, history) from `path`, checking that it
+    was written by the same run (config apart from max_epochs, key, data and parameter shapes)."""
+    saved = load_params(path)
+    meta = json.loads(str(saved["meta"]))
+    cfg_now, cfg_then = meta_now["config"], meta["config"]
+    for name in sorted(set(cfg_now) | set(cfg_then)):
+        if name not in _RESUMABLE_FIELDS and cfg_now.get(name) != cfg_then.get(name):
+            raise ValueError(f"{path}: checkpoint was written with {name}={cfg_then.get(name)!r}, "
+                             f"this run has {cfg_now.get(name)!r}; delete it to start over")
+    for name in ("key", "data_shapes"):
+        if meta[name] != meta_now[name]:
+            raise ValueError(f"{path}: checkpoint was written with a different {name.replace('_', ' ')}"
+                             f" ({meta[name]} vs {meta_now[name]}); delete it to start over")
+    restored = {}
+    for name in ("params", "best_params"):
+        tree = saved[name]
+        same = (jax.tree.structure(tree) == jax.tree.structure(params)
+                and all(np.shape(a) == np.shape(b) and np.asarray(a).dtype == b.dtype
+                        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(params))))
+        if not same:
+            raise ValueError(f"{path}: checkpoint {name} do not match the model's parameter "
+                             "structure/shapes; delete it to start over")
+        restored[name] = jax.tree.map(jnp.asarray, tree)
+    leaves = saved["opt_state"]
+    treedef = jax.tree.structure(opt_state)
+    if len(leaves) != treedef.num_leaves:
+        raise ValueError(f"{path}: checkpoint optimizer state has {len(leaves)} arrays, "
+                         f"expected {treedef.num_leaves}; delete it to start over")
+    opt_state = jax.tree.unflatten(treedef, [jnp.asarray(a) for a in leaves])
+    return restored["params"], opt_state, restored["best_params"], meta["schedule"], meta["history"]
+
+
+def _log_epoch(log, row: dict, max_epochs: int) -> None:
+    lr = row["learning_rate"]
+    lr_text = "" if math.isnan(lr) else f"  lr {lr:.2e}"
+    log(f"epoch {row['epoch']}/{max_epochs}  train_loss {row['train_loss']:.6g}  "
+        f"valid_loss {row['valid_loss']:.6g}{lr_text}  {row['seconds']:.2f} s")
+
+
+def _row(epoch, train_loss, train_metrics, valid_loss, valid_metrics, lr, seconds) -> dict:
+    row = {"epoch": epoch, "train_loss": train_loss, "valid_loss": valid_loss,
+           "learning_rate": lr, "seconds": seconds}
+    row.update({f"train_{k}": v for k, v in train_metrics.items()})
+    row.update({f"valid_{k}": v for k, v in valid_metrics.items()})
+    return row
+
+
+def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
+        checkpoint_dir=None, log=print):
+    """Train `model` on batch dicts `train`/`valid` (x, y, y_err, valid; normalized units).
+
+    Returns (best-validation params, history DataFrame with epoch, train_loss, valid_loss,
+    learning_rate, seconds and `train_<m>`/`valid_<m>` per scalar metric of the family).
+    `key` is a PRNG key (None: `jax.random.key(cfg.seed)`). With `checkpoint_dir`, the state is
+    saved there after every epoch and a rerun resumes from it, giving the same result as an
+    uninterrupted run. Families with `model.fit` are fitted in closed form (one history row)."""
+    if not isinstance(cfg, TrainConfig):
+        raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    train, valid = _check_batch("train", train), _check_batch("valid", valid)
+    _check_compatible(train, valid)
+    key = _as_key(key, cfg.seed)
+    init_key, loop_key = jax.random.split(key)
+    valid_eval = make_evaluator(model, valid, cfg.batch_size)
+
+    if model.fit is not None:
+        start = time.perf_counter()
+        params = model.fit(train, valid, init_key)
+        train_loss, train_metrics = make_evaluator(model, train, cfg.batch_size)(params)
+        valid_loss, valid_metrics = valid_eval(params)
+        row = _row(1, train_loss, train_metrics, valid_loss, valid_metrics, math.nan,
+                   time.perf_counter() - start)
+        _log_epoch(log, row, 1)
+        return params, pd.DataFrame([row])
+
+    n_train = len(train["y"])
+    batch_size = min(cfg.batch_size, n_train)
+    if batch_size < cfg.batch_size:
+        log(f"train has {n_train} stars, fewer than batch_size={cfg.batch_size}: "
+            f"one batch of {n_train} per epoch")
+    tx = _optimizer(cfg)
+    params = model.init(init_key)
+    first = {k: a[:batch_size] for k, a in train.items()}
+    _check_loss_output(model, params, first, init_key)
+    opt_state = tx.init(params)
+    best_params, sched, history = params, _fresh_schedule(cfg), []
+
+    meta = {"format": 1, "config": cfg.to_dict(),
+            "key": np.asarray(jax.random.key_data(key)).tolist(),
+            "data_shapes": _data_shapes(train, valid)}
+    ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
+    if ckpt is not None and ckpt.exists():
+        params, opt_state, best_params, sched, history = _load_checkpoint(ckpt, meta, params,
+                                                                          opt_state)
+        log(f"resuming from {ckpt} after epoch {sched['epoch']}")
+
+    epoch_fn = _make_epoch(model, tx, jax.device_put(train), batch_size, cfg.drop_last)
+    while not sched["stopped"] and sched["epoch"] < cfg.max_epochs:
+        epoch = sched["epoch"] + 1
+        start = time.perf_counter()
+        lr = sched["lr"]
+        params, opt_state, train_loss, train_metrics = epoch_fn(
+            params, _with_learning_rate(opt_state, lr), jax.random.fold_in(loop_key, epoch))
+        valid_loss, valid_metrics = valid_eval(params)
+        if not (math.isfinite(train_loss) and math.isfinite(valid_loss)):
+            raise FloatingPointError(f"epoch {epoch}: non-finite loss (train {train_loss}, valid "
+                                     f"{valid_loss}) at learning_rate {lr:g}")
+        sched, improved = _schedule_step(sched, valid_loss, epoch, cfg)
+        sched["epoch"] = epoch
+        if improved:
+            best_params = params
+        row = _row(epoch, train_loss, train_metrics, valid_loss, valid_metrics, lr,
+                   time.perf_counter() - start)
+        history.append(row)
+        _log_epoch(log, row, cfg.max_epochs)
+        if ckpt is not None:
+            _save_checkpoint(ckpt, params, opt_state, best_params,
+                             {**meta, "schedule": sched, "history": history})
+    if sched["stopped"]:
+        log(f"early stopping after epoch {sched['epoch']}")
+    log(f"best valid_loss {sched['best_valid']:.6g} at epoch {sched['best_epoch']}")
+    return best_params, pd.DataFrame(history)

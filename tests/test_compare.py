@@ -1,0 +1,44 @@
+"""Comparison metrics against hand-computed values."""
+import numpy as np
+import pandas as pd
+from astropy.stats import mad_std
+
+from stargrad.apogee import MAGIC_NUMBER
+from stargrad.compare import classification_metrics, regression_metrics, task_metrics
+
+
+def test_regression_metrics_by_hand():
+    true = np.array([1.0, 2.0, 3.0, MAGIC_NUMBER, 5.0])
+    pred = np.array([1.5, 1.0, 3.0, 100.0, 6.0])
+    std = np.full(5, 0.5)
+    crb = np.array([0.1, 0.2, 0.3, 0.4, 0.5])
+    m = regression_metrics(pred, true, std, crb)
+    resid = np.array([0.5, -1.0, 0.0, 1.0])
+    assert m["n"] == 4
+    np.testing.assert_allclose(m["mse"], np.mean(resid ** 2))
+    np.testing.assert_allclose(m["bias_median"], 0.25)
+    np.testing.assert_allclose(m["mad_std"], mad_std(resid))
+    np.testing.assert_allclose(m["z_mad_std"], mad_std(resid / 0.5))
+    np.testing.assert_allclose(m["crb_median"], np.median([0.1, 0.2, 0.3, 0.5]))
+    np.testing.assert_allclose(m["crb_ratio"], mad_std(resid) / 0.25)
+    np.testing.assert_allclose(m["spread_ratio"], mad_std(pred[[0, 1, 2, 4]]) / mad_std(true[[0, 1, 2, 4]]))
+
+
+def test_classification_metrics_per_class():
+    true = np.array([0, 0, 0, 1, 1, MAGIC_NUMBER])
+    prob = np.array([0.1, 0.7, 0.2, 0.9, 0.4, 0.9])
+    m = classification_metrics(prob, true)
+    assert m["n"] == 5
+    np.testing.assert_allclose(m["accuracy"], 3 / 5)
+    np.testing.assert_allclose(m["accuracy_rgb"], 2 / 3)
+    np.testing.assert_allclose(m["accuracy_rc"], 1 / 2)
+
+
+def test_task_metrics_rows_and_crb_join_by_id():
+    table = pd.DataFrame({"APOGEE_ID": ["a", "b", "c"], "logg": [1.0, 2.0, 3.5],
+                          "logg_true": [1.0, 2.5, 3.0], "logg_std_total": [0.5, 0.5, 0.5]})
+    crb = pd.DataFrame({"APOGEE_ID": ["c", "b", "a"], "crb_logg": [0.3, 0.2, 0.1]})
+    out = task_metrics({("m1", "test"): table, ("m2", "test"): table}, ["logg"], "regression",
+                       "logg", crb)
+    assert list(out["model"]) == ["m1", "m2"]
+    np.testing.assert_allclose(out["crb_median"], 0.2)

@@ -1,0 +1,142 @@
+"""End to end: run the real workflow as a `snakemake` subprocess on config/ci.yaml in a
+temporary working directory, then check every contract file."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import fitsio
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+from astropy.io import fits as afits
+
+from stargrad import apogee
+from stargrad.params_io import load_params
+
+pytestmark = pytest.mark.workflow
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "ci.yaml"
+
+
+def snakemake(workdir, *args, check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(workdir), "--configfile", str(CONFIG), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("wf")
+    snakemake(workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def config():
+    return yaml.safe_load(CONFIG.read_text())
+
+
+def test_lint_is_clean(tmp_path):
+    proc = snakemake(tmp_path, "--lint", check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_survey_has_dr17_layout(run, config):
+    root = run / "resources" / config["survey"]["name"]
+    allstar = root / "allStar-dr17-synspec_rev1.fits"
+    with afits.open(allstar) as hdul:
+        cols = set(hdul[1].columns.names)
+    assert {"APOGEE_ID", "TELESCOPE", "FIELD", "SNR", "STARFLAG", "ASPCAPFLAG", "TEFF", "LOGG",
+            "FE_H", "MG_FE", "AL_FE", "CI_FE", "TIII_FE", "MEMBER"} <= cols
+    first = next(root.glob("*/*/aspcapStar-dr17-*.fits"))
+    with afits.open(first) as hdul:
+        assert len(hdul) >= 4
+        for ext in (1, 2, 3):
+            assert hdul[ext].data.shape == (apogee.N_PIX,)
+            assert hdul[ext].header["CRVAL1"] == pytest.approx(4.179)
+            assert hdul[ext].header["CDELT1"] == pytest.approx(6e-6)
+
+
+def test_split_and_compiled_files(run, config):
+    for dataset, spec in config["datasets"].items():
+        split = pd.read_csv(run / f"results/data/{dataset}/split.csv")
+        counts = split["split"].value_counts()
+        for name in ("train", "valid", "test"):
+            data_path = run / f"results/data/{dataset}/{name}.fits"
+            with fitsio.FITS(str(data_path)) as fits:
+                n = fits["LABELS"].get_nrows()
+                assert fits["FLUX"].get_dims() == [n, apogee.N_PIX_GAPLESS]
+                assert fits["MASK"].get_dims() == [n, apogee.N_PIX_GAPLESS]
+                header = fits[0].read_header()
+                assert header["SGCFGH"] and header["SGVERS"]
+            quarantined = pd.read_csv(run / f"results/data/{dataset}/quarantine.csv")
+            assert n + (quarantined["split"] == name).sum() == counts[name]
+        if spec["split"].get("cluster_member"):
+            assert counts["cluster"] == config["survey"]["mock"]["n_cluster"]
+
+
+def test_models_predictions_and_metrics(run, config):
+    for model, spec in config["models"].items():
+        for task in spec["tasks"]:
+            d = run / f"results/models/{model}/{task}"
+            meta = json.loads((d / "model.json").read_text())
+            assert meta["family"] == spec["family"] and meta["task"] == task
+            norm = json.loads((d / "norm.json").read_text())
+            assert len(norm["input_mean"]) == apogee.N_PIX_GAPLESS
+            assert load_params(d / "params.npz")
+            assert not (d / "checkpoint").exists()
+            history = pd.read_csv(d / "history.csv")
+            assert {"epoch", "train_loss", "valid_loss"} <= set(history.columns)
+            pred = fitsio.read(str(run / f"results/predictions/{model}/{task}/test.fits"))
+            labels = meta["labels"]
+            for label in labels:
+                for suffix in ("", "_std_model", "_std_predictive", "_std_total", "_true"):
+                    assert f"{label}{suffix}" in pred.dtype.names
+                assert np.all(np.isfinite(pred[label]))
+                np.testing.assert_allclose(
+                    pred[f"{label}_std_total"] ** 2,
+                    pred[f"{label}_std_model"] ** 2 + pred[f"{label}_std_predictive"] ** 2,
+                    rtol=1e-5)
+    for task in config["tasks"]:
+        metrics = pd.read_csv(run / f"results/compare/{task}/metrics.csv")
+        assert set(metrics["split"]) >= {"train", "valid", "test"}
+        assert (run / f"results/compare/{task}/summary.png").stat().st_size > 1000
+
+
+def test_models_beat_the_mean_on_the_mock(run, config):
+    """On the test split every family predicts log g better than the training mean."""
+    metrics = pd.read_csv(run / "results/compare/logg/metrics.csv")
+    truth = fitsio.read(str(run / "results/predictions/linear/logg/test.fits"))["logg_true"]
+    train = fitsio.read(str(run / "results/data/rgb_logg/train.fits"), ext="LABELS")["logg"]
+    baseline = np.mean((truth - train.mean()) ** 2)
+    rows = metrics[(metrics["split"] == "test") & (metrics["label"] == "logg")]
+    assert len(rows) == len([m for m, s in config["models"].items() if "logg" in s["tasks"]])
+    for row in rows.itertuples():
+        assert row.mse < baseline, f"{row.model}: test MSE {row.mse:.4f} >= mean baseline {baseline:.4f}"
+
+
+def test_crb_ratio_reported_on_the_mock(run):
+    metrics = pd.read_csv(run / "results/compare/aspcap/metrics.csv")
+    test = metrics[metrics["split"] == "test"]
+    assert test["crb_ratio"].notna().all() and (test["crb_ratio"] > 0.3).all()
+
+
+def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
+    dry = snakemake(run, "-n")
+    assert "Nothing to be done" in dry.stdout + dry.stderr
+    target = run / "results/models/mlp/logg/params.npz"
+    before = {p: p.stat().st_mtime_ns for p in (run / "results").rglob("*") if p.is_file()}
+    target.unlink()
+    snakemake(run, "results/models/mlp/logg/params.npz")
+    assert target.exists()
+    changed = {p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t}
+    assert changed <= {run / f"results/models/mlp/logg/{n}" for n in
+                       ("model.json", "norm.json", "history.csv")}

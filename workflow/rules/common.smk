@@ -1,0 +1,114 @@
+# Shared set-up: validate the config (filling defaults), derive names, helper functions.
+import sys
+from pathlib import Path
+
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "src"))
+from stargrad import provenance  # noqa: E402
+from stargrad.apogee import ASPCAP_LABELS  # noqa: E402
+from stargrad.tasks import tasks_from_config  # noqa: E402
+
+
+validate(config, schema="../schemas/config.schema.yaml")
+
+SURVEY_SOURCE = config["survey"]["source"]
+SURVEY_NAME = config["survey"]["name"]
+SURVEY_ROOT = f"resources/{SURVEY_NAME}"
+ALLSTAR = f"{SURVEY_ROOT}/allStar-dr17-synspec_rev1.fits"
+N_CHUNKS = config["survey"]["sas"]["n_chunks"]
+SPLITS = ["train", "valid", "test", "cluster"]
+DATASETS = list(config["datasets"])
+TASKS = tasks_from_config(config)
+MODELS = config["models"]
+CONFIG_HASH = provenance.config_hash(config)
+UNSUPERVISED = {"vae", "pca"}
+
+
+def _check_references():
+    for name, task in TASKS.items():
+        if task.dataset not in config["datasets"]:
+            raise ValueError(f"config: task {name!r} uses unknown dataset {task.dataset!r}")
+    for name, spec in MODELS.items():
+        unknown = [t for t in spec["tasks"] if t not in TASKS]
+        if unknown:
+            raise ValueError(f"config: model {name!r} lists unknown tasks {unknown}")
+
+
+_check_references()
+
+
+wildcard_constraints:
+    dataset="|".join(DATASETS),
+    task="|".join(TASKS),
+    model="|".join(MODELS),
+    split="|".join(SPLITS),
+
+
+def code_hash(*modules):
+    """Hash of the library code a rule runs, passed as a param so edits trigger reruns."""
+    return provenance.code_hash(*modules)
+
+
+def model_code_hash(wildcards):
+    family = MODELS[wildcards.model]["family"]
+    return code_hash("train.py", "losses.py", "params_io.py", "dataset.py", "pipeline.py",
+                     f"models/{family}.py")
+
+
+def provenance_cards(seed=None):
+    return provenance.header_cards(CONFIG_HASH, seed)
+
+
+def seismic_input():
+    if SURVEY_SOURCE == "mock":
+        return f"{SURVEY_ROOT}/seismic.csv"
+    return config["survey"]["sas"]["seismic_catalogue"] or []
+
+
+def spectra_ready():
+    """Files whose existence means every spectrum of the survey is on disk."""
+    if SURVEY_SOURCE == "mock":
+        return f"{SURVEY_ROOT}/truth.fits"
+    return expand(f"{SURVEY_ROOT}/manifests/chunk{{chunk}}.csv", chunk=range(N_CHUNKS))
+
+
+def dataset_split_files(dataset):
+    return expand("results/data/{dataset}/{split}.fits", dataset=dataset, split=SPLITS)
+
+
+def task_dataset(wildcards):
+    return TASKS[wildcards.task].dataset
+
+
+def has_cluster(dataset):
+    return bool(config["datasets"][dataset]["split"].get("cluster_member"))
+
+
+def task_splits(task):
+    dataset = TASKS[task].dataset
+    return ["train", "valid", "test"] + (["cluster"] if has_cluster(dataset) else [])
+
+
+def has_truth(task):
+    """Mock surveys carry the Cramér–Rao bound of every aspcap label (teff, logg, [X/H])."""
+    return SURVEY_SOURCE == "mock" and any(l in ASPCAP_LABELS for l in TASKS[task].labels)
+
+
+def model_task_pairs():
+    return [(m, t) for m, spec in MODELS.items() for t in spec["tasks"]]
+
+
+def models_of_task(task):
+    return [m for m, t in model_task_pairs() if t == task]
+
+
+def all_targets():
+    targets = []
+    for model, task in model_task_pairs():
+        targets += expand("results/predictions/{model}/{task}/{split}.fits", model=model,
+                          task=task, split=task_splits(task))
+        targets.append(f"results/compare/{task}/pred_vs_true_{model}.png")
+    for task in {t for _, t in model_task_pairs()}:
+        targets.append(f"results/compare/{task}/metrics.csv")
+    return targets

@@ -1,0 +1,47 @@
+# Data stage: select + split the catalogue, then compile each split into one FITS file.
+
+
+rule select_split:
+    input:
+        allstar=ALLSTAR,
+        seismic=seismic_input(),
+    output:
+        "results/data/{dataset}/split.csv",
+    params:
+        dataset=lambda wc: config["datasets"][wc.dataset],
+        code=code_hash("select.py"),
+    log:
+        "logs/select/{dataset}.log",
+    localrule: True
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/select_split.py"
+
+
+rule compile_dataset:
+    input:
+        split="results/data/{dataset}/split.csv",
+        allstar=ALLSTAR,
+        seismic=seismic_input(),
+        spectra=spectra_ready(),
+    output:
+        splits=dataset_split_files("{dataset}"),
+        quarantine="results/data/{dataset}/quarantine.csv",
+    params:
+        survey_root=SURVEY_ROOT,
+        bad_error=lambda wc: config["datasets"][wc.dataset]["bad_error"],
+        on_bad_file=config["survey"]["on_bad_file"],
+        header=lambda wc: provenance_cards(seed=config["datasets"][wc.dataset]["split"]["seed"]),
+        code=code_hash("dataset.py", "survey.py", "apogee.py"),
+    log:
+        "logs/compile/{dataset}.log",
+    benchmark:
+        "benchmarks/compile/{dataset}.tsv"
+    resources:
+        mem_mb=2000,
+        runtime=60,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/compile_dataset.py"

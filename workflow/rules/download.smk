@@ -1,0 +1,54 @@
+# Real SDSS DR17 data: allStar, then the selected stars' spectra in N_CHUNKS parallel jobs.
+# Each job verifies against the SAS sha1sum lists, retries, resumes, and lists what it had to
+# quarantine in its manifest (read by compile_dataset).
+
+SAS = config["survey"]["sas"]
+FETCH = dict(retries=SAS["retries"], backoff_s=SAS["backoff_s"], timeout_s=SAS["timeout_s"])
+
+
+rule download_allstar:
+    output:
+        ALLSTAR,
+    params:
+        base_url=SAS["base_url"],
+        sha1=SAS["allstar_sha1"],
+        **FETCH,
+    log:
+        f"logs/download/{SURVEY_NAME}/allstar.log",
+    localrule: True
+    retries: 2
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/download_allstar.py"
+
+
+rule download_spectra:
+    input:
+        allstar=ALLSTAR,
+        splits=expand("results/data/{dataset}/split.csv", dataset=DATASETS),
+    output:
+        f"{SURVEY_ROOT}/manifests/chunk{{chunk}}.csv",
+    wildcard_constraints:
+        chunk=r"\d+",
+    params:
+        survey_root=SURVEY_ROOT,
+        n_chunks=N_CHUNKS,
+        spectra=SAS["spectra"],
+        base_url=SAS["apstar_base_url"] if SAS["spectra"] == "apStar" else SAS["base_url"],
+        verify=SAS["verify"],
+        on_bad_file=config["survey"]["on_bad_file"],
+        code=code_hash("download.py", "survey.py"),
+        **FETCH,
+    log:
+        f"logs/download/{SURVEY_NAME}/chunk{{chunk}}.log",
+    benchmark:
+        f"benchmarks/download/{SURVEY_NAME}/chunk{{chunk}}.tsv"
+    retries: 1
+    resources:
+        mem_mb=1000,
+        runtime=24 * 60,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/download_spectra.py"

@@ -1,0 +1,49 @@
+# Survey stage: the embedded mock survey, or the real DR17 download rules.
+if SURVEY_SOURCE == "mock":
+
+    rule mock_survey:
+        output:
+            allstar=ALLSTAR,
+            seismic=f"{SURVEY_ROOT}/seismic.csv",
+            truth=f"{SURVEY_ROOT}/truth.fits",
+        params:
+            mock=config["survey"]["mock"],
+            code=code_hash("mock.py", "survey.py", "apogee.py"),
+        log:
+            f"logs/survey/{SURVEY_NAME}.log",
+        benchmark:
+            f"benchmarks/survey/{SURVEY_NAME}.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../envs/stargrad.yaml"
+        script:
+            "../../scripts/mock_survey.py"
+
+    rule truth_products:
+        input:
+            split="results/data/{dataset}/split.csv",
+            truth=f"{SURVEY_ROOT}/truth.fits",
+        output:
+            "results/truth/{dataset}/crb.fits",
+        params:
+            survey_root=SURVEY_ROOT,
+            code=code_hash("mock.py", "apogee.py"),
+        log:
+            "logs/truth/{dataset}.log",
+        benchmark:
+            "benchmarks/truth/{dataset}.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../envs/stargrad.yaml"
+        script:
+            "../../scripts/truth_products.py"
+
+else:
+
+    include: "download.smk"

@@ -8,4 +8,4 @@ with rule_logger(snakemake.log[0]) as log:
                     snakemake.output.quarantine,
                     manifests=[p for p in snakemake.input.spectra if p.endswith(".csv")],
                     bad_error=snakemake.params.bad_error, on_bad_file=snakemake.params.on_bad_file,
-                    header=snakemake.params.header, log=log)
+                    header=snakemake.params.header, spectra=snakemake.params.spectra, log=log)

@@ -5,4 +5,5 @@ from stargrad.mock import write_mock_survey
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
-    write_mock_survey(Path(snakemake.output.allstar).parent, **snakemake.params.mock, log=log)
+    write_mock_survey(Path(snakemake.output.allstar).parent, **snakemake.params.mock,
+                      config_digest=snakemake.params.config_hash, log=log)

@@ -402,7 +402,7 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
 
     config = yaml.safe_load((REPO / "config" / "dr17.yaml").read_text())
     for spec in config["datasets"].values():
-        spec["split"] = {"seed": 3, "train": 0.5, "valid": 0.25, "test": 0.25}
+        spec["split"] = {"seed": 3, "train": 3, "valid": 2, "test": 1}  # all 6 selected
     run = _workdir(tmp_path)
     with serve(sas) as server:
         config["survey"]["sas"].update(base_url=server.url, retries=1, backoff_s=0.0,
@@ -413,13 +413,17 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
         proc = _snakemake(run, *targets, "--configfile", str(tmp_path / "cfg.yaml"))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         n_requests = len(server.requests)
-        # the whole job again with the outputs gone: every file is verified, nothing fetched
-        for target in targets:
-            (run / target).unlink()
-        proc = _snakemake(run, *targets, "--configfile", str(tmp_path / "cfg.yaml"))
-        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-        assert [p for p, _, _ in server.requests[n_requests:]] == [
-            f"/apo25m/FA/aspcapStar-dr17-{gone.APOGEE_ID}.fits"]  # only the missing one
+        # a chunk job rerun on the tree the workflow left verifies, and fetches only the
+        # file it could not get
+        again = download.download_chunk(
+            run / "resources/dr17" / download.ALLSTAR_NAME,
+            [run / f"results/data/{d}/split.csv" for d in config["datasets"]], 0, 2,
+            run / "resources/dr17", server.url, tmp_path / "again.csv", log=lambda m: None,
+            **FAST)
+        chunk0 = pd.read_csv(run / targets[0], dtype={"APOGEE_ID": str}, keep_default_na=False)
+        fetched = [p for p, _, _ in server.requests[n_requests:]]
+        assert fetched == ([f"/apo25m/FA/aspcapStar-dr17-{gone.APOGEE_ID}.fits"]
+                           if gone.APOGEE_ID in set(chunk0["APOGEE_ID"]) else [])
     manifest = pd.concat([pd.read_csv(run / t, dtype={"APOGEE_ID": str},
                                       keep_default_na=False) for t in targets])
     selected = set()
@@ -431,5 +435,6 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
     assert set(status.values()) == {"ok"}
     for row in manifest[manifest["status"] == "ok"].itertuples():
         assert _sha1(run / row.path) == row.sha1
+    assert set(again["APOGEE_ID"]) == set(chunk0["APOGEE_ID"])
     assert "verified" in (run / "logs/download/dr17/allstar.log").read_text()
     assert "MB/s" in (run / "logs/download/dr17/chunk0.log").read_text()

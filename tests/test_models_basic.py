@@ -1,5 +1,6 @@
 """Ridge, KNN and MLP families: closed forms, brute force, shapes, gradients, learning."""
 import jax
+import jax.flatten_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -85,18 +86,20 @@ def test_knn_equals_brute_force(weights):
 
 def test_mlp_seed_architectures():
     key = jax.random.key(0)
-    x = jax.random.normal(key, (3, 7514))
+    x = jax.ShapeDtypeStruct((3, 7514), jnp.float32)
     cases = [({"hidden": [32], "kind": "classification"}, [(7514, 32), (32, 1)]),
              ({"hidden": [8, 4, 2]}, [(7514, 8), (8, 4), (4, 2), (2, 1)]),
              ({"hidden": [512, 256, 128]}, [(7514, 512), (512, 256), (256, 128), (128, 1)])]
     for hyper, shapes in cases:
         model = models.build("mlp", n_inputs=7514, n_outputs=1, **hyper)
-        params = model.init(key)
+        params = jax.eval_shape(model.init, key)
         assert [layer["w"].shape for layer in params["dense"]] == shapes
-        out = model.apply(params, x)
-        assert out["value"].shape == (3, 1)
-        if hyper.get("kind") == "classification":  # the 7514-32-1 sigmoid classifier
-            np.testing.assert_allclose(out["value"], jax.nn.sigmoid(out["logit"]), rtol=1e-6)
+        out = jax.eval_shape(model.apply, params, x)
+        assert {k: v.shape for k, v in out.items()} == (
+            {"value": (3, 1), "logit": (3, 1)} if "kind" in hyper else {"value": (3, 1)})
+    clf = models.build("mlp", n_inputs=7514, n_outputs=1, kind="classification", hidden=[32])
+    out = jax.jit(clf.apply)(clf.init(key), jax.random.normal(key, (3, 7514)))
+    np.testing.assert_allclose(out["value"], jax.nn.sigmoid(out["logit"]), rtol=1e-6)
 
 
 def test_mlp_gradient_matches_finite_differences():
@@ -107,21 +110,13 @@ def test_mlp_gradient_matches_finite_differences():
         rng = np.random.default_rng(3)
         batch = {"x": rng.normal(size=(5, 4)), "y": rng.normal(size=(5, 2)),
                  "valid": np.array([[1, 1], [1, 0], [0, 0], [1, 1], [0, 1]], bool)}
-        leaves, treedef = jax.tree.flatten(params)
-        flat = np.concatenate([np.ravel(a) for a in leaves])
-
-        def loss_of(vector):
-            parts, start = [], 0
-            for a in leaves:
-                parts.append(jnp.asarray(vector[start:start + a.size]).reshape(a.shape))
-                start += a.size
-            return float(model.loss(jax.tree.unflatten(treedef, parts), batch, None)[0])
-
-        grads = jax.grad(lambda p: model.loss(p, batch, None)[0])(params)
-        analytic = np.concatenate([np.ravel(a) for a in jax.tree.leaves(grads)])
-        eps = 1e-6
-        numeric = np.array([(loss_of(flat + eps * e) - loss_of(flat - eps * e)) / (2 * eps)
-                            for e in np.eye(flat.size)])
+        flat, unravel = jax.flatten_util.ravel_pytree(params)
+        loss_of = jax.jit(jax.vmap(lambda v: model.loss(unravel(v), batch, None)[0]))
+        analytic = jax.flatten_util.ravel_pytree(
+            jax.grad(lambda p: model.loss(p, batch, None)[0])(params))[0]
+        steps = 1e-6 * np.eye(flat.size)
+        numeric = (loss_of(flat + steps) - loss_of(flat - steps)) / 2e-6
+        assert flat.dtype == jnp.float64 and flat.size == 4 * 3 + 3 + 3 * 2 + 2
         np.testing.assert_allclose(analytic, numeric, rtol=1e-6, atol=1e-9)
 
 
@@ -130,9 +125,10 @@ def test_mlp_dropout_only_with_a_key():
     assert model.stochastic
     params = model.init(jax.random.key(0))
     x = jnp.ones((4, 5))
-    np.testing.assert_array_equal(model.apply(params, x)["value"], model.apply(params, x)["value"])
-    a = model.apply(params, x, jax.random.key(1))["value"]
-    b = model.apply(params, x, jax.random.key(2))["value"]
+    deterministic = jax.jit(lambda p: model.apply(p, x)["value"])
+    np.testing.assert_array_equal(deterministic(params), deterministic(params))
+    stochastic = jax.jit(lambda p, k: model.apply(p, x, k)["value"])
+    a, b = stochastic(params, jax.random.key(1)), stochastic(params, jax.random.key(2))
     assert not np.allclose(a, b)
 
 
@@ -167,7 +163,7 @@ def nonlinear_problem(n=300, p=50, seed=5):
 def test_each_family_beats_the_mean(family, hyper):
     tr, va = nonlinear_problem()
     model = models.build(family, n_inputs=50, n_outputs=2, **hyper)
-    cfg = train.TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=40)
+    cfg = train.TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=25)
     params, history = train.fit(model, tr, va, cfg, jax.random.key(0), log=lambda s: None)
     pred = np.asarray(model.apply(params, jnp.asarray(va["x"]))["value"])
     mse = np.mean((pred - va["y"]) ** 2)

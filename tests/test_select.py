@@ -61,3 +61,13 @@ def test_select_and_split_rejects_empty_selection():
     with pytest.raises(ValueError, match="keeps no star"):
         select_and_split(catalogue(), {"selection": {"cuts": {"TEFF": [1e5, None]}},
                                        "split": {"seed": 1, "train": 1, "valid": 1, "test": 1}})
+
+
+def test_duplicate_ids_keep_the_highest_snr_row():
+    from stargrad.select import unique_stars
+    table = catalogue(6)
+    dup = table.iloc[[2]].assign(SNR=table.SNR[2] + 50, FIELD="other")
+    both = pd.concat([table, dup], ignore_index=True)
+    out = unique_stars(both)
+    assert len(out) == 6 and out.loc[out.APOGEE_ID == table.APOGEE_ID[2], "SNR"].item() == dup.SNR.item()
+    split(out, {"seed": 1, "train": 2, "valid": 1, "test": 1})   # no duplicate error

@@ -92,10 +92,10 @@ def test_models_predictions_and_metrics(run, config):
             norm = json.loads((d / "norm.json").read_text())
             assert len(norm["input_mean"]) == apogee.N_PIX_GAPLESS
             assert load_params(d / "params.npz")
-            assert not (d / "checkpoint").exists()
+            assert not list(d.glob("checkpoint*"))
             history = pd.read_csv(d / "history.csv")
             assert {"epoch", "train_loss", "valid_loss"} <= set(history.columns)
-            pred = fitsio.read(str(run / f"results/predictions/{model}/{task}/test.fits"))
+            pred = fitsio.read(str(run / f"results/predictions/{model}/{task}/test.fits"), ext="PREDICTIONS")
             labels = meta["labels"]
             for label in labels:
                 for suffix in ("", "_std_model", "_std_predictive", "_std_total", "_true"):

@@ -7,11 +7,12 @@ Shapes: x is (N, P) normalized flux with P = 7514 (gap-removed grid); a model ha
 per-star Jacobians are (N, K, P) and mean Jacobians (K, P). Wavelengths are vacuum Å.
 
 Reverse vs forward mode. With K ≤ 22 outputs and P = 7514 inputs, `jax.jacrev` needs K
-vector-Jacobian products per star and `jax.jacfwd` needs P Jacobian-vector products, so
-reverse mode is the default. Measured on 2 shared CPU cores, 64 stars, chunk_size 32,
-compiled (jax 0.10.2, float32):
-    MLP 7514-256-128-22 (ReLU):           rev 0.18 s, fwd 6.2 s   (34x)
-    conv net (2 conv1d 8/16 ch, k=8, stride-4 pool, dense 64, 22 out):  rev 0.62 s, fwd 23 s  (37x)
+vector-Jacobian products per star and `jax.jacfwd` P Jacobian-vector products, so reverse mode
+is the default. Measured with float32 random inputs on a busy 2-core CPU (load ~6), compiled:
+    MLP 7514-256-128-22 (ReLU), 64 stars, chunk 32:       rev 0.36 s, fwd 4.3 s   (12x)
+    conv net (conv1d 8 and 16 channels, kernel 8, max-pool 4, dense 64, 22 out):
+        rev 0.04-0.07 s per star; fwd 74 s per star (chunk 1: its P tangents carry
+        7514 copies of every activation, ~4 GB per star)                      (>1000x)
 """
 from __future__ import annotations
 
@@ -41,8 +42,8 @@ GAP_FILL = np.nan
 # ---------------------------------------------------------------------------------------------
 
 @lru_cache(maxsize=32)
-def _jacobian_fns(model, mode: str):
-    """Jitted (per-chunk Jacobians, per-chunk sums of J and |J|) for one model and AD mode.
+def _chunk_fn(model, mode: str):
+    """Jitted per-chunk Jacobians (C, K, P) for one model and AD mode.
 
     `keys` is None (deterministic) or a (S,) array of PRNG keys; star i under draw s uses
     fold_in(keys[s], i) with i its global index, so results do not depend on chunking."""
@@ -61,13 +62,15 @@ def _jacobian_fns(model, mode: str):
 
         return jax.vmap(star)(xc, index)
 
-    def sums(params, xc, index, keys, n_valid):
-        j = chunk(params, xc, index, keys)
-        valid = (jnp.arange(xc.shape[0]) < n_valid)[:, None, None]
-        return (jnp.sum(jnp.where(valid, j, 0.0), axis=0),
-                jnp.sum(jnp.where(valid, jnp.abs(j), 0.0), axis=0))
+    return jax.jit(chunk)
 
-    return jax.jit(chunk), jax.jit(sums)
+
+@jax.jit
+def _masked_sums(j, n_valid):
+    """Sums over the first n_valid stars of J and |J| (the rest of a chunk is padding)."""
+    valid = (jnp.arange(j.shape[0]) < n_valid)[:, None, None]
+    return jnp.sum(jnp.where(valid, j, 0.0), axis=0), jnp.sum(jnp.where(valid, jnp.abs(j), 0.0),
+                                                              axis=0)
 
 
 def _prepare(model, params, x, chunk_size, key, mc_samples, mode):
@@ -121,7 +124,8 @@ def _chunks(x, size):
 
 def jacobian(model, params, x, *, chunk_size: int = 64, key=None, mc_samples: int = 0,
              mode: str = "rev") -> np.ndarray:
-    """Per-star Jacobians d value / d x, shape (N, K, P), in normalized label per normalized flux.
+    """Per-star Jacobians d value / d x, shape (N, K, P), in normalized label (class-1
+    probability for classifiers) per normalized flux.
 
     Stars are processed `chunk_size` at a time (vmapped), so device memory is about
     chunk_size × max(mc_samples, 1) × K × P floats plus the model's activations, whatever N.
@@ -131,7 +135,7 @@ def jacobian(model, params, x, *, chunk_size: int = 64, key=None, mc_samples: in
     Jacobians over the keys jax.random.split(key, S). mode: "rev" (jacrev, default; far faster
     for K ≪ P, see the module docstring) or "fwd" (jacfwd)."""
     x, size, keys, k = _prepare(model, params, x, chunk_size, key, mc_samples, mode)
-    chunk_fn, _ = _jacobian_fns(model, mode)
+    chunk_fn = _chunk_fn(model, mode)
     out = np.empty((x.shape[0], k, x.shape[1]), dtype=np.float32)
     for xc, index, n in _chunks(x, size):
         out[index[0]:index[0] + n] = np.asarray(chunk_fn(params, xc, index, keys))[:n]
@@ -144,11 +148,11 @@ def mean_jacobian(model, params, x, *, chunk_size: int = 64, key=None, mc_sample
     chunk without holding (N, K, P). Arguments as `jacobian`; with MC draws |J| is taken of each
     star's draw-averaged Jacobian."""
     x, size, keys, k = _prepare(model, params, x, chunk_size, key, mc_samples, mode)
-    _, sums_fn = _jacobian_fns(model, mode)
+    chunk_fn = _chunk_fn(model, mode)
     total = np.zeros((k, x.shape[1]))
     total_abs = np.zeros((k, x.shape[1]))
     for xc, index, n in _chunks(x, size):
-        s, s_abs = sums_fn(params, xc, index, keys, n)
+        s, s_abs = _masked_sums(chunk_fn(params, xc, index, keys), n)
         total += np.asarray(s, dtype=np.float64)
         total_abs += np.asarray(s_abs, dtype=np.float64)
     return total / x.shape[0], total_abs / x.shape[0]
@@ -314,7 +318,8 @@ def window_shares(mean_abs_jac, labels, exclusive: bool = False) -> pd.DataFrame
     every window). Windows overlap heavily (C, N, O and Fe cover most of the spectrum), so by
     default a pixel counts fully for every element whose windows contain it and the element
     columns plus `none` need not sum to 1. exclusive=True splits each overlapping pixel's |J|
-    equally among its elements, so that they sum to 1. |J| is taken of the input; pass the
+    equally among its elements, so that they sum to 1 (share_own is then exclusive too). The
+    `Fe` column is the share in the Fe windows. |J| is taken of the input; pass the
     mean |J| over stars so that gradients of opposite sign in different stars still count."""
     weight = np.abs(_as_7514(mean_abs_jac, "window_shares: mean_abs_jac"))
     labels = _check_labels(labels, weight, "window_shares")
@@ -370,8 +375,9 @@ def similarity_matrix(jacs_by_model: dict, labels) -> pd.DataFrame:
         raise ValueError("similarity_matrix: jacs_by_model is empty")
     jacs = {name: _as_7514(j, f"similarity_matrix: model {name!r}")
             for name, j in jacs_by_model.items()}
-    labels = [_check_labels(labels, j, f"similarity_matrix: model {name!r}")
-              for name, j in jacs.items()][0]
+    for name, j in jacs.items():
+        _check_labels(labels, j, f"similarity_matrix: model {name!r}")
+    labels = [str(label) for label in labels]
     rows = [{"label": label, "model_a": a, "model_b": b,
              "cosine": float(cosine_similarity(jacs[a][k], jacs[b][k]))}
             for k, label in enumerate(labels) for a in jacs for b in jacs]

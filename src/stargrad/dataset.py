@@ -9,9 +9,11 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from . import apogee, survey
+from . import apogee, continuum, survey
+from .download import spectrum_relpath
 from .apogee import MAGIC_NUMBER
 from .provenance import atomic_path
+from .select import unique_stars
 from .tasks import SEISMIC_LABELS, Task
 
 #: An error above this (normalized flux units) marks a pixel as bad, as do flux <= 0 and
@@ -73,10 +75,18 @@ def clean_spectrum(flux: np.ndarray, error: np.ndarray, bad_error: float = BAD_E
     return flux, error, bad.astype(np.uint8)
 
 
+def read_spectrum(path, kind: str = "aspcapStar") -> tuple[np.ndarray, np.ndarray]:
+    """(flux, error) of one star: aspcapStar as published, or apStar continuum-normalized
+    with astroNN's method (7514 pixels)."""
+    if kind == "apStar":
+        return continuum.continuum_normalize(*continuum.read_apstar(path))
+    return survey.read_aspcapstar(path)
+
+
 def compile_split(survey_root, stars: pd.DataFrame, labels: pd.DataFrame, out_path, *,
                   header: dict, split_name: str, bad_error: float = BAD_ERROR,
                   skip: dict | None = None, on_bad_file: str = "quarantine",
-                  chunk_size: int = 256, log=print) -> pd.DataFrame:
+                  spectra: str = "aspcapStar", chunk_size: int = 256, log=print) -> pd.DataFrame:
     """Write `<split>.fits` (FLUX, ERROR, MASK images of N×7514 + LABELS table), streaming
     `chunk_size` spectra at a time so memory does not grow with the survey.
 
@@ -87,7 +97,7 @@ def compile_split(survey_root, stars: pd.DataFrame, labels: pd.DataFrame, out_pa
     skip = skip or {}
     quarantine, good = [], []
     for row in stars.itertuples(index=False):
-        path = survey_root / survey.aspcapstar_relpath(row.TELESCOPE, row.FIELD, row.APOGEE_ID)
+        path = survey_root / spectrum_relpath(spectra, row.TELESCOPE, row.FIELD, row.APOGEE_ID)
         if row.APOGEE_ID in skip:
             reason = skip[row.APOGEE_ID]
         elif not path.exists():
@@ -103,15 +113,16 @@ def compile_split(survey_root, stars: pd.DataFrame, labels: pd.DataFrame, out_pa
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.write(None, header={**header, "SPLIT": split_name})
             kept = _write_images(fits, good, quarantine, split_name, bad_error, on_bad_file,
-                                 chunk_size, log)
+                                 spectra, chunk_size, log)
             table = labels.loc[kept].reset_index()
-            fits.write(_records(table), extname="LABELS")
+            fits.write(survey.to_records(table), extname="LABELS")
     log(f"compile {split_name}: {len(kept)} spectra written to {out_path}, "
         f"{len(quarantine)} quarantined")
     return pd.DataFrame(quarantine, columns=QUARANTINE_COLUMNS)
 
 
-def _write_images(fits, good, quarantine, split_name, bad_error, on_bad_file, chunk_size, log):
+def _write_images(fits, good, quarantine, split_name, bad_error, on_bad_file, spectra, chunk_size,
+                  log):
     """Read, clean and append spectra chunk by chunk; returns the IDs written.
 
     The image HDUs are sized for every candidate and shrunk at the end to the spectra that
@@ -134,7 +145,7 @@ def _write_images(fits, good, quarantine, split_name, bad_error, on_bad_file, ch
 
     for apogee_id, path in good:
         try:
-            flux, error = survey.read_aspcapstar(path)
+            flux, error = read_spectrum(path, spectra)
         except survey.SurveyFileError as exc:
             if on_bad_file == "error":
                 raise
@@ -150,21 +161,6 @@ def _write_images(fits, good, quarantine, split_name, bad_error, on_bad_file, ch
     for name in dtypes:
         fits[name].reshape([max(len(kept), 1), n_pix])
     return kept
-
-
-def _records(table: pd.DataFrame) -> np.ndarray:
-    cols = []
-    for name in table.columns:
-        values = table[name].to_numpy()
-        if values.dtype == object:
-            values = np.array([str(v) for v in values], dtype=f"S{max(1, table[name].astype(str).str.len().max())}")
-        elif values.dtype.kind == "f":
-            values = values.astype(np.float64 if name in ("teff",) else np.float32)
-        cols.append((name, values))
-    out = np.empty(len(table), dtype=[(n, v.dtype) for n, v in cols])
-    for n, v in cols:
-        out[n] = v
-    return out
 
 
 # ---------------------------------------------------------------------------- load
@@ -302,11 +298,12 @@ def is_seismic(label: str) -> bool:
 
 def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_paths, quarantine_path,
                     *, manifests=(), bad_error: float = BAD_ERROR, on_bad_file: str = "quarantine",
-                    header: dict | None = None, chunk_size: int = 256, log=print) -> None:
+                    header: dict | None = None, spectra: str = "aspcapStar",
+                    chunk_size: int = 256, log=print) -> None:
     """The compile rule: every split of a dataset to `<split>.fits`, plus quarantine.csv
     listing each star left out (failed download, unreadable file) with the reason."""
     split_table = pd.read_csv(split_csv, dtype={"APOGEE_ID": str})
-    allstar = survey.read_allstar(allstar_path)
+    allstar = unique_stars(survey.read_allstar(allstar_path))
     seismic = survey.read_seismic(seismic_path) if seismic_path else None
     labels = labels_from_catalogue(allstar, seismic)
     stars = allstar[["APOGEE_ID", "TELESCOPE", "FIELD"]].merge(split_table, on="APOGEE_ID")
@@ -325,7 +322,7 @@ def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_path
         quarantine.append(compile_split(survey_root, stars[stars["split"] == name], labels,
                                         out_path, header=header or {}, split_name=name,
                                         bad_error=bad_error, skip=skip, on_bad_file=on_bad_file,
-                                        chunk_size=chunk_size, log=log))
+                                        spectra=spectra, chunk_size=chunk_size, log=log))
     table = pd.concat(quarantine, ignore_index=True)
     with atomic_path(quarantine_path) as tmp:
         table.to_csv(tmp, index=False)

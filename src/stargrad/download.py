@@ -408,9 +408,13 @@ def _field_checksums(base_url, root: Path, telescope, field, kind, fetch_kw):
     name = checksum_list_name(telescope, field, kind)
     local = root / telescope / field / name
     if not local.exists():
-        result = fetch(checksum_list_url(base_url, telescope, field, kind), local, **fetch_kw)
+        # Chunk jobs sharing a field may fetch its list at once: each into its own file, then
+        # an atomic rename (identical content, so the last one wins harmlessly).
+        mine = local.with_name(f".{name}.{os.getpid()}")
+        result = fetch(checksum_list_url(base_url, telescope, field, kind), mine, **fetch_kw)
         if result.status != "ok":
             return {}, f"checksum list {name} unavailable: {result.reason}"
+        os.replace(mine, local)
     try:
         return parse_sha1sum(local.read_text()), ""
     except (ValueError, UnicodeDecodeError) as exc:

@@ -1,8 +1,9 @@
 """Analyses of the generative models (VAE, PCA) of spectra: reconstruction error, denoising,
 label regression from the latent space, anomaly scores, decoder Jacobians, prior samples.
 
-Spectra are normalized flux with the per-pixel training mean subtracted (input_norm="mean"),
-shape (N, P); errors are in the same units (flux errors, since only a mean was subtracted).
+Spectra are normalized the way the model's `input_norm` says (training mean subtracted, and for
+"standard" divided by the per-pixel training std), shape (N, P); flux errors and noiseless
+flux passed in must be normalized the same way (errors divided by the same std).
 `pixel_valid` (N, P) bool marks good pixels (None: all good); masked pixels are set to 0 (the
 training mean) before encoding and never enter a score. Latent codes are the means z = μ.
 """
@@ -172,7 +173,7 @@ def decoder_jacobian(params, z0, n_pixels: int = N_PIX_GAPLESS) -> np.ndarray:
     if z0.shape != (d,):
         raise ValueError(f"z0 must have shape ({d},), got {z0.shape}")
     dec = _decoder(params, n_pixels)
-    return np.asarray(jax.jacfwd(lambda z: dec(z[None])[0])(z0)).T
+    return np.asarray(jax.jit(jax.jacfwd(lambda z: dec(z[None])[0]))(z0)).T
 
 
 def sample_prior(params, key, n: int, n_pixels: int = N_PIX_GAPLESS) -> np.ndarray:
@@ -223,8 +224,8 @@ def latent_regression(model, params, x_train, y_train, x_test, y_test, key, *,
         raise ValueError(f"n_labelled={n_labelled} must be in [2, {len(x_train)}] (training stars)")
     if not 0 < valid_fraction < 1:
         raise ValueError(f"valid_fraction must be in (0, 1), got {valid_fraction}")
-    cfg = cfg or training.TrainConfig(learning_rate=1e-3, batch_size=32, max_epochs=200,
-                                      early_stopping_patience=20)
+    cfg = cfg or training.TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=300,
+                                      early_stopping_patience=30)
     pick_key, *fit_keys = jax.random.split(key, 3)
     pick = np.asarray(jax.random.permutation(pick_key, len(x_train)))[:n_labelled]
     n_val = max(1, int(round(valid_fraction * n_labelled)))

@@ -88,7 +88,7 @@ def load_params(path):
             arrays = {key: npz[key] for key in npz.files}
         tree = json.loads(str(arrays.pop(TREE_KEY)))
     except KeyError:
-        raise ParamsFileError(path, f"not a stargrad parameter file (no {TREE_KEY} entry)") from None
+        raise ParamsFileError(path, f"not a stargrad parameter file (no {TREE_KEY})") from None
     except ParamsFileError:
         raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:

@@ -52,25 +52,28 @@ def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str,
     norm = Normalizer.fit(train_data, task, model.input_norm)
     train_batch, valid_batch = batch(train_data, task, norm), batch(valid_data, task, norm)
     cfg = train.TrainConfig.from_dict({"seed": seed, **model_spec.get("train", {})})
+    # A checkpoint only resumes the code that wrote it: edited code starts afresh.
     params, history = train.fit(model, train_batch, valid_batch, cfg, jax.random.PRNGKey(seed),
-                                checkpoint_dir=out_dir / "checkpoint", log=log)
+                                checkpoint_dir=out_dir / f"checkpoint-{code_digest}", log=log)
     pred = deterministic_apply(model, params, valid_batch["x"])["value"]
     valid = valid_batch["valid"]
     resid2 = np.where(valid, (pred - valid_batch["y"]) ** 2, 0.0)
     residual_std = np.sqrt(resid2.sum(0) / np.maximum(valid.sum(0), 1))
     params_io.save_params(out_dir / "params.npz", params)
     write_json(out_dir / "norm.json", norm.to_json())
+    # Wall-clock time goes to the log and benchmark files, never into results (same config
+    # and seed must give the same bytes).
     with atomic_path(out_dir / "history.csv") as tmp:
-        history.to_csv(tmp, index=False)
+        history.drop(columns=["seconds"], errors="ignore").to_csv(tmp, index=False)
     write_json(out_dir / "model.json", {
         "model": model_name, "family": model_spec["family"], "hyper": model_spec.get("hyper", {}),
         "train": model_spec.get("train", {}), "task": task.name, "dataset": task.dataset,
         "labels": list(task.labels), "kind": task.kind, "input_norm": model.input_norm,
         "stochastic": model.stochastic, "seed": seed, "code_hash": code_digest,
         "config_hash": config_digest, "n_train": len(train_data), "n_valid": len(valid_data),
-        "epochs": int(len(history)), "residual_std_normalized": residual_std.tolist(),
-        "train_seconds": round(time.perf_counter() - t0, 2)})
-    shutil.rmtree(out_dir / "checkpoint", ignore_errors=True)
+        "epochs": int(len(history)), "residual_std_normalized": residual_std.tolist()})
+    for checkpoint in out_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
     log(f"trained {model_name}/{task.name} in {time.perf_counter() - t0:.1f} s")
 
 
@@ -110,36 +113,45 @@ def predict_arrays(model, params, x, meta, *, mc_samples: int, seed: int, batch_
     return out
 
 
-def predict_split(model_dir, split_path, out_path, *, mc_samples: int, seed: int,
-                  batch_size: int = 256, config_digest: str = "", log=print) -> None:
-    """Predict every star of a compiled split; write the PREDICTIONS table (physical units)."""
-    t0 = time.perf_counter()
+def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: int,
+                   batch_size: int = 256, config_digest: str = "", log=print) -> None:
+    """Predict every star of each compiled split with one trained model (loaded once); write
+    one PREDICTIONS table per split, in physical units."""
     model, params, norm, meta = load_trained(model_dir)
-    data = load_split(split_path)
     task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
-    out = predict_arrays(model, params, norm.inputs(data), meta, mc_samples=mc_samples,
-                         seed=seed, batch_size=batch_size)
+    for split_path, out_path in zip(split_paths, out_paths):
+        t0 = time.perf_counter()
+        data = load_split(split_path)
+        if len(data):
+            out = predict_arrays(model, params, norm.inputs(data), meta, mc_samples=mc_samples,
+                                 seed=seed, batch_size=batch_size)
+        else:       # e.g. the cluster split of a dataset without a cluster
+            out = {k: np.zeros((0, task.n_outputs)) for k in
+                   ("value", "std_model", "std_predictive", "std_total")}
+        _write_predictions(out_path, data, task, norm, out, header_cards(
+            config_digest, seed, model=meta["model"], task=task.name, split=Path(split_path).stem,
+            mcsample=mc_samples if model.stochastic else 0))
+        log(f"predicted {len(data)} stars of {Path(split_path).name} with {meta['model']}/"
+            f"{task.name} in {time.perf_counter() - t0:.1f} s")
+
+
+def _write_predictions(path, data, task: Task, norm: Normalizer, out: dict, header: dict) -> None:
     truth = task_labels(data, task)
-    scale = norm.label_std
+    scale = 1.0 if task.kind == "classification" else norm.label_std
     columns = {"APOGEE_ID": data.ids.astype("S32")}
     for k, label in enumerate(task.labels):
-        columns[label] = out["value"][:, k] * scale[k] + norm.label_mean[k]
+        columns[label] = out["value"][:, k] * norm.label_std[k] + norm.label_mean[k]
         for name in ("std_model", "std_predictive", "std_total"):
-            columns[f"{label}_{name}"] = out[name][:, k] * (1.0 if task.kind == "classification"
-                                                            else scale[k])
+            columns[f"{label}_{name}"] = out[name][:, k] * np.broadcast_to(scale, (task.n_outputs,))[k]
         columns[f"{label}_true"] = truth[:, k]
     table = np.empty(len(data), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)
                                        for n, v in columns.items()])
     for n, v in columns.items():
         table[n] = v
-    header = header_cards(config_digest, seed, model=meta["model"], task=task.name,
-                          split=Path(split_path).stem, mcsample=mc_samples if model.stochastic else 0)
-    with atomic_path(out_path) as tmp:
+    with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.write(None, header=header)
             fits.write(table, extname="PREDICTIONS")
-    log(f"predicted {len(data)} stars of {Path(split_path).name} with {meta['model']}/{task.name} "
-        f"in {time.perf_counter() - t0:.1f} s")
 
 
 def read_predictions(path) -> pd.DataFrame:

@@ -37,6 +37,7 @@ def _draw_chips(axes, y, label: str, color=None, lw=0.8):
     for ax, chip, w, v in zip(axes, apogee.CHIP_OFFSETS, wave, apogee.chips_split(y)):
         ax.plot(w, v, lw=lw, color=color or CHIP_COLORS[chip], label=label)
         ax.set_xlim(w[0], w[-1])
+        ax.margins(y=0.15)  # room for the line names
 
 
 def _shade_windows(axes, label: str) -> None:

@@ -37,7 +37,7 @@ def aspcapstar_relpath(telescope: str, field: str, apogee_id: str) -> str:
     return f"{telescope.strip()}/{field.strip()}/aspcapStar-dr17-{apogee_id.strip()}.fits"
 
 
-def _to_records(table: pd.DataFrame) -> np.ndarray:
+def to_records(table: pd.DataFrame) -> np.ndarray:
     """pandas -> numpy structured array with fixed-width byte strings (FITS-friendly)."""
     cols = []
     for name in table.columns:
@@ -47,7 +47,7 @@ def _to_records(table: pd.DataFrame) -> np.ndarray:
             width = max(1, max((len(s) for s in strings), default=1))
             values = np.array(strings, dtype=f"S{width}")
         elif values.dtype == np.float64:
-            values = values.astype(np.float32) if name.endswith("_ERR") else values
+            values = values.astype(np.float32) if name.lower().endswith("_err") else values
         cols.append((name, values))
     out = np.empty(len(table), dtype=[(n, v.dtype, v.shape[1:]) for n, v in cols])
     for n, v in cols:
@@ -60,7 +60,7 @@ def write_allstar(path, table: pd.DataFrame, header: dict | None = None) -> None
     with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.write(None, header={"VERSION": "dr17", **(header or {})})
-            fits.write(_to_records(table), extname="ALLSTAR")
+            fits.write(to_records(table), extname="ALLSTAR")
 
 
 def read_allstar(path, columns=None) -> pd.DataFrame:

@@ -134,8 +134,8 @@ def _check_batch(which: str, batch) -> dict:
             raise TypeError(f"{label} must be bool, got {arr.dtype}")
         if name in ("x", "y", "y_err"):
             if arr.ndim != 2:
-                raise ValueError(f"{label} must be 2-D (stars, {'pixels' if name == 'x' else 'labels'}),"
-                                 f" got shape {arr.shape}")
+                axis = "pixels" if name == "x" else "labels"
+                raise ValueError(f"{label} must be 2-D (stars, {axis}), got shape {arr.shape}")
             if arr.dtype.kind not in "fiu":
                 raise TypeError(f"{label} must be numeric, got {arr.dtype}")
             arr = arr.astype(np.float32, copy=False)
@@ -151,7 +151,8 @@ def _check_batch(which: str, batch) -> dict:
         raise ValueError(f"{which} has no stars")
     for name, arr in out.items():
         if arr.shape[0] != n_stars:
-            raise ValueError(f"{which}[{name!r}] has {arr.shape[0]} stars, {which}['y'] has {n_stars}")
+            raise ValueError(f"{which}[{name!r}] has {arr.shape[0]} stars, "
+                             f"{which}['y'] has {n_stars}")
     for name in ("y_err", "valid"):
         if out[name].shape != (n_stars, n_labels):
             raise ValueError(f"{which}[{name!r}] has shape {out[name].shape}, "
@@ -161,7 +162,8 @@ def _check_batch(which: str, batch) -> dict:
 
 def _check_compatible(train: dict, valid: dict) -> None:
     if set(train) != set(valid):
-        raise ValueError(f"train and valid hold different arrays: {sorted(train)} vs {sorted(valid)}")
+        raise ValueError(f"train and valid hold different arrays: "
+                         f"{sorted(train)} vs {sorted(valid)}")
     for name in train:
         if train[name].shape[1:] != valid[name].shape[1:]:
             raise ValueError(f"train[{name!r}] rows have shape {train[name].shape[1:]}, "
@@ -169,7 +171,7 @@ def _check_compatible(train: dict, valid: dict) -> None:
 
 
 def _check_loss_output(model, params, batch, key) -> None:
-    """Fail early, with a clear message, if `model.loss` does not return (scalar, {name: scalar})."""
+    """Fail early and clearly if `model.loss` does not return (scalar, {name: scalar})."""
     out = jax.eval_shape(model.loss, params, batch, key)
     ok = (isinstance(out, tuple) and len(out) == 2 and getattr(out[0], "shape", None) == ()
           and isinstance(out[1], dict)
@@ -211,7 +213,8 @@ def _average(parts) -> tuple[float, dict]:
         total += float(losses.sum()) * size
         weights += losses.size * size
         for name, values in mets.items():
-            metrics[name] = metrics.get(name, 0.0) + float(np.sum(np.asarray(values, np.float64))) * size
+            value = float(np.sum(np.asarray(values, np.float64))) * size
+            metrics[name] = metrics.get(name, 0.0) + value
     return total / weights, {name: value / weights for name, value in metrics.items()}
 
 
@@ -266,31 +269,29 @@ def _make_epoch(model, tx, data: dict, batch_size: int, drop_last: bool):
         return optax.apply_updates(params, updates), opt_state, loss, metrics
 
     @jax.jit
-    def scan_epoch(params, opt_state, data, key):
-        perm_key, step_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, n)
-        keys = jax.random.split(step_key, n_full + 1)
-
+    def scan_epoch(params, opt_state, data, idx, keys):
         def body(carry, inputs):
-            idx, k = inputs
-            batch = {name: a[idx] for name, a in data.items()}
-            params, opt_state, loss, metrics = step(*carry, batch, k)
+            batch = {name: a[inputs[0]] for name, a in data.items()}
+            params, opt_state, loss, metrics = step(*carry, batch, inputs[1])
             return (params, opt_state), (loss, metrics)
 
-        idx = order[:n_full * batch_size].reshape(n_full, batch_size)
-        (params, opt_state), (losses, metrics) = lax.scan(body, (params, opt_state),
-                                                          (idx, keys[:-1]))
-        return params, opt_state, losses, metrics, order[n_full * batch_size:], keys[-1]
+        (params, opt_state), (losses, metrics) = lax.scan(body, (params, opt_state), (idx, keys))
+        return params, opt_state, losses, metrics
 
     rest_step = jax.jit(step)
 
     def epoch(params, opt_state, key):
-        params, opt_state, losses, metrics, rest_idx, rest_key = scan_epoch(
-            params, opt_state, data, key)
+        # The shuffle and step keys are drawn outside `scan_epoch`: XLA compiles the PRNG
+        # slowly on CPU, and these eager calls hit JAX's cache across `fit` calls.
+        perm_key, step_key = jax.random.split(key)
+        order = jax.random.permutation(perm_key, n)
+        keys = jax.random.split(step_key, n_full + 1)
+        idx = order[:n_full * batch_size].reshape(n_full, batch_size)
+        params, opt_state, losses, metrics = scan_epoch(params, opt_state, data, idx, keys[:-1])
         parts = [(losses, metrics, batch_size)]
         if n_rest:
-            batch = {name: a[rest_idx] for name, a in data.items()}
-            params, opt_state, loss, mets = rest_step(params, opt_state, batch, rest_key)
+            batch = {name: a[order[n_full * batch_size:]] for name, a in data.items()}
+            params, opt_state, loss, mets = rest_step(params, opt_state, batch, keys[-1])
             parts.append((loss, mets, n_rest))
         loss, metrics = _average(parts)
         return params, opt_state, loss, metrics
@@ -346,8 +347,9 @@ def _load_checkpoint(path: Path, meta_now: dict, params, opt_state):
                              f"this run has {cfg_now.get(name)!r}; delete it to start over")
     for name in ("key", "data_shapes"):
         if meta[name] != meta_now[name]:
-            raise ValueError(f"{path}: checkpoint was written with a different {name.replace('_', ' ')}"
-                             f" ({meta[name]} vs {meta_now[name]}); delete it to start over")
+            what = name.replace("_", " ")
+            raise ValueError(f"{path}: checkpoint was written with a different {what} "
+                             f"({meta[name]} vs {meta_now[name]}); delete it to start over")
     restored = {}
     for name in ("params", "best_params"):
         tree = saved[name]
@@ -372,6 +374,13 @@ def _log_epoch(log, row: dict, max_epochs: int) -> None:
     lr_text = "" if math.isnan(lr) else f"  lr {lr:.2e}"
     log(f"epoch {row['epoch']}/{max_epochs}  train_loss {row['train_loss']:.6g}  "
         f"valid_loss {row['valid_loss']:.6g}{lr_text}  {row['seconds']:.2f} s")
+
+
+def _history_frame(rows: list) -> pd.DataFrame:
+    """History table with a fixed column order (base columns, then metrics by name)."""
+    base = ["epoch", "train_loss", "valid_loss", "learning_rate", "seconds"]
+    extra = sorted({name for row in rows for name in row} - set(base))
+    return pd.DataFrame(rows, columns=base + extra)
 
 
 def _row(epoch, train_loss, train_metrics, valid_loss, valid_metrics, lr, seconds) -> dict:
@@ -407,7 +416,7 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
         row = _row(1, train_loss, train_metrics, valid_loss, valid_metrics, math.nan,
                    time.perf_counter() - start)
         _log_epoch(log, row, 1)
-        return params, pd.DataFrame([row])
+        return params, _history_frame([row])
 
     n_train = len(train["y"])
     batch_size = min(cfg.batch_size, n_train)
@@ -455,4 +464,4 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     if sched["stopped"]:
         log(f"early stopping after epoch {sched['epoch']}")
     log(f"best valid_loss {sched['best_valid']:.6g} at epoch {sched['best_epoch']}")
-    return best_params, pd.DataFrame(history)
+    return best_params, _history_frame(history)

@@ -107,7 +107,7 @@ def all_targets():
     targets = []
     for model, task in model_task_pairs():
         targets += expand("results/predictions/{model}/{task}/{split}.fits", model=model,
-                          task=task, split=task_splits(task))
+                          task=task, split=SPLITS)
         targets.append(f"results/compare/{task}/pred_vs_true_{model}.png")
     for task in {t for _, t in model_task_pairs()}:
         targets.append(f"results/compare/{task}/metrics.csv")

@@ -32,7 +32,7 @@ rule download_spectra:
     wildcard_constraints:
         chunk=r"\d+",
     params:
-        survey_root=SURVEY_ROOT,
+        survey_root=lambda wildcards, input: str(Path(input.allstar).parent),
         n_chunks=N_CHUNKS,
         spectra=SAS["spectra"],
         base_url=SAS["apstar_base_url"] if SAS["spectra"] == "apStar" else SAS["base_url"],

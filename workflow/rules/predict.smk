@@ -1,4 +1,5 @@
-# Predict stage: values and uncertainties (MC dropout for Bayesian families) per split.
+# Predict stage: values and uncertainties (MC dropout for Bayesian families) for every split,
+# one job per (model, task) so the model is loaded and compiled once.
 
 
 rule predict:
@@ -6,11 +7,12 @@ rule predict:
         params="results/models/{model}/{task}/params.npz",
         model="results/models/{model}/{task}/model.json",
         norm="results/models/{model}/{task}/norm.json",
-        split=lambda wc: f"results/data/{task_dataset(wc)}/{wc.split}.fits",
+        splits=lambda wc: expand("results/data/{dataset}/{split}.fits",
+                                 dataset=task_dataset(wc), split=SPLITS),
     output:
-        "results/predictions/{model}/{task}/{split}.fits",
+        expand("results/predictions/{{model}}/{{task}}/{split}.fits", split=SPLITS),
     params:
-        model_dir="results/models/{model}/{task}",
+        model_dir=lambda wc, input: str(Path(input.params).parent),
         mc_samples=config["predict"]["mc_samples"],
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
@@ -18,9 +20,9 @@ rule predict:
         code=lambda wc: code_hash("pipeline.py", "mc.py", "dataset.py",
                                   f"models/{MODELS[wc.model]['family']}.py"),
     log:
-        "logs/predict/{model}/{task}/{split}.log",
+        "logs/predict/{model}/{task}.log",
     benchmark:
-        "benchmarks/predict/{model}/{task}/{split}.tsv"
+        "benchmarks/predict/{model}/{task}.tsv"
     threads: 2
     resources:
         mem_mb=4000,
@@ -29,4 +31,4 @@ rule predict:
     conda:
         "../../envs/stargrad.yaml"
     script:
-        "../../scripts/predict_split.py"
+        "../../scripts/predict_splits.py"

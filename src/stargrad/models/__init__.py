@@ -15,7 +15,7 @@ class Model(NamedTuple):
     loss: Callable
     fit: Callable | None = None
     stochastic: bool = False
-    input_norm: str = "standard"
+    input_norm: str = "mean"
 
 
 def build(family: str, *, n_inputs: int, n_outputs: int, kind: str = "regression",

@@ -49,7 +49,8 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
     if hidden is None or any(h < 1 for h in hidden):
         raise ValueError("mlp: hidden must be a list of positive integer widths")
     if activation not in ACTIVATIONS:
-        raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, got {activation!r}")
+        raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, "
+                         f"got {activation!r}")
     dropout, l2 = float(dropout), float(l2)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"mlp: dropout must be in [0, 1), got {dropout}")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 
 from . import Model
-from .vae import fill_masked, masked_mse, pixel_valid_of
+from .vae import check_input_norm, fill_masked, masked_mse, pixel_valid_of
 
 
 def fit_components(x, pixel_valid, n_components: int) -> dict:
@@ -36,9 +36,12 @@ def fit_components(x, pixel_valid, n_components: int) -> dict:
 
 
 def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regression",
-          n_components: int = 8) -> Model:
-    """PCA Model over `n_inputs` pixels keeping `n_components`; `n_outputs`, `kind` ignored."""
+          n_components: int = 8, input_norm: str = "standard") -> Model:
+    """PCA Model over `n_inputs` pixels keeping `n_components`; `n_outputs`, `kind` ignored.
+
+    `input_norm` defaults to the VAE's, so that their reconstruction errors share units."""
     del n_outputs, kind  # unsupervised
+    check_input_norm("pca", input_norm)
     for name, value in (("n_inputs", n_inputs), ("n_components", n_components)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"pca: {name} must be a positive integer, got {value!r}")
@@ -71,4 +74,4 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
                              f"got {x.shape}")
         return fit_components(x, pixel_valid_of(train_batch), n_components)
 
-    return Model(init=init, apply=apply, loss=loss, fit=fit, input_norm="mean")
+    return Model(init=init, apply=apply, loss=loss, fit=fit, input_norm=input_norm)

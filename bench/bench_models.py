@@ -1,0 +1,127 @@
+"""Throughput of the bcnn families on this machine (a script, not a test).
+
+For each family, on synthetic data (N spectra x 7514 pixels, 22 labels, batch 64):
+time to the first finished epoch (compile included), training spectra/s after warm-up,
+MC-dropout inference spectra/s (100 samples) and 22-label Jacobian spectra/s (jax.jacrev,
+vmapped over a chunk of stars, dropout off). The machine's float32 matmul GFLOP/s is printed
+first so figures from different machines compare as ratios.
+
+    .venv/bin/python bench/bench_models.py [--n-spectra 3000] [--epochs 3]
+        [--families bcnn bcnn_censored] [--quick]
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stargrad import apogee, models, train
+from stargrad.mc import mc_predict
+
+N_LABELS = len(apogee.ASPCAP_LABELS)
+#: astroNN 1.1.0 on a 2-core CPU of this machine type (spectra/s), for the printed ratios.
+ASTRONN = {"bcnn": {"train": 1200, "mc": 18, "jacobian": 23},
+           "bcnn_censored": {"train": 900, "mc": 18, "jacobian": 12}}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of float32 (n x n) @ (n x n) throughput in GFLOP/s."""
+    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+    f = jax.jit(lambda m: m @ m)
+    f(a).block_until_ready()
+    best = np.inf
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n ** 3 / best / 1e9
+
+
+def synthetic(n: int, seed: int = 0) -> dict:
+    """Random mean-subtracted-like spectra and standardized labels, ~10% missing."""
+    rng = np.random.default_rng(seed)
+    x = (0.05 * rng.standard_normal((n, apogee.N_PIX_GAPLESS))).astype(np.float32)
+    valid = rng.random((n, N_LABELS)) > 0.1
+    y = np.where(valid, rng.standard_normal((n, N_LABELS)), 0.0).astype(np.float32)
+    y_err = np.where(valid, 0.05 * rng.random((n, N_LABELS)), 0.0).astype(np.float32)
+    return {"x": x, "y": y, "y_err": y_err, "valid": valid}
+
+
+def bench_training(model, data: dict, epochs: int) -> tuple[float, float]:
+    """(seconds to the first finished epoch incl. compile, spectra/s of later epochs)."""
+    n_valid = max(len(data["y"]) // 10, 1)
+    tr = {k: v[n_valid:] for k, v in data.items()}
+    va = {k: v[:n_valid] for k, v in data.items()}
+    stamps = []
+    cfg = train.TrainConfig(learning_rate=5e-4, batch_size=64, max_epochs=epochs,
+                            early_stopping_patience=None)
+    t0 = time.perf_counter()
+    _, history = train.fit(model, tr, va, cfg, jax.random.key(0),
+                           log=lambda *_: stamps.append(time.perf_counter()))
+    first = stamps[0] - t0
+    later = history["seconds"].to_numpy()[1:]
+    rate = len(tr["y"]) / np.median(later) if later.size else float("nan")
+    return first, rate
+
+
+def bench_mc(model, params, x, mc_samples: int) -> float:
+    mc_predict(model, params, x[:64], jax.random.key(1), mc_samples=mc_samples)  # compile
+    t0 = time.perf_counter()
+    mc_predict(model, params, x, jax.random.key(2), mc_samples=mc_samples)
+    return len(x) / (time.perf_counter() - t0)
+
+
+def bench_jacobian(model, params, x, chunk: int) -> float:
+    """Spectra/s of the full (22, 7514) Jacobian per star, dropout off."""
+    def one(xi):
+        return model.apply(params, xi[None], None)["value"][0]
+
+    jac = jax.jit(jax.vmap(jax.jacrev(one)))
+    jac(jnp.asarray(x[:chunk])).block_until_ready()
+    t0 = time.perf_counter()
+    n = 0
+    for start in range(0, len(x) - chunk + 1, chunk):
+        jac(jnp.asarray(x[start:start + chunk])).block_until_ready()
+        n += chunk
+    return n / (time.perf_counter() - t0)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n-spectra", type=int, default=3000)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--families", nargs="+", default=["bcnn", "bcnn_censored"],
+                        choices=["bcnn", "bcnn_censored"])
+    parser.add_argument("--mc-samples", type=int, default=100)
+    parser.add_argument("--mc-spectra", type=int, default=256)
+    parser.add_argument("--jacobian-spectra", type=int, default=64)
+    parser.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.n_spectra, args.epochs, args.mc_samples = 200, 2, 10
+        args.mc_spectra, args.jacobian_spectra = 64, 16
+    if args.n_spectra < 20 or args.epochs < 2:
+        parser.error("need --n-spectra >= 20 and --epochs >= 2 (epoch 1 includes compilation)")
+    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
+          f"float32 matmul {matmul_gflops():.0f} GFLOP/s")
+    data = synthetic(args.n_spectra)
+    x = data["x"][:args.mc_spectra]
+    for family in args.families:
+        model = models.build(family, n_inputs=apogee.N_PIX_GAPLESS, n_outputs=N_LABELS)
+        first, train_rate = bench_training(model, data, args.epochs)
+        params = jax.jit(model.init)(jax.random.key(0))
+        mc_rate = bench_mc(model, params, x, args.mc_samples)
+        jac_rate = bench_jacobian(model, params, data["x"][:args.jacobian_spectra], chunk=16)
+        ref = ASTRONN[family]
+        print(f"{family}: first epoch {first:.1f} s (compile included); "
+              f"train {train_rate:.0f} spectra/s ({train_rate / ref['train']:.1f}x astroNN); "
+              f"MC inference ({args.mc_samples} samples) {mc_rate:.1f} spectra/s "
+              f"({mc_rate / ref['mc']:.1f}x); 22-label Jacobian {jac_rate:.1f} spectra/s "
+              f"({jac_rate / ref['jacobian']:.1f}x)", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,277 @@
+"""bcnn / bcnn_censored families and MC-dropout inference: exact conv, hand-computed losses,
+masking, censoring, stop-gradient, MC moments."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from stargrad import apogee, models, train
+from stargrad.mc import _moments, mc_predict
+from stargrad.models import bcnn
+
+
+def normal(rng, shape):
+    return rng.normal(size=shape).astype(np.float32)
+
+
+def conv_reference(params, x, spec):
+    """Keras Conv1D('same') -> ReLU -> Conv1D -> ReLU -> MaxPool(valid) -> Flatten via lax.conv."""
+    dn = ("NWC", "WIO", "NWC")
+    h = x[..., None]
+    for name in ("conv1", "conv2"):
+        h = jax.lax.conv_general_dilated(h, params[name]["w"], (1,), "SAME", dimension_numbers=dn)
+        h = jax.nn.relu(h + params[name]["b"])
+    t, p = spec.n_pooled, spec.pool_length
+    return h[:, :t * p].reshape(len(x), t, p, -1).max(axis=2).reshape(len(x), -1)
+
+
+@pytest.mark.parametrize("n_pix,filter_len,pool,filters",
+                         [(203, 8, 4, (2, 4)), (64, 5, 3, (3, 2)), (50, 1, 2, (1, 1))])
+def test_block_conv_equals_lax_conv(n_pix, filter_len, pool, filters):
+    spec = bcnn.trunk_spec("t", n_pix, filters, filter_len, pool, (5, 3), 0.3)
+    params = bcnn.init_params(jax.random.key(1), bcnn.trunk_layout(spec))
+    rng = np.random.default_rng(n_pix)
+    params = jax.tree.map(lambda a: a + 0.3 * np.abs(normal(rng, a.shape)), params)
+    x = normal(rng, (3, n_pix))
+    got = jax.jit(lambda p, xx: bcnn.conv_features(p, xx, None, spec))(params, x)
+    want = jax.jit(lambda p, xx: conv_reference(p, xx, spec))(params, x)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert float(jnp.abs(got).max()) > 0.1
+
+
+def test_keep_mask_rate_and_independence():
+    key = jax.random.key(3)
+    a = np.asarray(bcnn.keep_mask(key, (200, 500), 0.3, salt=0))
+    b = np.asarray(bcnn.keep_mask(key, (200, 500), 0.3, salt=1))
+    c = np.asarray(bcnn.keep_mask(jax.random.fold_in(key, 1), (200, 500), 0.3, salt=0))
+    for m in (a, b, c):
+        assert abs(m.mean() - 0.7) < 0.005                       # 5 sigma is 0.0032
+    for m in (b, c):
+        assert abs((a & m).mean() - 0.49) < 0.006
+    np.testing.assert_array_equal(a, bcnn.keep_mask(key, (200, 500), 0.3, salt=0))
+    assert abs(a[:, 1:].astype(float).ravel() @ a[:, :-1].ravel() / a[:, 1:].size - 0.49) < 0.006
+
+
+def make_batch(rng, n, n_pix, k):
+    valid = rng.random((n, k)) > 0.3
+    valid[1] = False                       # a star with no valid label
+    valid[0, 0] = True
+    y = np.where(valid, rng.normal(size=(n, k)), 0.0)
+    y_err = np.where(valid, 0.2 * rng.random((n, k)), 0.0)
+    return {"x": rng.normal(size=(n, n_pix)).astype(np.float32), "y": y.astype(np.float32),
+            "y_err": y_err.astype(np.float32), "valid": valid}
+
+
+def test_bcnn_loss_matches_hand_computation():
+    rng = np.random.default_rng(0)
+    model = models.build("bcnn", n_inputs=96, n_outputs=4, num_hidden=[16, 8], l2=1e-3)
+    params = jax.jit(model.init)(jax.random.key(0))
+    batch = make_batch(rng, 5, 96, 4)
+    out = jax.jit(model.apply)(params, jnp.asarray(batch["x"]))
+    value, s = np.asarray(out["value"], np.float64), np.asarray(out["log_var"], np.float64)
+    per_star = []
+    for i in range(5):
+        m = batch["valid"][i]
+        var = np.exp(s[i, m]) + batch["y_err"][i, m] ** 2
+        terms = 0.5 * (batch["y"][i, m] - value[i, m]) ** 2 / var + 0.5 * np.log(var)
+        per_star.append(terms.sum() / m.sum() if m.any() else 0.0)
+    trunk = params["trunk"]
+    l2 = 1e-3 * sum(float(np.sum(np.square(trunk[n]["w"])))
+                    for n in ("conv1", "conv2", "dense1", "dense2"))
+    loss, metrics = jax.jit(model.loss)(params, batch, None)
+    np.testing.assert_allclose(float(metrics["nll"]), np.mean(per_star), rtol=1e-5)
+    np.testing.assert_allclose(float(loss), np.mean(per_star) + l2, rtol=1e-5)
+
+
+def test_masked_labels_change_nothing_and_all_missing_star_is_zero():
+    rng = np.random.default_rng(1)
+    model = models.build("bcnn", n_inputs=64, n_outputs=3, num_hidden=[8, 8])
+    params = jax.jit(model.init)(jax.random.key(1))
+    batch = make_batch(rng, 4, 64, 3)
+    grad = jax.jit(jax.grad(lambda p, b: model.loss(p, b, jax.random.key(5))[0]))
+    loss = jax.jit(model.loss)
+    garbage = dict(batch, y=np.where(batch["valid"], batch["y"], 1e30).astype(np.float32),
+                   y_err=np.where(batch["valid"], batch["y_err"], 1e20).astype(np.float32))
+    np.testing.assert_array_equal(loss(params, batch, None)[0], loss(params, garbage, None)[0])
+    g1, g2 = grad(params, batch), grad(params, garbage)
+    for a, b in zip(jax.tree.leaves(g1), jax.tree.leaves(g2)):
+        np.testing.assert_array_equal(a, b)
+    lonely = {k: v[1:2] for k, v in garbage.items()}          # the all-missing star alone
+    assert float(loss(params, lonely, None)[1]["nll"]) == 0.0
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grad(params, lonely)))
+
+
+def test_bcnn_classification_uses_masked_bce():
+    model = models.build("bcnn", n_inputs=64, n_outputs=1, kind="classification",
+                         num_hidden=[8, 4], l2=0.0)
+    params = jax.jit(model.init)(jax.random.key(2))
+    assert "log_var" not in params
+    x = normal(np.random.default_rng(3), (3, 64))
+    batch = {"x": x, "y": jnp.array([[1.0], [0.0], [0.0]]), "y_err": jnp.zeros((3, 1)),
+             "valid": jnp.array([[True], [True], [False]])}
+    out = jax.jit(model.apply)(params, x)
+    p = np.asarray(out["value"][:, 0], np.float64)
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-np.asarray(out["logit"][:, 0]))), rtol=1e-6)
+    expected = (-np.log(p[0]) - np.log(1 - p[1]) + 0.0) / 3
+    np.testing.assert_allclose(float(jax.jit(model.loss)(params, batch, None)[0]), expected,
+                               rtol=1e-5)
+
+
+def test_dropout_follows_the_key():
+    model = models.build("bcnn", n_inputs=128, n_outputs=2, num_hidden=[16, 8])
+    assert model.stochastic and model.input_norm == "mean"
+    params = jax.jit(model.init)(jax.random.key(0))
+    x = normal(np.random.default_rng(1), (4, 128))
+    apply = jax.jit(model.apply, static_argnames="train")
+    off = apply(params, x)
+    assert off["value"].shape == off["log_var"].shape == (4, 2)
+    np.testing.assert_array_equal(off["value"], apply(params, x, None, train=True)["value"])
+    a, b = (apply(params, x, jax.random.key(7))["value"] for _ in range(2))
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, apply(params, x, jax.random.key(8))["value"])
+    assert not np.allclose(a, off["value"])
+
+
+def test_bcnn_trains_with_the_shared_loop():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(96, 64)).astype(np.float32)
+    y = np.stack([x[:, :8].mean(1), x[:, 30:40].mean(1)], 1).astype(np.float32) * 3
+    data = {"x": x, "y": y, "y_err": np.zeros_like(y), "valid": np.ones_like(y, bool)}
+    tr = {k: v[:64] for k, v in data.items()}
+    va = {k: v[64:] for k, v in data.items()}
+    model = models.build("bcnn", n_inputs=64, n_outputs=2, num_hidden=[32, 16])
+    cfg = train.TrainConfig(learning_rate=3e-3, batch_size=16, max_epochs=6)
+    params, history = train.fit(model, tr, va, cfg, jax.random.key(0), log=lambda *_: None)
+    assert np.isfinite(history["valid_loss"]).all()
+    assert history["valid_loss"].min() < history["valid_loss"].iloc[0]
+
+
+# ---------------------------------------------------------------- censored
+
+@pytest.fixture(scope="module")
+def censored():
+    model = models.build("bcnn_censored", n_inputs=apogee.N_PIX_GAPLESS, n_outputs=22,
+                         num_hidden=[16, 8, 4, 4, 2])
+    return model, jax.jit(model.init)(jax.random.key(0))
+
+
+def test_censored_rejects_other_label_sets():
+    with pytest.raises(ValueError, match="n_outputs=3"):
+        models.build("bcnn_censored", n_inputs=apogee.N_PIX_GAPLESS, n_outputs=3)
+    with pytest.raises(ValueError, match="no ASPCAP window"):
+        models.build("bcnn_censored", n_inputs=apogee.N_PIX_GAPLESS, n_outputs=2,
+                     labels=["teff", "dnu"])
+    with pytest.raises(ValueError, match="7514"):
+        models.build("bcnn_censored", n_inputs=100, n_outputs=22)
+
+
+def test_censored_jacobian_stays_in_the_windows(censored):
+    model, params = censored
+    x = 0.1 * normal(np.random.default_rng(1), (1, apogee.N_PIX_GAPLESS))
+    mg = apogee.ASPCAP_LABELS.index("Mg")
+    inside = apogee.window_mask("Mg")
+
+    @jax.jit
+    def jac(p):
+        return jax.grad(lambda xx: model.apply(p, xx)["value"][0, mg])(x)[0]
+
+    full = np.asarray(jac(params))
+    assert np.abs(full[~inside]).max() > 0            # the trunk enters through aux
+    no_aux = dict(params, aux={"w": jnp.zeros_like(params["aux"]["w"]), "b": params["aux"]["b"]})
+    censored_jac = np.asarray(jac(no_aux))
+    assert np.all(censored_jac[~inside] == 0.0)
+    assert np.abs(censored_jac[inside]).max() > 0
+    out = jax.eval_shape(model.apply, params, x)
+    assert out["value"].shape == out["log_var"].shape == (1, 22)
+
+
+def test_element_losses_do_not_train_trunk_heads(censored):
+    model, params = censored
+    x = normal(np.random.default_rng(2), (2, apogee.N_PIX_GAPLESS))
+    elements = [i for i, n in enumerate(apogee.ASPCAP_LABELS) if n not in ("teff", "logg", "Fe")]
+
+    @jax.jit
+    def grads(weight):
+        def f(p):
+            out = model.apply(p, x, jax.random.key(3))
+            return jnp.sum(weight * (out["value"] ** 2 + out["log_var"]))
+        return jax.grad(f)(params)
+
+    g = grads(jnp.zeros(22).at[jnp.array(elements)].set(1.0))
+    for head in ("trunk_value", "trunk_log_var"):
+        assert all(np.all(a == 0) for a in jax.tree.leaves(g[head]))
+    assert np.abs(g["trunk"]["dense1"]["w"]).max() > 0     # through aux, as in astroNN
+    assert np.abs(grads(jnp.zeros(22).at[0].set(1.0))["trunk_value"]["w"]).max() > 0
+
+
+def test_censored_aux_kernel_respects_maxnorm(censored):
+    model, params = censored
+    big = dict(params, aux={"w": 10.0 * params["aux"]["w"] + 1.0, "b": params["aux"]["b"]})
+    x = normal(np.random.default_rng(4), (1, apogee.N_PIX_GAPLESS))
+    # aux is linear in its kernel: scaling the stored kernel beyond the cap changes nothing.
+    apply = jax.jit(model.apply)
+    a = apply(big, x)["value"]
+    b = apply(dict(big, aux={"w": 3.0 * big["aux"]["w"], "b": big["aux"]["b"]}), x)["value"]
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+# ---------------------------------------------------------------- MC inference
+
+@pytest.fixture(scope="module")
+def small():
+    model = models.build("bcnn", n_inputs=32, n_outputs=3, num_hidden=[8, 4])
+    params = jax.jit(model.init)(jax.random.key(0))
+    x = normal(np.random.default_rng(1), (5, 32))
+    return model, params, x
+
+
+def test_mc_predict_matches_explicit_samples(small):
+    model, params, x = small
+    key = jax.random.key(9)
+    out = mc_predict(model, params, x, key, mc_samples=7, batch_size=3)
+    assert set(out) == {"value", "std_model", "std_predictive", "std_total"}
+    apply = jax.jit(model.apply)
+    assert all(v.shape == (5, 3) for v in out.values())
+    for chunk, rows in enumerate((slice(0, 3), slice(3, 5))):
+        xb = np.concatenate([x[rows], np.zeros((3 - len(x[rows]), 32), np.float32)])
+        keys = jax.random.split(jax.random.fold_in(key, chunk), 7)
+        samples = [apply(params, jnp.asarray(xb), k) for k in keys]
+        v = np.stack([np.asarray(s["value"]) for s in samples])[:, :len(x[rows])]
+        s = np.stack([np.asarray(s["log_var"]) for s in samples])[:, :len(x[rows])]
+        np.testing.assert_allclose(out["value"][rows], v.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["std_model"][rows], v.std(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out["std_predictive"][rows], np.sqrt(np.exp(s.mean(0))),
+                                   rtol=1e-5)
+    np.testing.assert_allclose(out["std_total"] ** 2,
+                               out["std_model"] ** 2 + out["std_predictive"] ** 2, rtol=1e-5)
+    again = mc_predict(model, params, x, key, mc_samples=7, batch_size=3)
+    for name in out:
+        np.testing.assert_array_equal(out[name], again[name])
+    assert np.all(out["std_model"] > 0)
+
+
+def test_mc_deterministic_mode_and_shared_key(small):
+    model, params, x = small
+    det = mc_predict(model, params, x, jax.random.PRNGKey(0), mc_samples=0)
+    apply = jax.jit(model.apply)
+    ref = apply(params, jnp.asarray(x))
+    np.testing.assert_allclose(det["value"], ref["value"], rtol=1e-6)
+    np.testing.assert_array_equal(det["std_model"], 0.0)
+    np.testing.assert_allclose(det["std_predictive"], np.exp(0.5 * np.asarray(ref["log_var"])),
+                               rtol=1e-6)
+    same = jnp.stack([jax.random.key(4)] * 6)
+    moments = jax.jit(lambda p, xx, k: _moments(model, p, xx, k, mc_batch=4))(params, x, same)
+    np.testing.assert_allclose(moments["std_model"], 0.0, atol=1e-6)
+    np.testing.assert_allclose(moments["value"], apply(params, jnp.asarray(x),
+                                                       jax.random.key(4))["value"], rtol=1e-5)
+
+
+def test_mc_without_log_var_gives_zero_predictive():
+    model = models.build("mlp", n_inputs=16, n_outputs=2, hidden=[8], dropout=0.2)
+    params = jax.jit(model.init)(jax.random.key(0))
+    x = np.ones((3, 16), np.float32)
+    out = mc_predict(model, params, x, jax.random.key(1), mc_samples=4)
+    np.testing.assert_array_equal(out["std_predictive"], 0.0)
+    np.testing.assert_allclose(out["std_total"], out["std_model"], rtol=1e-6)
+    with pytest.raises(ValueError, match="mc_predict: x"):
+        mc_predict(model, params, x[0], jax.random.key(1))

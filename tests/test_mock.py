@@ -1,0 +1,221 @@
+"""The mock survey: generator physics and derivatives, label structure, DR17 file layout,
+determinism, and the Cramér–Rao truth products."""
+from __future__ import annotations
+
+import filecmp
+
+import fitsio
+import jax
+import numpy as np
+import pandas as pd
+import pytest
+from astropy.io import fits as afits
+
+from stargrad import apogee, mock, survey
+
+REF = np.array([4600.0, 2.4] + [0.05 * (k % 5) - 0.1 for k in range(20)])
+KEPT = apogee.KEPT_PIXELS
+
+
+def test_jacobian_matches_central_finite_differences():
+    with jax.enable_x64(True):
+        jac = np.asarray(mock.jacobian(REF))
+        assert jac.dtype == np.float64 and jac.shape == (apogee.N_PIX, mock.N_LABELS)
+        for k, step in enumerate([0.5] + [1e-4] * 21):
+            up, down = REF.copy(), REF.copy()
+            up[k] += step
+            down[k] -= step
+            fd = (np.asarray(mock.spectrum(up)) - np.asarray(mock.spectrum(down))) / (2 * step)
+            scale = np.abs(jac[:, k]).max()
+            assert scale > 0, mock.LABELS[k]          # every label moves the spectrum
+            np.testing.assert_allclose(jac[:, k], fd, atol=1e-6 * scale, err_msg=mock.LABELS[k])
+
+
+def test_mg_line_deepens_with_mg_and_ignores_ni():
+    pix = int(round(float(apogee.pixel_of_wavelength(15770.15))))
+    near = slice(pix - 3, pix + 4)
+    base = np.asarray(mock.spectrum(REF))
+    more_mg, more_ni = REF.copy(), REF.copy()
+    more_mg[mock.LABEL_INDEX["Mg"]] += 0.2
+    more_ni[mock.LABEL_INDEX["Ni"]] += 0.3
+    assert base[pix] < 0.7                                          # a strong line
+    assert np.asarray(mock.spectrum(more_mg))[pix] < base[pix] - 0.005
+    np.testing.assert_array_equal(np.asarray(mock.spectrum(more_ni))[near], base[near])
+    assert np.any(np.asarray(mock.spectrum(more_ni)) != base)       # Ni lines elsewhere do move
+
+
+def test_chip_gaps_exactly_zero_and_flux_bounded():
+    flux = mock.batch_spectra(np.stack([REF, REF + np.r_[-500.0, -1.0, [0.3] * 20]]),
+                              batch_size=4)
+    gaps = np.setdiff1d(np.arange(apogee.N_PIX), KEPT)
+    assert np.all(flux[:, gaps] == 0.0)
+    assert np.all(flux[:, KEPT] > 0.0) and np.all(flux[:, KEPT] <= 1.05)
+    assert flux[1, KEPT].mean() < flux[0, KEPT].mean()   # cooler and metal-rich: more absorption
+    np.testing.assert_allclose(flux[0], np.asarray(mock.spectrum(REF)), atol=1e-6)
+    with pytest.raises(ValueError, match="batch_spectra: labels must have shape"):
+        mock.batch_spectra(np.zeros((3, 5)))
+
+
+def test_label_structure():
+    truth = mock.draw_labels(800, 40, seed=5)
+    field, cluster = truth[~truth["is_cluster"]], truth[truth["is_cluster"]]
+    assert cluster["Fe"].std() < 0.05 and abs(cluster["Fe"].mean() + 1.5) < 0.1
+    assert (cluster["Mg"] - cluster["Fe"]).std() < 0.05
+    cluster_al = cluster["Al"] - cluster["Fe"]
+    assert cluster_al.max() - cluster_al.min() > 1.0 and cluster_al.std() > 0.3
+    assert np.corrcoef(field["Al"] - field["Fe"], field["Mg"] - field["Fe"])[0, 1] > 0.8
+    rc, rgb = field[field["evstate"] == 1], field[field["evstate"] == 0]
+    assert 0.2 < len(rc) / len(field) < 0.4
+    assert rc["logg"].between(2.2, 2.9).all() and 250 < rc["dpi1"].median() < 350
+    assert 50 < rgb["dpi1"].median() < 100
+    # the RC sits ~100 K hotter and at lower [C/N] than RGB stars of the same log g
+    band = rgb[rgb["logg"].between(2.3, 2.55)]
+    assert rc["teff"].median() - band["teff"].median() > 40
+    assert ((rc["C"] - rc["N"]).median() < (band["C"] - band["N"]).median())
+    # scaling relations (Huber+2011 solar values), by hand for one star
+    star = field.iloc[0]
+    g_rel = 10.0 ** (star["logg"] - 4.438)
+    radius = np.sqrt(star["mass"] / g_rel)
+    assert star["numax"] == pytest.approx(3090.0 * g_rel * (star["teff"] / 5777.0) ** -0.5)
+    assert star["dnu"] == pytest.approx(135.1 * star["mass"] ** 0.5 * radius ** -1.5)
+    assert truth["snr"].between(40, 600).all() and (truth["snr"] > 200).mean() > 0.15
+    assert (truth["anomaly"] == "continuum").sum() == 4 == (truth["anomaly"] == "binary").sum()
+    assert truth.loc[truth["anomaly"] != "", "is_cluster"].eq(False).all()
+    pd.testing.assert_frame_equal(truth, mock.draw_labels(800, 40, seed=5))
+    with pytest.raises(ValueError, match="n_anomalies"):
+        mock.draw_labels(3, 0, seed=1, n_anomalies=4)
+
+
+SURVEY = dict(n_field=12, n_cluster=4, n_anomalies=2, missing_rate=0.05)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mock")
+    mock.write_mock_survey(root / "a", seed=11, log=lambda msg: None, **SURVEY)
+    return root
+
+
+def _files(root):
+    return sorted(p.relative_to(root) for p in root.rglob("*") if p.is_file())
+
+
+def test_same_seed_same_bytes_other_seed_differs(tiny):
+    mock.write_mock_survey(tiny / "b", seed=11, log=lambda msg: None, **SURVEY)
+    mock.write_mock_survey(tiny / "c", seed=12, log=lambda msg: None, **SURVEY)
+    files = _files(tiny / "a")
+    assert len(files) == 3 + 16 and files == _files(tiny / "b")
+    match, mismatch, errors = filecmp.cmpfiles(tiny / "a", tiny / "b", files, shallow=False)
+    assert not mismatch and not errors
+    assert not filecmp.cmp(tiny / "a" / survey.ALLSTAR_NAME, tiny / "c" / survey.ALLSTAR_NAME,
+                           shallow=False)
+    with pytest.raises(ValueError, match="missing_rate must lie in"):
+        mock.write_mock_survey(tiny / "d", seed=1, n_field=3, n_cluster=0, missing_rate=1.5)
+
+
+def test_dr17_layout_readable_by_astropy_and_fitsio(tiny):
+    root = tiny / "a"
+    allstar = survey.read_allstar(root / survey.ALLSTAR_NAME)
+    wanted = ["APOGEE_ID", "TELESCOPE", "FIELD", "LOCATION_ID", "RA", "DEC", "SNR", "STARFLAG",
+              "ASPCAPFLAG", "VSCATTER", "NVISITS", "M_H", "M_H_ERR", "ALPHA_M", "ALPHA_M_ERR",
+              "MEMBER"]
+    wanted += [c + e for c in map(apogee.allstar_column, mock.LABELS) for e in ("", "_ERR")]
+    assert set(wanted) <= set(allstar.columns) and len(allstar) == 16
+    assert allstar["APOGEE_ID"].str.fullmatch(r"2M\d{8}[+-]\d{7}").all()
+    assert allstar["APOGEE_ID"].is_unique
+    assert (allstar["MEMBER"] == "M13").sum() == 4 and (allstar["FIELD"] == "M13").sum() == 4
+    assert fitsio.read_header(str(root / survey.ALLSTAR_NAME), ext=0)["SGSEED"] == 11
+    star = allstar.iloc[0]
+    path = root / survey.aspcapstar_relpath(star["TELESCOPE"], star["FIELD"], star["APOGEE_ID"])
+    with afits.open(path) as hdul:
+        assert len(hdul) == 5 and hdul[0].header["SGSEED"] == 11
+        for ext in (1, 2, 3):
+            assert hdul[ext].data.shape == (apogee.N_PIX,)
+            assert hdul[ext].header["CRVAL1"] == pytest.approx(4.179)
+            assert hdul[ext].header["CDELT1"] == pytest.approx(6e-6)
+            assert hdul[ext].header["CTYPE1"] == "LOG-LINEAR"
+        assert hdul[4].data["APOGEE_ID"][0].strip() == star["APOGEE_ID"]
+    with fitsio.FITS(str(path)) as fh:
+        assert len(fh) == 5 and fh[1].read_header()["CDELT1"] == pytest.approx(6e-6)
+    seismic = pd.read_csv(root / survey.SEISMIC_NAME)
+    assert tuple(seismic.columns) == survey.SEISMIC_COLUMNS
+    assert set(seismic["EVSTATE"]) <= {1, 2} and len(seismic) == round(0.7 * 12)
+    assert set(seismic["APOGEE_ID"]) <= set(allstar.loc[allstar["MEMBER"] == "", "APOGEE_ID"])
+
+
+def test_catalogue_is_truth_and_spectra_are_model_plus_noise(tiny):
+    root = tiny / "a"
+    allstar = survey.read_allstar(root / survey.ALLSTAR_NAME).set_index("APOGEE_ID")
+    truth = mock.read_truth(root).set_index("APOGEE_ID").loc[allstar.index]
+    n_missing = 0
+    for label in mock.LABELS:
+        column = apogee.allstar_column(label)
+        value, error = allstar[column].to_numpy(), allstar[column + "_ERR"].to_numpy()
+        missing = value == apogee.MAGIC_NUMBER
+        n_missing += missing.sum()
+        np.testing.assert_array_equal(error == apogee.MAGIC_NUMBER, missing)
+        expect = truth[label].to_numpy()
+        if label not in ("teff", "logg", "Fe"):
+            expect = expect - truth["Fe"].to_numpy()
+        np.testing.assert_allclose(value[~missing], expect[~missing], rtol=1e-5, atol=1e-5)
+        assert np.all(error[~missing] > 0)
+    assert n_missing > 0
+    for ident, star in allstar.iloc[:6].iterrows():
+        path = root / survey.aspcapstar_relpath(star["TELESCOPE"], star["FIELD"], ident)
+        flux, error = survey.read_aspcapstar(path)
+        model = fitsio.read(str(path), ext=3)
+        theta = truth.loc[ident, list(mock.LABELS)].to_numpy(float)
+        np.testing.assert_allclose(model, np.asarray(mock.spectrum(theta)), atol=1e-6)
+        good = np.zeros(apogee.N_PIX, bool)
+        good[KEPT] = error[KEPT] < 1.0
+        assert np.all(error[good] == np.float32(1.0 / star["SNR"]))
+        assert np.all(flux[~np.isin(np.arange(apogee.N_PIX), KEPT)] == 0.0)
+        if truth.loc[ident, "anomaly"] == "":
+            pull = (flux[good] - model[good]) / error[good]
+            assert abs(pull.std() - 1.0) < 0.05 and abs(pull.mean()) < 0.05
+
+
+def test_crb_scales_with_snr_and_weights_are_unbiased():
+    error = np.full(apogee.N_PIX_GAPLESS, 0.01, np.float32)
+    sigma = np.asarray(mock.crb(REF, error))
+    np.testing.assert_allclose(np.asarray(mock.crb(REF, error / 2)), sigma / 2, rtol=1e-3)
+    assert sigma[mock.LABEL_INDEX["Fe"]] < sigma[mock.LABEL_INDEX["Na"]]
+    # against a float64 computation of sqrt(diag F⁻¹)
+    grad = np.asarray(mock.jacobian(REF), float)[KEPT]
+    fisher = grad.T @ grad / 0.01 ** 2
+    np.testing.assert_allclose(sigma, np.sqrt(np.diag(np.linalg.inv(fisher))), rtol=2e-3)
+    # the efficient estimator is unbiased to first order: W G = identity (compared in units
+    # of each label's σ, since Teff is in K and abundances in dex)
+    weights = np.asarray(mock.efficient_weights(REF, error), float)
+    assert weights.shape == (mock.N_LABELS, apogee.N_PIX_GAPLESS)
+    np.testing.assert_allclose(weights @ grad * sigma[None, :] / sigma[:, None],
+                               np.eye(mock.N_LABELS), atol=2e-3)
+
+
+def test_write_truth_products(tiny, tmp_path):
+    root = tiny / "a"
+    truth = mock.read_truth(root)
+    split = pd.DataFrame({"APOGEE_ID": truth["APOGEE_ID"],
+                          "split": np.where(truth["is_cluster"], "cluster",
+                                            ["test", "train"] * 8)})
+    split.to_csv(tmp_path / "split.csv", index=False)
+    out = tmp_path / "crb.fits"
+    mock.write_truth_products(root, tmp_path / "split.csv", out, chunk_size=8,
+                              log=lambda msg: None)
+    table = fitsio.read(str(out), ext="CRB")
+    assert len(table) == 6 + 4 and set(np.char.strip(table["split"].astype(str))) == {"test",
+                                                                                      "cluster"}
+    weights = fitsio.read(str(out), ext="EFFICIENT_WEIGHTS")
+    assert weights.shape == (mock.N_LABELS, apogee.N_PIX_GAPLESS)
+    allstar = survey.read_allstar(root / survey.ALLSTAR_NAME).set_index("APOGEE_ID")
+    ident = table["APOGEE_ID"][0].strip()
+    star = allstar.loc[ident]
+    _, error = survey.read_aspcapstar(
+        root / survey.aspcapstar_relpath(star["TELESCOPE"], star["FIELD"], ident))
+    theta = truth.set_index("APOGEE_ID").loc[ident, list(mock.LABELS)].to_numpy(np.float32)
+    expect = np.asarray(mock.crb(theta, error))
+    got = np.array([table[f"crb_{label}"][0] for label in mock.LABELS])
+    np.testing.assert_allclose(got, expect, rtol=1e-4)
+    split.drop(columns="split").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(ValueError, match="bad.csv.*lacks columns"):
+        mock.write_truth_products(root, tmp_path / "bad.csv", out)

@@ -21,7 +21,9 @@ include: "workflow/rules/survey.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
+include: "workflow/rules/attribute.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/generative.smk"
 
 
 rule all:

@@ -9,6 +9,8 @@ training mean) before encoding and never enter a score. Latent codes are the mea
 """
 from __future__ import annotations
 
+from functools import lru_cache
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,7 +32,7 @@ def _spectra(name: str, x, n_pix: int | None = None) -> np.ndarray:
     return x
 
 
-def _mask(pixel_valid, x: np.ndarray, name: str = "pixel_valid") -> np.ndarray:
+def _mask(pixel_valid, x: np.ndarray, name: str) -> np.ndarray:
     if pixel_valid is None:
         return np.ones(x.shape, dtype=bool)
     valid = np.asarray(pixel_valid)
@@ -43,16 +45,22 @@ def _mask(pixel_valid, x: np.ndarray, name: str = "pixel_valid") -> np.ndarray:
 def _checked(x, pixel_valid, name: str = "x", n_pix: int | None = None):
     """(spectra with masked pixels set to 0, mask), raising on non-finite valid pixels."""
     x = _spectra(name, x, n_pix)
-    valid = _mask(pixel_valid, x)
+    valid = _mask(pixel_valid, x, f"pixel_valid of {name}")
     bad = int(np.count_nonzero(valid & ~np.isfinite(x)))
     if bad:
         raise ValueError(f"{name} has {bad} non-finite values at valid pixels")
     return np.where(valid, x, 0.0).astype(np.float32), valid
 
 
+@lru_cache(maxsize=16)
+def _jitted_apply(model):
+    """Deterministic (z = μ) apply of a Model, compiled once per model and input shape."""
+    return jax.jit(lambda p, xb: model.apply(p, xb))
+
+
 def _apply_batched(model, params, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> dict:
     """model.apply(params, x) with z = μ, in fixed-size chunks (one compilation); numpy out."""
-    fn = jax.jit(lambda p, xb: model.apply(p, xb))
+    fn = _jitted_apply(model)
     n = len(x)
     size = min(batch_size, n)
     parts = []
@@ -78,7 +86,7 @@ def reconstruct(model, params, x, pixel_valid=None, batch_size: int = DEFAULT_BA
 
 def reconstruction_error(model, params, x, pixel_valid=None,
                          batch_size: int = DEFAULT_BATCH) -> np.ndarray:
-    """Per-star mean squared reconstruction error over valid pixels (normalized flux²)."""
+    """Per-star mean squared reconstruction error over valid pixels (normalized units²)."""
     x, valid = _checked(x, pixel_valid)
     recon = _apply_batched(model, params, x, batch_size)["value"]
     return _masked_mean((recon - x) ** 2, valid)
@@ -119,9 +127,9 @@ def denoise_score(model, params, x_noisy, x_clean, pixel_valid=None) -> pd.DataF
 
 
 def anomaly_score(model, params, x, pixel_valid=None, error=None) -> np.ndarray:
-    """Per-star reconstruction error over valid pixels: the MSE (normalized flux²), or with
-    `error` (N, P flux errors) the reduced χ² mean((x − x̂)²/σ²); pixels whose error is not
-    finite and positive are left out of the χ²."""
+    """Per-star reconstruction error over valid pixels: the MSE (normalized units²), or with
+    `error` (N, P flux errors, normalized like x) the reduced χ² mean((x − x̂)²/σ²); pixels
+    whose error is not finite and positive are left out of the χ²."""
     x, valid = _checked(x, pixel_valid)
     recon = _apply_batched(model, params, x)["value"]
     sq = (recon - x) ** 2

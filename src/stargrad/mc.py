@@ -11,6 +11,8 @@ so one compilation serves any number of stars. Results depend on (key, batch_siz
 """
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,8 +47,20 @@ def _deterministic(model, params, x) -> dict:
                         "std_predictive": std_predictive})
 
 
+@functools.lru_cache(maxsize=32)
+def _compiled(model, mc_samples: int, mc_batch: int):
+    """Jitted `run(params, x_chunk, key, chunk_index) -> moments`, cached per model."""
+    if mc_samples == 0:
+        return jax.jit(lambda params, x, key, chunk: _deterministic(model, params, x))
+
+    def run(params, x, key, chunk):
+        keys = jax.random.split(jax.random.fold_in(key, chunk), mc_samples)
+        return _moments(model, params, x, keys, mc_batch)
+    return jax.jit(run)
+
+
 def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 64,
-               max_rows: int = 2048) -> dict:
+               max_rows: int = 1024) -> dict:
     """MC-dropout prediction of (N, P) normalized flux -> dict of (N, K) numpy arrays
     (value, std_model, std_predictive, std_total; normalized units).
 
@@ -55,7 +69,8 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
     (stars x MC samples) forward passes are vmapped at once."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
-        raise ValueError(f"mc_predict: x must be a non-empty (stars, pixels) array, got shape {x.shape}")
+        raise ValueError(f"mc_predict: x must be a non-empty (stars, pixels) array, "
+                         f"got shape {x.shape}")
     if not np.all(np.isfinite(x)):
         raise ValueError("mc_predict: x holds NaN or inf values")
     mc_samples, batch_size = int(mc_samples), int(batch_size)
@@ -64,22 +79,15 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
                          f"got {mc_samples}, {batch_size}, {max_rows}")
     n = x.shape[0]
     batch_size = min(batch_size, n)
-    if mc_samples == 0 or not model.stochastic:
-        run = jax.jit(lambda p, xb, c: _deterministic(model, p, xb))
-    else:
-        mc_batch = max(1, min(mc_samples, max_rows // batch_size))
-
-        def run(p, xb, chunk):
-            keys = jax.random.split(jax.random.fold_in(key, chunk), mc_samples)
-            return _moments(model, p, xb, keys, mc_batch)
-        run = jax.jit(run)
+    mc_batch = max(1, min(mc_samples, max_rows // batch_size))
+    run = _compiled(model, mc_samples if model.stochastic else 0, mc_batch)
     parts = {name: [] for name in OUTPUTS}
     for chunk, start in enumerate(range(0, n, batch_size)):
         xb = x[start:start + batch_size]
         rows = len(xb)
         if rows < batch_size:
             xb = np.concatenate([xb, np.zeros((batch_size - rows,) + x.shape[1:], np.float32)])
-        out = run(params, jnp.asarray(xb), chunk)
+        out = run(params, jnp.asarray(xb), key, chunk)
         for name in OUTPUTS:
             parts[name].append(np.asarray(out[name])[:rows])
     return {name: np.concatenate(parts[name]) for name in OUTPUTS}

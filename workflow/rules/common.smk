@@ -23,6 +23,7 @@ TASKS = tasks_from_config(config)
 MODELS = config["models"]
 CONFIG_HASH = provenance.config_hash(config)
 UNSUPERVISED = {"vae", "pca"}
+DIFFERENTIABLE = {"linear", "mlp", "bcnn", "bcnn_censored"}
 
 
 def _check_references():
@@ -95,8 +96,10 @@ def has_truth(task):
     return SURVEY_SOURCE == "mock" and any(l in ASPCAP_LABELS for l in TASKS[task].labels)
 
 
-def model_task_pairs():
-    return [(m, t) for m, spec in MODELS.items() for t in spec["tasks"]]
+def model_task_pairs(supervised=True):
+    """(model, task) pairs of supervised families (or, supervised=False, of VAE/PCA)."""
+    return [(m, t) for m, spec in MODELS.items() for t in spec["tasks"]
+            if (spec["family"] not in UNSUPERVISED) == supervised]
 
 
 def models_of_task(task):
@@ -109,6 +112,8 @@ def all_targets():
         targets += expand("results/predictions/{model}/{task}/{split}.fits", model=model,
                           task=task, split=SPLITS)
         targets.append(f"results/compare/{task}/pred_vs_true_{model}.png")
+        if MODELS[model]["family"] in DIFFERENTIABLE:
+            targets.append(f"results/attribution/{model}/{task}/jacobian.fits")
     for task in {t for _, t in model_task_pairs()}:
         targets.append(f"results/compare/{task}/metrics.csv")
-    return targets
+    return targets + generative_targets()

@@ -67,7 +67,8 @@ def positive_ints(family: str, name: str, value, length: int | None = None) -> t
         out = None
     if out is None or any(v < 1 for v in out) or (length is not None and len(out) != length):
         size = f"{length} " if length is not None else ""
-        raise ValueError(f"{family}: {name} must be a list of {size}positive integers, got {value!r}")
+        raise ValueError(f"{family}: {name} must be a list of {size}positive integers, "
+                         f"got {value!r}")
     return out
 
 
@@ -153,7 +154,8 @@ def keep_mask(key, shape: tuple, rate: float, salt: int):
     data = jax.random.key_data(key).reshape(-1)
     stream = _mix(data[0] ^ jnp.uint32((salt * 0x9E3779B9 + 1) & 0xFFFFFFFF))
     counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    return _mix(_mix(counter ^ stream) + data[-1]) >= jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    return _mix(_mix(counter ^ stream) + data[-1]) >= threshold
 
 
 def dropout(key, h, rate: float, salt: int):

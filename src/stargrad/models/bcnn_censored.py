@@ -13,7 +13,7 @@ stored kernel v is used as v * min(1, maxnorm / |v_col|), so every forward pass 
 constraint without a post-step projection hook in the shared training loop.
 
 The 19 element sub-networks are an unrolled loop of gathers and small matmuls inside one jitted
-program; on CPU this measured ~3x faster than zero-padded, stacked per-element weights.
+program; on CPU this measured 2-3x faster than zero-padded, stacked per-element weights.
 Dropout, losses and outputs follow `bcnn` (dropout on with a key, off with key=None).
 """
 from __future__ import annotations
@@ -51,8 +51,8 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
     if labels is None:
         if n_outputs != len(apogee.ASPCAP_LABELS):
             raise ValueError(f"bcnn_censored: without `labels` it predicts the "
-                             f"{len(apogee.ASPCAP_LABELS)} aspcap labels, got n_outputs={n_outputs};"
-                             " pass labels=[...] to censor another label set")
+                             f"{len(apogee.ASPCAP_LABELS)} aspcap labels, got "
+                             f"n_outputs={n_outputs}; pass labels=[...] for another label set")
         labels = apogee.ASPCAP_LABELS
     labels = tuple(str(name) for name in labels)
     if len(labels) != n_outputs or len(set(labels)) != len(labels):

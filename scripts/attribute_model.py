@@ -1,0 +1,12 @@
+"""Rule attribute: mean Jacobians, top lines, window shares and fidelity of one model."""
+from pathlib import Path
+
+from stargrad.pipeline import attribute
+from stargrad.runlog import rule_logger
+
+with rule_logger(snakemake.log[0]) as log:
+    attribute(snakemake.params.model_dir, snakemake.input.split,
+              Path(snakemake.output.jacobian).parent, chunk_size=snakemake.params.chunk_size,
+              mc_samples=snakemake.params.mc_samples, seed=snakemake.params.seed,
+              max_stars=snakemake.params.max_stars, truth_path=snakemake.input.truth or None,
+              config_digest=snakemake.params.config_hash, log=log)

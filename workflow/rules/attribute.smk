@@ -1,0 +1,45 @@
+# Attribute stage: exact gradients of every differentiable model w.r.t. the input spectrum.
+
+
+rule attribute:
+    input:
+        params="results/models/{model}/{task}/params.npz",
+        model="results/models/{model}/{task}/model.json",
+        norm="results/models/{model}/{task}/norm.json",
+        split=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+        truth=lambda wc: f"results/truth/{task_dataset(wc)}/crb.fits" if has_truth(wc.task) else [],
+    output:
+        jacobian="results/attribution/{model}/{task}/jacobian.fits",
+        lines=report("results/attribution/{model}/{task}/lines.csv",
+                     caption="../report/lines.rst", category="Attribution",
+                     subcategory="{task}", labels={"model": "{model}", "table": "lines"}),
+        windows=report("results/attribution/{model}/{task}/windows.csv",
+                       caption="../report/windows.rst", category="Attribution",
+                       subcategory="{task}", labels={"model": "{model}", "table": "window shares"}),
+        fidelity="results/attribution/{model}/{task}/fidelity.csv",
+        plots=report(directory("results/attribution/{model}/{task}/plots"),
+                     patterns=["{label}.png"], caption="../report/jacobian.rst",
+                     category="Attribution", subcategory="{task}",
+                     labels={"model": "{model}", "label": "{label}"}),
+    params:
+        model_dir=lambda wc, input: str(Path(input.params).parent),
+        chunk_size=config["attribute"]["chunk_size"],
+        mc_samples=config["attribute"]["mc_samples"],
+        max_stars=config["attribute"]["max_stars"],
+        seed=config["seed"],
+        config_hash=CONFIG_HASH,
+        code=lambda wc: code_hash("attribution.py", "plots_attribution.py", "pipeline.py",
+                                  f"models/{MODELS[wc.model]['family']}.py"),
+    log:
+        "logs/attribute/{model}/{task}.log",
+    benchmark:
+        "benchmarks/attribute/{model}/{task}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=120,
+        gpu=1 if config["device"] == "gpu" else 0,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/attribute_model.py"

@@ -3,15 +3,20 @@
 For each family, on synthetic data (N spectra x 7514 pixels, 22 labels, batch 64):
 time to the first finished epoch (compile included), training spectra/s after warm-up,
 MC-dropout inference spectra/s (100 samples) and 22-label Jacobian spectra/s (jax.jacrev,
-vmapped over a chunk of stars, dropout off). The machine's float32 matmul GFLOP/s is printed
-first so figures from different machines compare as ratios.
+vmapped over a chunk of stars, dropout off). Prints a table with each figure also as a ratio
+to astroNN 1.1.0 on a 2-core CPU of this machine type, plus the machine's float32 matmul
+GFLOP/s and the 1-minute load average before and after, so that figures taken on a shared,
+loaded machine compare as ratios. Set XLA_FLAGS=--xla_cpu_multi_thread_eigen=true before
+Python starts to measure with XLA's multi-threaded Eigen (stargrad turns it off by default).
 
     .venv/bin/python bench/bench_models.py [--n-spectra 3000] [--epochs 3]
-        [--families bcnn bcnn_censored] [--quick]
+        [--families bcnn bcnn_censored] [--quick] [--json PATH]
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import time
 
 import jax
@@ -99,28 +104,44 @@ def main(argv=None) -> None:
     parser.add_argument("--mc-spectra", type=int, default=256)
     parser.add_argument("--jacobian-spectra", type=int, default=64)
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
+    parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_spectra, args.epochs, args.mc_samples = 200, 2, 10
         args.mc_spectra, args.jacobian_spectra = 64, 16
     if args.n_spectra < 20 or args.epochs < 2:
         parser.error("need --n-spectra >= 20 and --epochs >= 2 (epoch 1 includes compilation)")
-    print(f"jax {jax.__version__} on {jax.devices()[0].platform}, "
-          f"float32 matmul {matmul_gflops():.0f} GFLOP/s")
+    gflops, load = matmul_gflops(), os.getloadavg()[0]
+    env = {"jax": jax.__version__, "platform": jax.devices()[0].platform,
+           "xla_flags": os.environ.get("XLA_FLAGS", ""), "matmul_gflops": round(gflops, 1),
+           "load_before": round(load, 2), "n_spectra": args.n_spectra,
+           "mc_samples": args.mc_samples}
+    print(f"jax {env['jax']} on {env['platform']}; XLA_FLAGS={env['xla_flags']!r}; "
+          f"float32 matmul {gflops:.0f} GFLOP/s; load average {load:.1f}", flush=True)
     data = synthetic(args.n_spectra)
     x = data["x"][:args.mc_spectra]
+    rows = []
     for family in args.families:
         model = models.build(family, n_inputs=apogee.N_PIX_GAPLESS, n_outputs=N_LABELS)
         first, train_rate = bench_training(model, data, args.epochs)
         params = jax.jit(model.init)(jax.random.key(0))
         mc_rate = bench_mc(model, params, x, args.mc_samples)
         jac_rate = bench_jacobian(model, params, data["x"][:args.jacobian_spectra], chunk=16)
-        ref = ASTRONN[family]
-        print(f"{family}: first epoch {first:.1f} s (compile included); "
-              f"train {train_rate:.0f} spectra/s ({train_rate / ref['train']:.1f}x astroNN); "
-              f"MC inference ({args.mc_samples} samples) {mc_rate:.1f} spectra/s "
-              f"({mc_rate / ref['mc']:.1f}x); 22-label Jacobian {jac_rate:.1f} spectra/s "
-              f"({jac_rate / ref['jacobian']:.1f}x)", flush=True)
+        rows.append({"family": family, "first_epoch_s": round(first, 2),
+                     "train": round(train_rate, 1), "mc": round(mc_rate, 2),
+                     "jacobian": round(jac_rate, 2), "load_after": round(os.getloadavg()[0], 2)})
+    header = (f"{'family':14s} {'1st epoch s':>11s} {'train /s':>15s} "
+              f"{'MC(' + str(args.mc_samples) + ') /s':>15s} {'Jacobian /s':>15s} {'load':>5s}")
+    print(header)
+    for row in rows:
+        ref = ASTRONN[row["family"]]
+        cells = [f"{row[k]:7.1f} ({row[k] / ref[k]:4.1f}x)" for k in ("train", "mc", "jacobian")]
+        print(f"{row['family']:14s} {row['first_epoch_s']:11.1f} {cells[0]:>15s} {cells[1]:>15s} "
+              f"{cells[2]:>15s} {row['load_after']:5.1f}")
+    print(f"(spectra/s; ratios to astroNN 1.1.0 {ASTRONN}; matmul {gflops:.0f} GFLOP/s)")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"env": env, "astronn": ASTRONN, "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
     predict_splits(snakemake.params.model_dir, snakemake.input.splits, snakemake.output,
-                   mc_samples=snakemake.params.mc_samples, seed=snakemake.params.seed,
+                   mc_samples=snakemake.params.mc_samples, mc_splits=snakemake.params.mc_splits,
+                   seed=snakemake.params.seed,
                    batch_size=snakemake.params.batch_size,
                    config_digest=snakemake.params.config_hash, log=log)

@@ -42,3 +42,24 @@ def test_task_metrics_rows_and_crb_join_by_id():
                        "logg", crb)
     assert list(out["model"]) == ["m1", "m2"]
     np.testing.assert_allclose(out["crb_median"], 0.2)
+
+
+def test_scorecard_joins_cluster_and_attribution_and_ranks():
+    from stargrad.compare import ranking, scorecard
+    metrics = pd.DataFrame([
+        {"model": "a", "split": "test", "label": "Al", "mse": 0.01, "mad_std": 0.1, "bias_median": 0.0,
+         "z_mad_std": 1.0, "crb_ratio": 2.0},
+        {"model": "b", "split": "test", "label": "Al", "mse": 0.04, "mad_std": 0.2, "bias_median": 0.1,
+         "z_mad_std": 1.5, "crb_ratio": 4.0},
+        {"model": "a", "split": "cluster", "label": "Al", "spread_ratio": 0.9},
+        {"model": "b", "split": "cluster", "label": "Al", "spread_ratio": 0.2},
+    ])
+    attribution = {"a": {"fidelity": pd.DataFrame({"label": ["Al"], "fidelity": [0.7]}),
+                         "windows": pd.DataFrame({"label": ["Al"], "share_own": [0.4], "Fe": [0.1]})}}
+    card = scorecard(metrics, attribution)
+    a, b = card.set_index("model").loc["a"], card.set_index("model").loc["b"]
+    assert a["cluster_spread_ratio"] == 0.9 and b["cluster_spread_ratio"] == 0.2
+    assert a["fidelity"] == 0.7 and a["share_own"] == 0.4 and a["share_Fe"] == 0.1
+    assert np.isnan(b["fidelity"])
+    rank = ranking(card, "regression")
+    assert list(rank["model"]) == ["a", "b"] and rank["metric"][0] == "median crb_ratio"

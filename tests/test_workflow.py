@@ -140,3 +140,34 @@ def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
     changed = {p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t}
     assert changed <= {run / f"results/models/mlp/logg/{n}" for n in
                        ("model.json", "norm.json", "history.csv")}
+
+
+def test_attribution_and_scorecard(run, config):
+    for model, spec in config["models"].items():
+        if spec["family"] not in ("linear", "mlp", "bcnn", "bcnn_censored"):
+            continue
+        for task in spec["tasks"]:
+            d = run / f"results/attribution/{model}/{task}"
+            with fitsio.FITS(str(d / "jacobian.fits")) as fits:
+                k = fits["LABELS"].get_nrows()
+                assert fits["MEAN_JACOBIAN"].get_dims() == [k, apogee.N_PIX_GAPLESS]
+                assert ("MEAN_JACOBIAN_MC" in fits) == spec["family"].startswith("bcnn")
+            lines = pd.read_csv(d / "lines.csv")
+            assert {"label", "wavelength_vac", "species_1", "dv_kms_1"} <= set(lines.columns)
+            shares = pd.read_csv(d / "windows.csv")
+            assert len(shares) == k and shares["none"].between(0, 1).all()
+            assert len(list((d / "plots").glob("*.png"))) == k
+    card = pd.read_csv(run / "results/compare/aspcap/scorecard.csv")
+    assert card["fidelity"].notna().any() and card["cluster_spread_ratio"].notna().any()
+    sim = pd.read_csv(run / "results/compare/aspcap/jacobian_similarity.csv")
+    diag = sim[sim["model_a"] == sim["model_b"]]["cosine"]
+    np.testing.assert_allclose(diag[np.isfinite(diag)], 1.0, rtol=1e-5)
+
+
+def test_report_is_valid_html_with_every_figure(run):
+    snakemake(run, "--report", "report.html")
+    html = (run / "report.html").read_text(errors="replace")
+    assert html.lstrip().lower().startswith("<!doctype html") and "</html>" in html.lower()
+    for name in ("summary.png", "ranking.png", "scorecard.csv", "metrics.csv", "lines.csv",
+                 "windows.csv", "pred_vs_true_mlp.png", "Mg.png"):
+        assert name in html, f"{name} missing from the report"

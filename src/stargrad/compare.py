@@ -87,10 +87,13 @@ def task_metrics(predictions: dict[tuple[str, str], pd.DataFrame], labels: list[
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
 
-def compare_task(prediction_paths, crb_path, task, metrics_path, summary_path, log=print) -> None:
-    """The compare rule: metrics.csv over every (model, split, label) and a summary figure.
+def compare_task(prediction_paths, crb_path, attribution_dirs: dict, task, out: dict,
+                 log=print) -> None:
+    """The compare rule. Prediction files are `results/predictions/<model>/<task>/<split>.fits`;
+    `attribution_dirs` maps differentiable models to their attribution directory. `out` holds
+    the paths metrics, summary, scorecard, ranking, similarity and comparison_plots."""
+    from .plots import plot_ranking
 
-    Prediction files are `results/predictions/<model>/<task>/<split>.fits`."""
     predictions = {}
     for path in prediction_paths:
         path = Path(path)
@@ -101,7 +104,7 @@ def compare_task(prediction_paths, crb_path, task, metrics_path, summary_path, l
         crb = pd.DataFrame({n: (np.char.strip(table[n].astype(str)) if table[n].dtype.kind in "SU"
                                 else table[n].astype(float)) for n in table.dtype.names})
     metrics = task_metrics(predictions, list(task.labels), task.kind, task.name, crb)
-    with atomic_path(metrics_path) as tmp:
+    with atomic_path(out["metrics"]) as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.6g")
     test = metrics[metrics["split"] == "test"]
     if task.kind == "classification":
@@ -110,5 +113,83 @@ def compare_task(prediction_paths, crb_path, task, metrics_path, summary_path, l
         metric, ylabel, ref = "crb_ratio", "test mad_std / Cramér–Rao bound", 1.0
     else:
         metric, ylabel, ref = "mad_std", "test mad_std of residuals", None
-    plot_metric_by_label(summary_path, test, metric, f"{task.name}: {ylabel}", ylabel, ref)
-    log(f"{task.name}: {len(metrics)} metric rows for {len(predictions)} prediction files")
+    plot_metric_by_label(out["summary"], test, metric, f"{task.name}: {ylabel}", ylabel, ref)
+    attribution = {m: {"fidelity": pd.read_csv(Path(d) / "fidelity.csv"),
+                       "windows": pd.read_csv(Path(d) / "windows.csv")}
+                   for m, d in attribution_dirs.items()}
+    card = scorecard(metrics, attribution)
+    with atomic_path(out["scorecard"]) as tmp:
+        card.to_csv(tmp, index=False, float_format="%.6g")
+    rank = ranking(card, task.kind)
+    plot_ranking(out["ranking"], rank, f"{task.name}: models ranked on the test split")
+    compare_attribution({m: Path(d) / "jacobian.fits" for m, d in attribution_dirs.items()},
+                        out["similarity"], out["comparison_plots"], list(task.labels))
+    log(f"{task.name}: {len(metrics)} metric rows for {len(predictions)} prediction files; "
+        f"ranking: {', '.join(f'{r.model} {r.score:.3g}' for r in rank.itertuples())}")
+
+
+SCORECARD_COLUMNS = ("model", "label", "test_mse", "test_mad_std", "test_bias_median",
+                     "z_mad_std", "crb_ratio", "accuracy", "accuracy_rgb", "accuracy_rc",
+                     "cluster_spread_ratio", "fidelity", "share_own", "share_Fe")
+
+
+def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
+    """One row per (model, label): test accuracy (MSE, mad_std, bias, per-class accuracy),
+    calibration (z_mad_std), the Cramér–Rao ratio, the cluster's recovered spread and, for
+    differentiable models, attribution fidelity and window shares (own element, Fe).
+
+    `attribution` maps model -> {"fidelity": DataFrame(label, fidelity),
+    "windows": window_shares DataFrame}."""
+    test = metrics[metrics["split"] == "test"].set_index(["model", "label"])
+    cluster = metrics[metrics["split"] == "cluster"].set_index(["model", "label"])
+    rows = []
+    for (model, label), row in test.iterrows():
+        out = {"model": model, "label": label, "test_mse": row["mse"],
+               "test_mad_std": row["mad_std"], "test_bias_median": row["bias_median"]}
+        for col in ("z_mad_std", "crb_ratio", "accuracy", "accuracy_rgb", "accuracy_rc"):
+            out[col] = row.get(col, np.nan)
+        if (model, label) in cluster.index:
+            out["cluster_spread_ratio"] = cluster.loc[(model, label), "spread_ratio"]
+        if model in attribution:
+            fid = attribution[model]["fidelity"].set_index("label")["fidelity"]
+            win = attribution[model]["windows"].set_index("label")
+            out["fidelity"] = fid.get(label, np.nan)
+            if label in win.index:
+                out["share_own"] = win.loc[label, "share_own"]
+                out["share_Fe"] = win.loc[label, "Fe"] if "Fe" in win else np.nan
+        rows.append(out)
+    return pd.DataFrame(rows, columns=list(SCORECARD_COLUMNS))
+
+
+def ranking(card: pd.DataFrame, kind: str) -> pd.DataFrame:
+    """Models ranked on the test split: by median Cramér–Rao ratio when known, else median
+    normalized MSE (MSE over the best model's, per label), or accuracy for classification."""
+    if kind == "classification":
+        score = card.groupby("model")["accuracy"].median().rename("score")
+        return score.sort_values(ascending=False).reset_index().assign(metric="accuracy")
+    if card["crb_ratio"].notna().any():
+        score = card.groupby("model")["crb_ratio"].median().rename("score")
+        metric = "median crb_ratio"
+    else:
+        best = card.groupby("label")["test_mse"].transform("min")
+        score = (card["test_mse"] / best).groupby(card["model"]).median().rename("score")
+        metric = "median MSE / best MSE"
+    return score.sort_values().reset_index().assign(metric=metric)
+
+
+def compare_attribution(jacobian_paths: dict[str, str], out_csv, plot_dir, labels) -> None:
+    """Cosine similarity of the models' mean Jacobians per label, and one side-by-side
+    figure per label."""
+    from .attribution import read_jacobian_fits, similarity_matrix
+    from .plots_attribution import plot_jacobian_comparison
+
+    jacs = {m: read_jacobian_fits(p)["mean_jacobian"] for m, p in sorted(jacobian_paths.items())}
+    with atomic_path(out_csv) as tmp:
+        (similarity_matrix(jacs, labels) if jacs else
+         pd.DataFrame(columns=["label", "model_a", "model_b", "cosine"])).to_csv(
+            tmp, index=False, float_format="%.6g")
+    Path(plot_dir).mkdir(parents=True, exist_ok=True)
+    for k, label in enumerate(labels):
+        if jacs:
+            plot_jacobian_comparison(Path(plot_dir) / f"{label}.png",
+                                     {m: j[k] for m, j in jacs.items()}, label)

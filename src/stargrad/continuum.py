@@ -5,14 +5,12 @@ aspcapStar files are already normalized by ASPCAP; only apStar input needs this 
 """
 from __future__ import annotations
 
-from pathlib import Path
 
-import fitsio
 import numpy as np
 from numpy.polynomial import Chebyshev
 
 from . import apogee
-from .survey import SurveyFileError
+from .survey import SurveyFileError, read_image_hdus
 
 #: Added to σ² before inverting, as astroNN does, so zero errors do not give infinite weight.
 _IVAR_FLOOR = 1e-8
@@ -25,19 +23,7 @@ def read_apstar(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     A single-visit file holds 1-D arrays. A multi-visit file holds (NVISITS + 2, 8575) arrays
     whose rows 0 and 1 are the two combined spectra (pixel- and global-weighted) and rows 2+
     the visits; this returns row 0, the first combined spectrum."""
-    path = Path(path)
-    if not path.exists():
-        raise SurveyFileError(path, "file is missing")
-    try:
-        with fitsio.FITS(str(path)) as fits:
-            if len(fits) < 4:
-                raise SurveyFileError(path, f"expected at least 4 HDUs (flux, error, mask), "
-                                            f"found {len(fits)}")
-            arrays = [fits[i].read() for i in (1, 2, 3)]
-    except SurveyFileError:
-        raise
-    except (OSError, ValueError, IndexError) as exc:
-        raise SurveyFileError(path, f"corrupt or truncated FITS: {exc}") from exc
+    arrays = read_image_hdus(path, (1, 2, 3))
     out = []
     for name, arr in zip(("flux", "error", "mask"), arrays):
         shape = None if arr is None else arr.shape

@@ -117,23 +117,27 @@ def predict_arrays(model, params, x, meta, *, mc_samples: int, seed: int, batch_
 
 
 def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: int,
-                   batch_size: int = 256, config_digest: str = "", log=print) -> None:
+                   mc_splits=("test", "cluster"), batch_size: int = 256,
+                   config_digest: str = "", log=print) -> None:
     """Predict every star of each compiled split with one trained model (loaded once); write
-    one PREDICTIONS table per split, in physical units."""
+    one PREDICTIONS table per split, in physical units. MC dropout (Bayesian families) runs
+    on `mc_splits` only, where uncertainties are judged; other splits get one dropout-off
+    pass (std_model = 0)."""
     model, params, norm, meta = load_trained(model_dir)
     task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
     for split_path, out_path in zip(split_paths, out_paths):
         t0 = time.perf_counter()
         data = load_split(split_path)
+        samples = mc_samples if Path(split_path).stem in mc_splits else 0
         if len(data):
-            out = predict_arrays(model, params, norm.inputs(data), meta, mc_samples=mc_samples,
+            out = predict_arrays(model, params, norm.inputs(data), meta, mc_samples=samples,
                                  seed=seed, batch_size=batch_size)
         else:       # e.g. the cluster split of a dataset without a cluster
             out = {k: np.zeros((0, task.n_outputs)) for k in
                    ("value", "std_model", "std_predictive", "std_total")}
         _write_predictions(out_path, data, task, norm, out, header_cards(
             config_digest, seed, model=meta["model"], task=task.name, split=Path(split_path).stem,
-            mcsample=mc_samples if model.stochastic else 0))
+            mcsample=samples if model.stochastic else 0))
         log(f"predicted {len(data)} stars of {Path(split_path).name} with {meta['model']}/"
             f"{task.name} in {time.perf_counter() - t0:.1f} s")
 

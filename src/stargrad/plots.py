@@ -73,3 +73,18 @@ def plot_metric_by_label(path, metrics: pd.DataFrame, metric: str, title: str, y
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_ranking(path, rank: pd.DataFrame, title: str):
+    """Horizontal bars of each model's score (rank table from compare.ranking), best on top."""
+    fig, ax = plt.subplots(figsize=(5, 0.45 * len(rank) + 1.2))
+    order = rank.iloc[::-1]
+    ax.barh(order["model"], order["score"], color="C0")
+    metric = rank["metric"].iloc[0] if len(rank) else ""
+    if metric == "median crb_ratio":
+        ax.axvline(1.0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel(metric)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -105,25 +105,30 @@ def write_aspcapstar(path, flux, error, model=None, header: dict | None = None,
                 fits.write(row)
 
 
-def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid.
-
-    Raises SurveyFileError naming the file for a missing, unreadable, truncated or
-    wrong-shaped file, or one whose flux or error is not finite."""
+def read_image_hdus(path, extensions) -> list:
+    """The image data of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming
+    the file when it is missing, unreadable, truncated or has too few HDUs."""
     path = Path(path)
     if not path.exists():
         raise SurveyFileError(path, "file is missing")
     try:
         with fitsio.FITS(str(path)) as fits:
-            if len(fits) < 3:
-                raise SurveyFileError(path, f"truncated or incomplete FITS: expected at least 3 HDUs, "
-                                              f"found {len(fits)}")
-            flux = fits[1].read()
-            error = fits[2].read()
+            if len(fits) <= max(extensions):
+                raise SurveyFileError(path, f"truncated or incomplete FITS: expected at least "
+                                            f"{max(extensions) + 1} HDUs, found {len(fits)}")
+            return [fits[ext].read() for ext in extensions]
     except SurveyFileError:
         raise
     except (OSError, ValueError, IndexError) as exc:
         raise SurveyFileError(path, f"corrupt or truncated FITS: {str(exc).splitlines()[0]}") from exc
+
+
+def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
+    """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid.
+
+    Raises SurveyFileError naming the file for a missing, unreadable, truncated or
+    wrong-shaped file, or one whose flux or error is not finite."""
+    flux, error = read_image_hdus(path, (1, 2))
     for name, arr in (("flux", flux), ("error", error)):
         if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
             shape = None if arr is None else arr.shape

@@ -106,6 +106,10 @@ def models_of_task(task):
     return [m for m, t in model_task_pairs() if t == task]
 
 
+def differentiable_models_of_task(task):
+    return [m for m in models_of_task(task) if MODELS[m]["family"] in DIFFERENTIABLE]
+
+
 def all_targets():
     targets = []
     for model, task in model_task_pairs():

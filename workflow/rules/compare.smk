@@ -7,6 +7,8 @@ rule compare_task:
                                       model=models_of_task(wc.task), task=wc.task,
                                       split=task_splits(wc.task)),
         crb=lambda wc: f"results/truth/{task_dataset(wc)}/crb.fits" if has_truth(wc.task) else [],
+        jacobians=lambda wc: expand("results/attribution/{model}/{task}/jacobian.fits",
+                                    model=differentiable_models_of_task(wc.task), task=wc.task),
     output:
         metrics=report("results/compare/{task}/metrics.csv", caption="../report/metrics.rst",
                        category="Compare", subcategory="{task}", labels={"task": "{task}",
@@ -14,9 +16,23 @@ rule compare_task:
         summary=report("results/compare/{task}/summary.png", caption="../report/summary.rst",
                        category="Compare", subcategory="{task}", labels={"task": "{task}",
                        "figure": "summary by label"}),
+        scorecard=report("results/compare/{task}/scorecard.csv",
+                         caption="../report/scorecard.rst", category="Compare",
+                         subcategory="{task}", labels={"task": "{task}", "figure": "scorecard"}),
+        ranking=report("results/compare/{task}/ranking.png", caption="../report/ranking.rst",
+                       category="Compare", subcategory="{task}", labels={"task": "{task}",
+                       "figure": "ranking"}),
+        similarity=report("results/compare/{task}/jacobian_similarity.csv",
+                          caption="../report/similarity.rst", category="Attribution",
+                          subcategory="{task}", labels={"model": "all", "table": "similarity"}),
+        comparison_plots=report(directory("results/compare/{task}/jacobian_comparison"),
+                                patterns=["{label}.png"], caption="../report/comparison.rst",
+                                category="Attribution", subcategory="{task}",
+                                labels={"model": "all models", "label": "{label}"}),
     params:
         task_spec=lambda wc: config["tasks"][wc.task],
-        code=code_hash("compare.py", "plots.py", "pipeline.py"),
+        code=code_hash("compare.py", "plots.py", "pipeline.py", "attribution.py",
+                       "plots_attribution.py"),
     log:
         "logs/compare/{task}.log",
     localrule: True

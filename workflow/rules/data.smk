@@ -29,7 +29,7 @@ rule compile_dataset:
         splits=dataset_split_files("{dataset}"),
         quarantine="results/data/{dataset}/quarantine.csv",
     params:
-        survey_root=SURVEY_ROOT,
+        survey_root=lambda wc, input: str(Path(input.allstar).parent),
         bad_error=lambda wc: config["datasets"][wc.dataset]["bad_error"],
         on_bad_file=config["survey"]["on_bad_file"],
         spectra=config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar",

@@ -1,5 +1,211 @@
-# Generative stage (VAE and PCA of spectra): placeholder until the analyses land.
+# Generative stage: VAE vs PCA of spectra on one task's dataset (config `generative:`).
+# The models are trained by the ordinary train rule; these rules only analyse them.
+GEN = config["generative"]
+GEN_TASK = GEN["task"]
+GEN_MODELS = [m for m, t in model_task_pairs(supervised=False) if t == GEN_TASK]
+GEN_CODE = ("generative.py", "generative_stage.py", "plots_generative.py", "pipeline.py",
+            "dataset.py", "models/vae.py", "models/pca.py")
+MODEL_FILES = ["params.npz", "model.json", "norm.json"]
+
+if model_task_pairs(supervised=False) and GEN_TASK not in TASKS:
+    raise ValueError(f"config: generative.task {GEN_TASK!r} is not a task")
+for key, families in (("latent_model", {"vae"}), ("anomaly_model", UNSUPERVISED)):
+    if GEN[key] is not None and (GEN[key] not in GEN_MODELS
+                                 or MODELS[GEN[key]]["family"] not in families):
+        raise ValueError(f"config: generative.{key} {GEN[key]!r} is not a model of family "
+                         f"{sorted(families)} of task {GEN_TASK!r} (those are {GEN_MODELS})")
+
+GEN_OUT = f"results/generative/{GEN_TASK}"
+GEN_TARGETS = (
+    [f"{GEN_OUT}/reconstruction.csv"]
+    + [f"{GEN_OUT}/prior_samples_{m}.png" for m in GEN_MODELS if MODELS[m]["family"] == "vae"]
+    + ([f"{GEN_OUT}/latent_space_{GEN['latent_model']}.png",
+        f"{GEN_OUT}/latent_regression_{GEN['latent_model']}.csv"] if GEN["latent_model"] else [])
+    + ([f"{GEN_OUT}/anomalies_{GEN['anomaly_model']}.csv"] if GEN["anomaly_model"] else [])
+    + ([f"{GEN_OUT}/denoising.csv"] if SURVEY_SOURCE == "mock" else [])
+) if GEN_MODELS else []
+# called by all_targets() in common.smk
+generative_targets = GEN_TARGETS.copy
 
 
-def generative_targets():
-    return []
+rule generative_reconstruction:
+    wildcard_constraints:
+        task=GEN_TASK,
+    input:
+        params=expand("results/models/{model}/{{task}}/params.npz", model=GEN_MODELS),
+        meta=expand("results/models/{model}/{{task}}/{file}", model=GEN_MODELS,
+                    file=["model.json", "norm.json"]),
+        test=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+    output:
+        table=report("results/generative/{task}/reconstruction.csv",
+                     caption="../report/generative_reconstruction.rst", category="Generative",
+                     subcategory="{task}", labels={"figure": "reconstruction error table"}),
+        plot=report("results/generative/{task}/reconstruction.png",
+                    caption="../report/generative_reconstruction.rst", category="Generative",
+                    subcategory="{task}", labels={"figure": "reconstruction error vs size"}),
+    params:
+        model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
+        code=code_hash(*GEN_CODE),
+    log:
+        "logs/generative/{task}/reconstruction.log",
+    benchmark:
+        "benchmarks/generative/{task}/reconstruction.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/generative_reconstruction.py"
+
+
+rule generative_latent_space:
+    input:
+        model=expand("results/models/{{model}}/{{task}}/{file}", file=MODEL_FILES),
+        split=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+    output:
+        report("results/generative/{task}/latent_space_{model}.png",
+               caption="../report/generative_latent_space.rst", category="Generative",
+               subcategory="{task}", labels={"figure": "latent space of {model}"}),
+    params:
+        model_dir=lambda wc, input: str(Path(input.model[0]).parent),
+        code=code_hash(*GEN_CODE),
+    log:
+        "logs/generative/{task}/latent_space_{model}.log",
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/generative_latent_space.py"
+
+
+rule generative_latent_regression:
+    input:
+        model=expand("results/models/{{model}}/{{task}}/{file}", file=MODEL_FILES),
+        train=lambda wc: f"results/data/{task_dataset(wc)}/train.fits",
+        test=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+    output:
+        report("results/generative/{task}/latent_regression_{model}.csv",
+               caption="../report/generative_latent_regression.rst", category="Generative",
+               subcategory="{task}", labels={"figure": "latent regression with {model}"}),
+    params:
+        model_dir=lambda wc, input: str(Path(input.model[0]).parent),
+        labels=GEN["regression_labels"],
+        n_labelled=GEN["n_labelled"],
+        hidden=GEN["regression_hidden"],
+        train_spec=GEN["regression_train"],
+        seed=config["seed"],
+        code=code_hash(*GEN_CODE, "train.py", "models/mlp.py"),
+    log:
+        "logs/generative/{task}/latent_regression_{model}.log",
+    benchmark:
+        "benchmarks/generative/{task}/latent_regression_{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/generative_latent_regression.py"
+
+
+rule generative_decoder:
+    input:
+        model=expand("results/models/{{model}}/{{task}}/{file}", file=MODEL_FILES),
+        split=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+    output:
+        prior=report("results/generative/{task}/prior_samples_{model}.png",
+                     caption="../report/generative_prior.rst", category="Generative",
+                     subcategory="{task}", labels={"figure": "prior samples of {model}"}),
+        jacobian=report("results/generative/{task}/decoder_jacobian_{model}.png",
+                        caption="../report/generative_decoder_jacobian.rst",
+                        category="Generative", subcategory="{task}",
+                        labels={"figure": "decoder Jacobian of {model}"}),
+    params:
+        model_dir=lambda wc, input: str(Path(input.model[0]).parent),
+        n_samples=GEN["n_prior_samples"],
+        seed=config["seed"],
+        code=code_hash(*GEN_CODE),
+    log:
+        "logs/generative/{task}/decoder_{model}.log",
+    threads: 2
+    resources:
+        mem_mb=3000,
+        runtime=15,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/generative_decoder.py"
+
+
+rule generative_anomalies:
+    input:
+        model=expand("results/models/{{model}}/{{task}}/{file}", file=MODEL_FILES),
+        splits=lambda wc: dataset_split_files(task_dataset(wc)),
+        truth=f"{SURVEY_ROOT}/truth.fits" if SURVEY_SOURCE == "mock" else [],
+    output:
+        table=report("results/generative/{task}/anomalies_{model}.csv",
+                     caption="../report/generative_anomalies.rst", category="Generative",
+                     subcategory="{task}", labels={"figure": "anomaly ranking ({model})"}),
+        plot=report("results/generative/{task}/anomalies_{model}.png",
+                    caption="../report/generative_anomalies.rst", category="Generative",
+                    subcategory="{task}", labels={"figure": "most anomalous spectra ({model})"}),
+    params:
+        model_dir=lambda wc, input: str(Path(input.model[0]).parent),
+        n_shown=GEN["n_anomalies_shown"],
+        code=code_hash(*GEN_CODE),
+    log:
+        "logs/generative/{task}/anomalies_{model}.log",
+    benchmark:
+        "benchmarks/generative/{task}/anomalies_{model}.tsv"
+    threads: 2
+    resources:
+        mem_mb=6000,
+        runtime=30,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/generative_anomalies.py"
+
+
+if SURVEY_SOURCE == "mock":
+
+    rule generative_denoise:
+        wildcard_constraints:
+            task=GEN_TASK,
+        input:
+            params=expand("results/models/{model}/{{task}}/params.npz", model=GEN_MODELS),
+            meta=expand("results/models/{model}/{{task}}/{file}", model=GEN_MODELS,
+                        file=["model.json", "norm.json"]),
+            test=lambda wc: f"results/data/{task_dataset(wc)}/test.fits",
+            allstar=ALLSTAR,
+            truth=f"{SURVEY_ROOT}/truth.fits",
+        output:
+            table=report("results/generative/{task}/denoising.csv",
+                         caption="../report/generative_denoising.rst", category="Generative",
+                         subcategory="{task}", labels={"figure": "denoising table"}),
+            plots=report(directory("results/generative/{task}/denoising"),
+                         patterns=["{model}.png"], caption="../report/generative_denoising.rst",
+                         category="Generative", subcategory="{task}",
+                         labels={"figure": "denoising example ({model})"}),
+        params:
+            model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
+            survey_root=lambda wc, input: str(Path(input.allstar).parent),
+            code=code_hash(*GEN_CODE, "mock.py"),
+        log:
+            "logs/generative/{task}/denoising.log",
+        benchmark:
+            "benchmarks/generative/{task}/denoising.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=30,
+        conda:
+            "../../envs/stargrad.yaml"
+        script:
+            "../../scripts/generative_denoise.py"

@@ -14,6 +14,7 @@ rule predict:
     params:
         model_dir=lambda wc, input: str(Path(input.params).parent),
         mc_samples=config["predict"]["mc_samples"],
+        mc_splits=config["predict"]["mc_splits"],
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
         config_hash=CONFIG_HASH,

@@ -30,7 +30,7 @@ if SURVEY_SOURCE == "mock":
         output:
             "results/truth/{dataset}/crb.fits",
         params:
-            survey_root=SURVEY_ROOT,
+            survey_root=lambda wc, input: str(Path(input.truth).parent),
             code=code_hash("mock.py", "apogee.py"),
         log:
             "logs/truth/{dataset}.log",

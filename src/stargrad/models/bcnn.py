@@ -12,12 +12,13 @@ Dropout is inverted MC dropout, active whenever `apply`/`loss` get a PRNG key an
 is accepted for the interface and does not change anything. Masks come from `keep_mask`, a
 counter-based hash of the key (fast on CPU), one salt per dropout site.
 
-The two convolutions and the pooling are computed on blocks of `pool_length` pixels: each block
-of conv outputs is a small matmul of its neighbouring input blocks with a banded matrix built
-from the kernel. That is the same function as a "same" Conv1D (Keras/TF padding: (K-1)//2 on
-the left) followed by valid max pooling, and on CPU it trains several times faster than
-`lax.conv_general_dilated` for these 1-4 channel layers. Flattening is time-major,
-channel-minor, as Keras's Flatten.
+The conv block (conv -> ReLU -> dropout -> conv -> ReLU -> max pool) is written with
+channels leading and pixels on the last axis, each convolution as scaled shifted slices that XLA
+fuses into loops over long pixel rows, and has a hand-written VJP (`_conv_block`). Same function
+as Keras "same" Conv1D ((K-1)//2 zeros on the left) and valid max pooling; the max-pool gradient
+goes to the first maximum of a window, as TF's. Flattening is time-major, channel-minor, as
+Keras's Flatten. The VJP is reverse-mode only: use jax.grad / jacrev (not jacfwd) on these
+models.
 """
 from __future__ import annotations
 
@@ -165,63 +166,101 @@ def dropout(key, h, rate: float, salt: int):
     return jnp.where(keep_mask(key, h.shape, rate, salt), h / (1.0 - rate), 0.0)
 
 
-@functools.lru_cache(maxsize=32)
-def _band_index(filter_len: int, block: int, n_left: int, n_right: int, c_in: int,
-                c_out: int) -> np.ndarray:
-    """Gather index turning a (K, c_in, c_out) kernel into the banded block matrix.
+def _correlate(h, w):
+    """Valid cross-correlation along the last axis: (..., C_in, n + K - 1) -> (..., C_out, n),
+    out[d, i] = sum_{k, c} w[k, c, d] h[c, i + k]; w is (K, C_in, C_out).
 
-    Rows: (neighbour block, position in block, input channel) over n_left + 1 + n_right blocks;
-    columns: (output position in block, output channel). Entries outside the kernel point to
-    one extra zero appended to the flattened kernel."""
-    lo = (filter_len - 1) // 2
-    rows = (n_left + 1 + n_right) * block
-    idx = np.full((rows, c_in, block, c_out), filter_len * c_in * c_out, dtype=np.int32)
-    for r in range(rows):
-        for p in range(block):
-            j = r - n_left * block - p + lo
-            if 0 <= j < filter_len:
-                idx[r, :, p, :] = (j * c_in + np.arange(c_in)[:, None]) * c_out + np.arange(c_out)
-    return idx.reshape(rows * c_in, block * c_out)
+    Written as K * C_in * C_out scaled shifted slices, which XLA fuses into one loop over long
+    pixel rows; with 1-4 channels that is ~8x faster on CPU than lax.conv or small matmuls."""
+    k_len, c_in, c_out = w.shape
+    n = h.shape[-1] - k_len + 1
+    return jnp.stack([sum(w[k, c, d] * h[..., c, k:k + n] for k in range(k_len)
+                          for c in range(c_in)) for d in range(c_out)], axis=-2)
 
 
-def _banded(w, spec: TrunkSpec):
-    n_left, n_right = spec.reach
-    idx = _band_index(spec.filter_len, spec.pool_length, n_left, n_right, w.shape[1], w.shape[2])
-    return jnp.concatenate([w.reshape(-1), jnp.zeros((1,), w.dtype)])[idx]
+def _correlate_transposed(g, w):
+    """The transpose of `_correlate` in its input: (..., C_out, n) -> (..., C_in, n + K - 1)."""
+    k_len = w.shape[0]
+    pad = [(0, 0)] * (g.ndim - 1) + [(k_len - 1, k_len - 1)]
+    return _correlate(jnp.pad(g, pad), jnp.flip(w, 0).transpose(0, 2, 1))
 
 
-def _neighbours(blocks, n_left: int, n_right: int):
-    """(B, T + n_left + n_right, F) blocks -> (B, T, (n_left + 1 + n_right) F)."""
-    n = blocks.shape[1] - n_left - n_right
-    return jnp.concatenate([blocks[:, j:j + n] for j in range(n_left + n_right + 1)], axis=-1)
+def _kernel_grad(h, g, k_len: int):
+    """Gradient of sum(g * _correlate(h, w)) in w: (B, C_in, n + K - 1), (B, C_out, n) -> (K,
+    C_in, C_out). A matmul batched over stars (then summed): ~7x faster on CPU than one
+    contraction over stars and pixels together."""
+    n = g.shape[-1]
+    cols = jnp.stack([h[..., k:k + n] for k in range(k_len)], axis=1)       # (B, K, C_in, n)
+    per_star = jnp.einsum("bjn,bdn->bjd", cols.reshape(h.shape[0], -1, n), g)
+    return per_star.sum(0).reshape(k_len, h.shape[1], g.shape[1])
 
 
-@functools.lru_cache(maxsize=32)
-def _inside(spec: TrunkSpec, channels: int) -> np.ndarray:
-    """1 where a first-conv output block position lies on the spectrum, 0 in the padding."""
-    n_left, n_right = spec.reach
-    blocks = np.arange(-n_left, spec.n_pooled + n_right)
-    pos = blocks[:, None] * spec.pool_length + np.arange(spec.pool_length)
-    inside = (pos >= 0) & (pos < spec.n_inputs)
-    return np.repeat(inside, channels, axis=1).astype(np.float32)
+def _first_max(y, pooled):
+    """(B, C, T, pool) one-hot of the first position in each pool window equal to its max
+    (TF's max-pool gradient routing; ties, e.g. flat zero-padded spectra, go to one pixel)."""
+    hits, taken = [], False
+    for p in range(y.shape[-1]):          # unrolled: cumsum lowers to a slow reduce-window
+        hit = y[..., p] == pooled
+        hits.append(hit & ~taken)
+        taken = taken | hit
+    return jnp.stack(hits, axis=-1)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _conv_block(pool: int, w1, b1, w2, b2, xp, gate):
+    """Conv1 -> ReLU -> x gate -> conv2 -> ReLU -> max pool(`pool`) on (B, n1 + K - 1) padded
+    flux; `gate` (B, C1, n1) is the dropout scale (0 or 1/(1-rate)) where conv1's output lies
+    on the spectrum, 0 in the "same" padding. Returns (B, C2, (n1 - K + 1) // pool).
+
+    A custom VJP: autodiff of the shifted slices gives one reduction per kernel entry and
+    chains of pads, measured ~2x slower on CPU than the explicit backward below."""
+    return _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate)[0]
+
+
+def _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate):
+    pre = _correlate(xp[:, None, :], w1) + b1[:, None]
+    gate1 = jnp.where(pre > 0, gate, 0.0)
+    h = pre * gate1
+    y = _correlate(h, w2) + b2[:, None]
+    y = y[..., :y.shape[-1] // pool * pool].reshape(y.shape[:-1] + (-1, pool))
+    pooled = jax.nn.relu(y.max(axis=-1))
+    return pooled, (w1, w2, xp, gate1, h, y, pooled)
+
+
+def _conv_block_bwd(pool, res, g):
+    w1, w2, xp, gate1, h, y, pooled = res
+    route = _first_max(y, pooled) & (pooled > 0)[..., None]
+    gy = jnp.where(route, g[..., None], 0.0).reshape(y.shape[:-2] + (-1,))
+    n2 = h.shape[-1] - w2.shape[0] + 1
+    gy = jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])])
+    gpre = _correlate_transposed(gy, w2) * gate1
+    gx = _correlate_transposed(gpre, w1)[..., 0, :]
+    return (_kernel_grad(xp[:, None, :], gpre, w1.shape[0]), gpre.sum((0, 2)),
+            _kernel_grad(h, gy, w2.shape[0]), gy.sum((0, 2)), gx, jnp.zeros_like(gate1))
+
+
+_conv_block.defvjp(_conv_block_fwd, _conv_block_bwd)
 
 
 def conv_features(params: dict, x, key, spec: TrunkSpec):
-    """Conv -> ReLU -> dropout -> conv -> ReLU -> max pool -> flatten: (B, P) -> (B, T * C2)."""
-    n_left, n_right = spec.reach
-    block, n_out = spec.pool_length, spec.n_pooled
-    left = 2 * n_left * block
-    length = (n_out + 2 * n_left + 2 * n_right) * block
-    xp = jnp.pad(x, ((0, 0), (left, max(length - left - x.shape[1], 0))))[:, :length]
-    xb = xp.reshape(x.shape[0], -1, block)
-    c1, c2 = spec.num_filters
-    h = _neighbours(xb, n_left, n_right) @ _banded(params["conv1"]["w"], spec)
-    h = jax.nn.relu(h + jnp.tile(params["conv1"]["b"], block)) * _inside(spec, c1)
-    h = dropout(key, h, spec.dropout_rate, salt=0)
-    y = _neighbours(h, n_left, n_right) @ _banded(params["conv2"]["w"], spec)
-    y = jax.nn.relu(y + jnp.tile(params["conv2"]["b"], block))
-    pooled = functools.reduce(jnp.maximum, [y[..., p * c2:(p + 1) * c2] for p in range(block)])
-    return pooled.reshape(x.shape[0], n_out * c2)
+    """Conv -> ReLU -> dropout -> conv -> ReLU -> max pool -> flatten: (B, P) -> (B, T * C2),
+    flattened time-major, channel-minor as Keras."""
+    k_len, pool = spec.filter_len, spec.pool_length
+    lo = (k_len - 1) // 2                    # Keras/TF "same": (K-1)//2 zeros on the left
+    n2 = spec.n_pooled * pool                # conv2 outputs that reach the pooling
+    n1 = n2 + k_len - 1                      # conv1 outputs conv2 reads: pixels -lo .. n2+hi-1
+    xp = jnp.pad(x, ((0, 0), (2 * lo, max(n1 + k_len - 1 - 2 * lo - x.shape[1], 0))))
+    pos = np.arange(n1) - lo
+    gate = np.broadcast_to(((pos >= 0) & (pos < x.shape[1])).astype(np.float32),
+                           (spec.num_filters[0], n1))
+    if key is not None and spec.dropout_rate > 0:
+        gate = dropout(key, jnp.broadcast_to(gate, (x.shape[0],) + gate.shape),
+                       spec.dropout_rate, salt=0)
+    gate = jnp.broadcast_to(gate, (x.shape[0],) + gate.shape[-2:])
+    c = params["conv1"], params["conv2"]
+    pooled = _conv_block(pool, c[0]["w"], c[0]["b"], c[1]["w"], c[1]["b"],
+                         xp[:, :n1 + k_len - 1], gate)
+    return pooled.transpose(0, 2, 1).reshape(x.shape[0], -1)
 
 
 def trunk_layout(spec: TrunkSpec) -> dict:

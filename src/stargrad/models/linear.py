@@ -23,28 +23,51 @@ def ridge_fit(x, y, valid, alpha: float, solver: str = "auto"):
     """Per-label ridge weights (P, K) and intercepts (K,), in float64.
 
     Labels that share the same valid stars are solved together; a label with no valid star
-    gets w = 0, b = 0 (the normalized training mean)."""
+    gets w = 0, b = 0 (the normalized training mean). The dual (fewer stars than pixels)
+    inverts A = X Xᵀ + αI once for all stars: a group that lacks stars r needs the inverse of
+    A's principal block on its stars v, which is (A⁻¹)_vv − (A⁻¹)_vr ((A⁻¹)_rr)⁻¹ (A⁻¹)_rv,
+    so 22 labels with different missing stars cost one n³ inversion instead of 22."""
     x = np.asarray(x, np.float64)
     y = np.asarray(y, np.float64)
     valid = np.asarray(valid, bool)
     n_pixels, n_labels = x.shape[1], y.shape[1]
     w = np.zeros((n_pixels, n_labels))
     b = np.zeros(n_labels)
+    dual = solver == "dual" or (solver == "auto" and len(x) < n_pixels)
+    a_inv = np.linalg.inv(x @ x.T + alpha * np.eye(len(x))) if dual else None
     patterns, group = np.unique(valid.T, axis=0, return_inverse=True)
     for g, rows in enumerate(patterns):
         cols = np.flatnonzero(group.reshape(-1) == g)
         if not rows.any():
             continue
         xs, ys = x[rows], y[rows][:, cols]
-        x_mean, y_mean = xs.mean(axis=0), ys.mean(axis=0)
-        xc, yc = xs - x_mean, ys - y_mean
-        if solver == "dual" or (solver == "auto" and len(xs) < n_pixels):
-            wg = xc.T @ np.linalg.solve(xc @ xc.T + alpha * np.eye(len(xs)), yc)
+        if dual:
+            wg, b[cols] = _dual_block(a_inv, rows, xs, ys)
         else:
-            wg = np.linalg.solve(xc.T @ xc + alpha * np.eye(n_pixels), xc.T @ yc)
+            x_mean, y_mean = xs.mean(axis=0), ys.mean(axis=0)
+            xc = xs - x_mean
+            wg = np.linalg.solve(xc.T @ xc + alpha * np.eye(n_pixels), xc.T @ (ys - y_mean))
+            b[cols] = y_mean - x_mean @ wg
         w[:, cols] = wg
-        b[cols] = y_mean - x_mean @ wg
     return w, b
+
+
+def _dual_block(a_inv, rows, xs, ys):
+    """Ridge on the stars `rows` from the full inverse: with M = (A_vv)⁻¹, the unpenalised
+    intercept is b = 1ᵀMy / 1ᵀM1 and the dual coefficients a = M(y − b) satisfy 1ᵀa = 0.
+    M is applied without copying A⁻¹'s n×n block: (A⁻¹)_vv z = (A⁻¹ [z; 0])_v."""
+    drop = ~rows
+    rhs = np.concatenate([ys, np.ones((len(ys), 1))], axis=1)
+    padded = np.zeros((len(rows), rhs.shape[1]))
+    padded[rows] = rhs
+    applied = (a_inv @ padded)[rows]
+    if drop.any():
+        cross = a_inv[:, drop][rows]                        # (A⁻¹)_vr
+        applied -= cross @ np.linalg.solve(a_inv[np.ix_(drop, drop)], cross.T @ rhs)
+    my, m1 = applied[:, :-1], applied[:, -1]
+    intercept = my.sum(axis=0) / m1.sum()
+    coef = my - m1[:, None] * intercept[None, :]
+    return xs.T @ coef, intercept
 
 
 def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", alpha: float = 1.0,

@@ -1,0 +1,10 @@
+"""Rule generative_latent_regression: labels from few stars, MLP on latent means vs spectra."""
+from stargrad.generative_stage import latent_regression
+from stargrad.runlog import rule_logger
+
+with rule_logger(snakemake.log[0]) as log:
+    latent_regression(snakemake.params.model_dir, snakemake.input.train, snakemake.input.test,
+                      snakemake.output[0], labels=snakemake.params.labels,
+                      n_labelled=snakemake.params.n_labelled, seed=snakemake.params.seed,
+                      hidden=snakemake.params.hidden, train_spec=snakemake.params.train_spec,
+                      log=log)

@@ -1,0 +1,141 @@
+"""The generative-stage rule logic on a tiny compiled mock survey with tiny PCA/VAE models."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from stargrad import generative_stage as stage
+from stargrad import mock, survey
+from stargrad.apogee import ASPCAP_LABELS
+from stargrad.dataset import compile_dataset, load_split
+from stargrad.pipeline import train_model
+from stargrad.tasks import Task
+
+SPLITS = ("train", "valid", "test", "cluster")
+TASK = Task("aspcap", "main", tuple(ASPCAP_LABELS))
+PCA_SIZES = (1, 2, 4)
+QUIET = dict(log=lambda _: None)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A 40-star mock (4 planted anomalies) compiled into 24/6/10 train/valid/test stars, three
+    PCAs and one 2-D VAE trained through pipeline.train_model."""
+    root = tmp_path_factory.mktemp("gen")
+    survey_root = root / "survey"
+    mock.write_mock_survey(survey_root, n_field=40, n_cluster=0, seed=3, n_anomalies=4, **QUIET)
+    # Planted anomalies held out of training: 24 stars cannot outvote a star a component
+    # could be spent on.
+    truth = mock.read_truth(survey_root / mock.TRUTH_NAME).sort_values("anomaly", kind="stable")
+    pd.DataFrame({"APOGEE_ID": truth["APOGEE_ID"],
+                  "split": ["train"] * 24 + ["valid"] * 6 + ["test"] * 10}) \
+        .to_csv(root / "split.csv", index=False)
+    data = root / "data"
+    splits = [data / f"{s}.fits" for s in SPLITS]
+    compile_dataset(root / "split.csv", survey_root / survey.ALLSTAR_NAME,
+                    survey_root / survey.SEISMIC_NAME, survey_root, splits,
+                    data / "quarantine.csv", **QUIET)
+    specs = {f"pca_{k}": {"family": "pca", "hyper": {"n_components": k}} for k in PCA_SIZES}
+    specs["vae_2"] = {"family": "vae", "hyper": {"latent_dim": 2, "num_hidden": [16, 8],
+                                                 "beta": 1e-3},
+                      "train": {"max_epochs": 1, "batch_size": 8, "learning_rate": 5e-4}}
+    dirs = {}
+    for name, spec in specs.items():
+        dirs[name] = root / "models" / name
+        train_model(splits[0], splits[1], dirs[name], task=TASK, model_name=name,
+                    model_spec=spec, seed=0, code_digest="test", config_digest="test", **QUIET)
+    return {"root": root, "survey": survey_root, "splits": dict(zip(SPLITS, splits)),
+            "models": dirs, "truth": survey_root / mock.TRUTH_NAME}
+
+
+def test_reconstruction_error_falls_with_pca_size(world, tmp_path):
+    dirs = [world["models"][m] for m in ("vae_2", *(f"pca_{k}" for k in PCA_SIZES))]
+    table = stage.reconstruction(dirs, world["splits"]["test"], tmp_path / "r.csv",
+                                 tmp_path / "r.png", **QUIET)
+    on_disk = pd.read_csv(tmp_path / "r.csv")
+    assert list(on_disk.columns) == ["model", "family", "size", "mean_error", "median_error",
+                                     "n_stars"]
+    assert len(on_disk) == 4 and (on_disk["n_stars"] == 10).all()
+    pca = table[table["family"] == "pca"]
+    assert list(pca["size"]) == list(PCA_SIZES)
+    # nested orthogonal projections: more components never reconstruct worse
+    assert np.all(np.diff(pca["mean_error"]) < 0)
+    assert (tmp_path / "r.png").stat().st_size > 0
+
+
+def test_planted_anomalies_rank_above_median(world, tmp_path):
+    paths = [world["splits"][s] for s in SPLITS]
+    table = stage.anomalies(world["models"]["pca_4"], paths, tmp_path / "a.csv",
+                            tmp_path / "a.png", truth_path=world["truth"], n_shown=3, **QUIET)
+    on_disk = pd.read_csv(tmp_path / "a.csv", keep_default_na=False)
+    assert list(on_disk.columns) == ["APOGEE_ID", "split", "score", "rank", "planted"]
+    assert len(on_disk) == 40 and on_disk["APOGEE_ID"].is_unique
+    assert list(on_disk["rank"]) == list(range(1, 41))
+    assert np.all(np.diff(on_disk["score"]) <= 0)
+    truth = mock.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
+    assert dict(zip(table["APOGEE_ID"], table["planted"])) == truth.to_dict()
+    planted = table[table["planted"] != ""]
+    assert len(planted) == 4 and (planted["rank"] <= 20).all()
+    assert (tmp_path / "a.png").stat().st_size > 0
+
+
+def test_model_flux_is_the_noiseless_spectrum(world):
+    """HDU3 read and gap-deleted like the compiled flux: residuals are pure noise (χ² ≈ 1)."""
+    test = load_split(world["splits"]["test"])
+    clean = stage.read_model_flux(world["survey"], world["survey"] / survey.ALLSTAR_NAME,
+                                  test.ids)
+    planted = mock.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
+    normal = planted.reindex(test.ids).to_numpy() == ""
+    good = ~test.mask[normal]
+    chi2 = ((test.flux[normal] - clean[normal]) / test.error[normal])[good] ** 2
+    assert 0.8 < chi2.mean() < 1.2
+    with pytest.raises(ValueError, match="not listed"):
+        stage.read_model_flux(world["survey"], world["survey"] / survey.ALLSTAR_NAME, ["2M_NONE"])
+
+
+def test_pca_denoises(world, tmp_path):
+    dirs = [world["models"][m] for m in ("pca_4", "vae_2")]
+    table = stage.denoise(dirs, world["splits"]["test"], world["survey"] / survey.ALLSTAR_NAME,
+                          world["survey"], world["truth"], tmp_path / "d.csv", tmp_path / "plots",
+                          **QUIET)
+    assert set(table["model"]) == {"pca_4", "vae_2"}
+    pca = table.set_index("model").loc["pca_4"]
+    assert pca["denoised_mse"] < pca["noisy_mse"]
+    assert np.isclose(pca["ratio_of_means"], pca["denoised_mse"] / pca["noisy_mse"])
+    assert sorted(p.name for p in (tmp_path / "plots").iterdir()) == ["pca_4.png", "vae_2.png"]
+
+
+def test_latent_regression_table(world, tmp_path):
+    table = stage.latent_regression(
+        world["models"]["pca_4"], world["splits"]["train"], world["splits"]["test"],
+        tmp_path / "l.csv", labels=["logg", "Fe"], n_labelled=16, seed=0, hidden=[8],
+        train_spec={"learning_rate": 3e-3, "batch_size": 8, "max_epochs": 5}, **QUIET)
+    on_disk = pd.read_csv(tmp_path / "l.csv")
+    assert list(on_disk.columns) == ["model", "input", "label", "test_mse", "n_labelled", "n_test"]
+    assert set(zip(table["input"], table["label"])) == {
+        (i, l) for i in ("latent", "spectrum") for l in ("logg", "Fe")}
+    assert np.isfinite(table["test_mse"]).all() and (table["test_mse"] > 0).all()
+    with pytest.raises(KeyError, match="lacks columns"):
+        stage.latent_regression(world["models"]["pca_4"], world["splits"]["train"],
+                                world["splits"]["test"], tmp_path / "x.csv", labels=["nope"],
+                                n_labelled=16, seed=0, hidden=[8], train_spec={}, **QUIET)
+
+
+def test_vae_figures(world, tmp_path):
+    vae = world["models"]["vae_2"]
+    stage.latent_space(vae, world["splits"]["test"], tmp_path / "z.png", **QUIET)
+    stage.decoder_plots(vae, world["splits"]["test"], tmp_path / "p.png", tmp_path / "j.png",
+                        n_samples=3, seed=0, **QUIET)
+    for name in ("z.png", "p.png", "j.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_supervised_model_dir_is_rejected(world, tmp_path):
+    model_dir = tmp_path / "linear"
+    train_model(world["splits"]["train"], world["splits"]["valid"], model_dir, task=TASK,
+                model_name="linear", model_spec={"family": "linear", "hyper": {"alpha": 1.0}},
+                seed=0, code_digest="test", config_digest="test", **QUIET)
+    with pytest.raises(ValueError, match="not a generative model"):
+        stage.reconstruction([model_dir], world["splits"]["test"], tmp_path / "r.csv",
+                             tmp_path / "r.png", **QUIET)

@@ -171,3 +171,17 @@ def test_report_is_valid_html_with_every_figure(run):
     for name in ("summary.png", "ranking.png", "scorecard.csv", "metrics.csv", "lines.csv",
                  "windows.csv", "pred_vs_true_mlp.png", "Mg.png"):
         assert name in html, f"{name} missing from the report"
+
+
+def test_generative_stage_outputs(run):
+    d = run / "results/generative/aspcap"
+    recon = pd.read_csv(d / "reconstruction.csv")
+    assert set(recon["family"]) == {"vae", "pca"}
+    pca = recon[recon["family"] == "pca"].sort_values("size")
+    assert pca["mean_error"].is_monotonic_decreasing
+    anomalies = pd.read_csv(next(d.glob("anomalies_*.csv")))
+    assert anomalies["rank"].tolist() == list(range(1, len(anomalies) + 1))
+    planted = anomalies[anomalies["planted"].fillna("").astype(str).str.len() > 0]
+    assert len(planted) and (planted["rank"] <= len(anomalies) / 2).all()
+    regression = pd.read_csv(next(d.glob("latent_regression_*.csv")))
+    assert np.isfinite(regression["test_mse"]).all()

@@ -124,22 +124,6 @@ def velocity_offset_kms(wavelength_a, wavelength_b) -> np.ndarray:
     return SPEED_OF_LIGHT_KMS * (a - b) / b
 
 
-def vac_to_air(wavelength_vac):
-    """Vacuum -> air wavelength (Å), the formula used by the APOGEE tools."""
-    lam = np.asarray(wavelength_vac, dtype=float)
-    s2 = (1.0e4 / lam) ** 2
-    return lam / (1.0 + 0.05792105 / (238.0185 - s2) + 0.00167917 / (57.362 - s2))
-
-
-def air_to_vac(wavelength_air, iterations: int = 4):
-    """Air -> vacuum wavelength (Å), inverting vac_to_air by fixed-point iteration."""
-    air = np.asarray(wavelength_air, dtype=float)
-    vac = air.copy()
-    for _ in range(iterations):
-        vac = vac + (air - vac_to_air(vac))
-    return vac
-
-
 def bitmask_boolean(bitmask, bits=ASTRONN_MASK_BITS) -> np.ndarray:
     """True where any of `bits` is set in an APOGEE_PIXMASK array."""
     target = sum(1 << int(b) for b in bits)

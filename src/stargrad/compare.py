@@ -10,8 +10,10 @@ import pandas as pd
 from astropy.stats import mad_std
 
 from .apogee import MAGIC_NUMBER
+from .attribution import read_jacobian_fits, similarity_matrix
 from .pipeline import read_predictions
-from .plots import plot_metric_by_label
+from .plots import plot_metric_by_label, plot_ranking
+from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path
 
 METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
@@ -92,8 +94,6 @@ def compare_task(prediction_paths, crb_path, attribution_dirs: dict, task, out: 
     """The compare rule. Prediction files are `results/predictions/<model>/<task>/<split>.fits`;
     `attribution_dirs` maps differentiable models to their attribution directory. `out` holds
     the paths metrics, summary, scorecard, ranking, similarity and comparison_plots."""
-    from .plots import plot_ranking
-
     predictions = {}
     for path in prediction_paths:
         path = Path(path)
@@ -180,9 +180,6 @@ def ranking(card: pd.DataFrame, kind: str) -> pd.DataFrame:
 def compare_attribution(jacobian_paths: dict[str, str], out_csv, plot_dir, labels) -> None:
     """Cosine similarity of the models' mean Jacobians per label, and one side-by-side
     figure per label."""
-    from .attribution import read_jacobian_fits, similarity_matrix
-    from .plots_attribution import plot_jacobian_comparison
-
     jacs = {m: read_jacobian_fits(p)["mean_jacobian"] for m, p in sorted(jacobian_paths.items())}
     with atomic_path(out_csv) as tmp:
         (similarity_matrix(jacs, labels) if jacs else

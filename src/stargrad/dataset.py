@@ -14,7 +14,7 @@ from .download import spectrum_relpath
 from .apogee import MAGIC_NUMBER
 from .provenance import atomic_path
 from .select import unique_stars
-from .tasks import SEISMIC_LABELS, Task
+from .tasks import Task
 
 #: An error above this (normalized flux units) marks a pixel as bad, as do flux <= 0 and
 #: non-finite values; bad pixels get flux 1 and error 1, astroNN's masking convention.
@@ -290,10 +290,6 @@ def batch(data: SplitData, task: Task, norm: Normalizer) -> dict:
     err_norm = np.where(valid & (err != MAGIC_NUMBER), np.abs(err) / norm.label_std, 0.0)
     return {"x": norm.inputs(data), "y": y_norm.astype(np.float32),
             "y_err": err_norm.astype(np.float32), "valid": valid, "pixel_valid": ~data.mask}
-
-
-def is_seismic(label: str) -> bool:
-    return label in SEISMIC_LABELS
 
 
 def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_paths, quarantine_path,

@@ -13,8 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import models, params_io, train
-from .apogee import MAGIC_NUMBER
+from . import attribution, models, params_io, plots_attribution, train
+from .apogee import N_PIX_GAPLESS
+from .mc import mc_predict
 from .dataset import Normalizer, batch, load_split, task_labels
 from .provenance import atomic_path, header_cards, write_json
 from .tasks import Task
@@ -23,7 +24,6 @@ from .tasks import Task
 # ---------------------------------------------------------------------------- train
 
 def build_model(model_spec: dict, task: Task) -> models.Model:
-    from .apogee import N_PIX_GAPLESS
     return models.build(model_spec["family"], n_inputs=N_PIX_GAPLESS, n_outputs=task.n_outputs,
                         kind=task.kind, **model_spec.get("hyper", {}))
 
@@ -96,7 +96,6 @@ def load_trained(model_dir):
 def predict_arrays(model, params, x, meta, *, mc_samples: int, seed: int, batch_size: int = 256):
     """Value and uncertainties in normalized units: dict of (N, K) arrays."""
     if model.stochastic and mc_samples > 0:
-        from .mc import mc_predict
         out = mc_predict(model, params, x, jax.random.PRNGKey(seed), mc_samples=mc_samples,
                          batch_size=batch_size)
         out = {k: np.asarray(v) for k, v in out.items()}
@@ -144,12 +143,11 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
 
 def _write_predictions(path, data, task: Task, norm: Normalizer, out: dict, header: dict) -> None:
     truth = task_labels(data, task)
-    scale = 1.0 if task.kind == "classification" else norm.label_std
     columns = {"APOGEE_ID": data.ids.astype("S32")}
     for k, label in enumerate(task.labels):
         columns[label] = out["value"][:, k] * norm.label_std[k] + norm.label_mean[k]
         for name in ("std_model", "std_predictive", "std_total"):
-            columns[f"{label}_{name}"] = out[name][:, k] * np.broadcast_to(scale, (task.n_outputs,))[k]
+            columns[f"{label}_{name}"] = out[name][:, k] * norm.label_std[k]
         columns[f"{label}_true"] = truth[:, k]
     table = np.empty(len(data), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)
                                        for n, v in columns.items()])
@@ -168,11 +166,6 @@ def read_predictions(path) -> pd.DataFrame:
     return pd.DataFrame(frame)
 
 
-def missing_to_nan(values: np.ndarray) -> np.ndarray:
-    values = np.asarray(values, dtype=float)
-    return np.where(values == MAGIC_NUMBER, np.nan, values)
-
-
 # ---------------------------------------------------------------------------- attribute
 
 def attribute(model_dir, split_path, out_dir, *, chunk_size: int, mc_samples: int, seed: int,
@@ -180,14 +173,13 @@ def attribute(model_dir, split_path, out_dir, *, chunk_size: int, mc_samples: in
     """The attribute rule: mean Jacobian d label / d flux (physical units) over the test
     stars, dropout off; for Bayesian families also averaged over `mc_samples` dropout masks.
     Writes jacobian.fits, lines.csv, windows.csv, fidelity.csv and one figure per label."""
-    from . import attribution, plots_attribution
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     model, params, norm, meta = load_trained(model_dir)
     data = load_split(split_path)
     x = norm.inputs(data)[:max_stars]
     labels = list(meta["labels"])
-    label_std = np.ones(len(labels)) if meta["kind"] == "classification" else norm.label_std
+    label_std = norm.label_std          # 1 for classification (Normalizer)
     mean_j, mean_abs = attribution.mean_jacobian(model, params, x, chunk_size=chunk_size)
     mean_j = attribution.to_physical(mean_j, norm.input_std, label_std)
     mean_abs = attribution.to_physical(mean_abs, norm.input_std, label_std)

@@ -3,8 +3,10 @@ from stargrad.pipeline import predict_splits
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
-    predict_splits(snakemake.params.model_dir, snakemake.input.splits, snakemake.output,
+    predict_splits(snakemake.params.model_dir, snakemake.input.splits, snakemake.output.splits,
                    mc_samples=snakemake.params.mc_samples, mc_splits=snakemake.params.mc_splits,
+                   calibrate=snakemake.params.calibrate,
+                   calibration_path=snakemake.output.calibration,
                    seed=snakemake.params.seed,
                    batch_size=snakemake.params.batch_size,
                    config_digest=snakemake.params.config_hash, log=log)

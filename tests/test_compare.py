@@ -5,6 +5,7 @@ from astropy.stats import mad_std
 
 from stargrad.apogee import MAGIC_NUMBER
 from stargrad.compare import classification_metrics, regression_metrics, task_metrics
+from stargrad.pipeline import calibration_scales
 
 
 def test_regression_metrics_by_hand():
@@ -19,6 +20,9 @@ def test_regression_metrics_by_hand():
     np.testing.assert_allclose(m["bias_median"], 0.25)
     np.testing.assert_allclose(m["mad_std"], mad_std(resid))
     np.testing.assert_allclose(m["z_mad_std"], mad_std(resid / 0.5))
+    assert "z_mad_std_calibrated" not in m
+    m2 = regression_metrics(pred, true, std, crb, std_calibrated=2 * std)
+    np.testing.assert_allclose(m2["z_mad_std_calibrated"], mad_std(resid / 1.0))
     np.testing.assert_allclose(m["crb_median"], np.median([0.1, 0.2, 0.3, 0.5]))
     np.testing.assert_allclose(m["crb_ratio"], mad_std(resid) / 0.25)
     np.testing.assert_allclose(m["spread_ratio"], mad_std(pred[[0, 1, 2, 4]]) / mad_std(true[[0, 1, 2, 4]]))
@@ -63,3 +67,24 @@ def test_scorecard_joins_cluster_and_attribution_and_ranks():
     assert np.isnan(b["fidelity"])
     rank = ranking(card, "regression")
     assert list(rank["model"]) == ["a", "b"] and rank["metric"][0] == "median crb_ratio"
+
+
+def test_calibration_scales_are_the_valid_z_spread():
+    """The scale is mad_std((value - y) / std_total) over stars with the label; with residuals
+    twice the claimed std it is ~2, a label with too few stars keeps 1, and scaled stds give
+    z spread 1 on the same stars."""
+    rng = np.random.default_rng(3)
+    n = 4000
+    y = rng.standard_normal((n, 3))
+    std_total = np.exp(rng.uniform(-1, 0, (n, 3)))
+    value = y + std_total * rng.standard_normal((n, 3)) * np.array([2.0, 0.5, 1.0])
+    valid = np.ones((n, 3), bool)
+    valid[:, 2] = False
+    valid[:5, 2] = True
+    scales, used = calibration_scales({"value": value, "std_total": std_total}, y, valid)
+    assert list(used) == [n, n, 5]
+    z = (value - y) / std_total
+    np.testing.assert_allclose(scales[:2], [mad_std(z[:, 0]), mad_std(z[:, 1])], rtol=1e-12)
+    np.testing.assert_allclose(scales[:2], [2.0, 0.5], rtol=0.05)
+    assert scales[2] == 1.0
+    np.testing.assert_allclose(mad_std(z[:, :2] / scales[:2], axis=0), 1.0, rtol=1e-12)

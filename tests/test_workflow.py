@@ -101,14 +101,23 @@ def test_models_predictions_and_metrics(run, config):
             assert {"epoch", "train_loss", "valid_loss"} <= set(history.columns)
             pred = fitsio.read(str(run / f"results/predictions/{model}/{task}/test.fits"), ext="PREDICTIONS")
             labels = meta["labels"]
-            for label in labels:
-                for suffix in ("", "_std_model", "_std_predictive", "_std_total", "_true"):
+            calibration = pd.read_csv(run / f"results/predictions/{model}/{task}/calibration.csv")
+            assert list(calibration["label"]) == labels
+            assert np.all(calibration["scale"] > 0)
+            if meta["kind"] == "classification":
+                assert np.all(calibration["scale"] == 1.0)
+            for k, label in enumerate(labels):
+                for suffix in ("", "_std_model", "_std_predictive", "_std_total",
+                               "_std_calibrated", "_true"):
                     assert f"{label}{suffix}" in pred.dtype.names
                 assert np.all(np.isfinite(pred[label]))
                 np.testing.assert_allclose(
                     pred[f"{label}_std_total"] ** 2,
                     pred[f"{label}_std_model"] ** 2 + pred[f"{label}_std_predictive"] ** 2,
                     rtol=1e-5)
+                np.testing.assert_allclose(pred[f"{label}_std_calibrated"],
+                                           calibration["scale"][k] * pred[f"{label}_std_total"],
+                                           rtol=1e-5)
     for task in config["tasks"]:
         metrics = pd.read_csv(run / f"results/compare/{task}/metrics.csv")
         assert set(metrics["split"]) >= {"train", "valid", "test"}

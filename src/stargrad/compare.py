@@ -17,15 +17,17 @@ from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path
 
 METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
-                  "z_mad_std", "crb_median", "crb_ratio", "spread_ratio", "accuracy",
+                  "z_mad_std", "z_mad_std_calibrated", "crb_median", "crb_ratio", "spread_ratio", "accuracy",
                   "accuracy_rgb", "accuracy_rc")
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray,
-                       crb: np.ndarray | None = None) -> dict:
+                       crb: np.ndarray | None = None,
+                       std_calibrated: np.ndarray | None = None) -> dict:
     """Metrics of one label on one split; −9999 truths are left out.
 
-    z_mad_std: robust spread of residual/std_total (1 = calibrated). crb_ratio: mad_std of
+    z_mad_std: robust spread of residual/std_total (1 = calibrated); z_mad_std_calibrated the
+    same with the valid-split-scaled std_calibrated. crb_ratio: mad_std of
     the residuals over the median per-star Cramér–Rao bound (1 = the physical limit).
     spread_ratio: robust spread of the predictions over that of the truth (a cluster's
     abundance spread recovered or not)."""
@@ -36,9 +38,9 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray
         return out
     out.update(mse=float(np.mean(resid ** 2)), rmse=float(np.sqrt(np.mean(resid ** 2))),
                bias_median=float(np.median(resid)), mad_std=float(mad_std(resid)))
-    sigma = std_total[ok]
-    if np.all(sigma > 0):
-        out["z_mad_std"] = float(mad_std(resid / sigma))
+    for name, std in (("z_mad_std", std_total), ("z_mad_std_calibrated", std_calibrated)):
+        if std is not None and np.all(std[ok] > 0):
+            out[name] = float(mad_std(resid / std[ok]))
     true_spread = mad_std(true[ok])
     if true_spread > 0:
         out["spread_ratio"] = float(mad_std(pred[ok]) / true_spread)
@@ -83,8 +85,10 @@ def task_metrics(predictions: dict[tuple[str, str], pd.DataFrame], labels: list[
                 crb_values = None
                 if crb_by_id is not None and f"crb_{label}" in crb_by_id:
                     crb_values = crb_by_id[f"crb_{label}"].reindex(table["APOGEE_ID"]).to_numpy()
+                calibrated = table.get(f"{label}_std_calibrated")
                 row = regression_metrics(pred, true, table[f"{label}_std_total"].to_numpy(),
-                                         crb_values)
+                                         crb_values, None if calibrated is None
+                                         else calibrated.to_numpy())
             rows.append({"model": model, "task": task, "split": split_name, "label": label, **row})
     return pd.DataFrame(rows, columns=list(METRIC_COLUMNS))
 
@@ -129,13 +133,13 @@ def compare_task(prediction_paths, crb_path, attribution_dirs: dict, task, out: 
 
 
 SCORECARD_COLUMNS = ("model", "label", "test_mse", "test_mad_std", "test_bias_median",
-                     "z_mad_std", "crb_ratio", "accuracy", "accuracy_rgb", "accuracy_rc",
-                     "cluster_spread_ratio", "fidelity", "share_own", "share_Fe")
+                     "z_mad_std", "z_mad_std_calibrated", "crb_ratio", "accuracy", "accuracy_rgb",
+                     "accuracy_rc", "cluster_spread_ratio", "fidelity", "share_own", "share_Fe")
 
 
 def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """One row per (model, label): test accuracy (MSE, mad_std, bias, per-class accuracy),
-    calibration (z_mad_std), the Cramér–Rao ratio, the cluster's recovered spread and, for
+    calibration (z_mad_std raw and calibrated), the Cramér–Rao ratio, the cluster's recovered spread and, for
     differentiable models, attribution fidelity and window shares (own element, Fe).
 
     `attribution` maps model -> {"fidelity": DataFrame(label, fidelity),
@@ -146,7 +150,8 @@ def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFra
     for (model, label), row in test.iterrows():
         out = {"model": model, "label": label, "test_mse": row["mse"],
                "test_mad_std": row["mad_std"], "test_bias_median": row["bias_median"]}
-        for col in ("z_mad_std", "crb_ratio", "accuracy", "accuracy_rgb", "accuracy_rc"):
+        for col in ("z_mad_std", "z_mad_std_calibrated", "crb_ratio", "accuracy", "accuracy_rgb",
+                    "accuracy_rc"):
             out[col] = row.get(col, np.nan)
         if (model, label) in cluster.index:
             out["cluster_spread_ratio"] = cluster.loc[(model, label), "spread_ratio"]

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
+from astropy.stats import mad_std
 
 from . import attribution, models, params_io, plots_attribution, train
 from .apogee import N_PIX_GAPLESS
@@ -19,6 +20,9 @@ from .mc import mc_predict
 from .dataset import Normalizer, batch, load_split, task_labels
 from .provenance import atomic_path, header_cards, write_json
 from .tasks import Task
+
+#: Uncertainty columns of a PREDICTIONS table, per label (physical units).
+STD_COLUMNS = ("std_model", "std_predictive", "std_total", "std_calibrated")
 
 
 # ---------------------------------------------------------------------------- train
@@ -115,30 +119,72 @@ def predict_arrays(model, params, x, meta, *, mc_samples: int, seed: int, batch_
     return out
 
 
+def calibration_scales(out: dict, y: np.ndarray, valid: np.ndarray, min_stars: int = 20):
+    """Per-label variance-scaling factors (Laves et al. 2020 "sigma scaling", robust): the
+    mad_std of (value - y) / std_total over the stars that have the label, in normalized units.
+    A label with fewer than `min_stars` such stars keeps 1. Returns (scales, stars used)."""
+    z = np.where(valid, (out["value"] - y) / np.where(valid, out["std_total"], 1.0), np.nan)
+    n = valid.sum(axis=0)
+    scales = np.ones(z.shape[1])
+    for k in np.flatnonzero(n >= min_stars):
+        scales[k] = float(mad_std(z[valid[:, k], k]))
+    if not np.all(np.isfinite(scales) & (scales > 0)):
+        raise ValueError(f"calibration: non-positive or non-finite scale factors {scales}")
+    return scales, n
+
+
 def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: int,
-                   mc_splits=("test", "cluster"), batch_size: int = 256,
-                   config_digest: str = "", log=print) -> None:
+                   mc_splits=("valid", "test", "cluster"), calibrate: bool = True,
+                   calibration_path=None, batch_size: int = 256, config_digest: str = "",
+                   log=print) -> None:
     """Predict every star of each compiled split with one trained model (loaded once); write
     one PREDICTIONS table per split, in physical units. MC dropout (Bayesian families) runs
-    on `mc_splits` only, where uncertainties are judged; other splits get one dropout-off
-    pass (std_model = 0)."""
+    on `mc_splits` only; other splits get one dropout-off pass (std_model = 0).
+
+    With `calibrate` (regression), the validation split's predictions fit one scale factor per
+    label (`calibration_scales`) that gives `<label>_std_calibrated` = factor x std_total on
+    every split; the factors go to `calibration_path` (CSV). Without it the factor is 1."""
     model, params, norm, meta = load_trained(model_dir)
     task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
-    for split_path, out_path in zip(split_paths, out_paths):
+    stems = [Path(p).stem for p in split_paths]
+    calibrate = calibrate and task.kind == "regression"
+    if calibrate and "valid" not in stems:
+        raise ValueError(f"{model_dir}: calibration needs the valid split among {stems}")
+    mc_modes = {stem in mc_splits for stem in stems if stem != "valid"}
+    if calibrate and model.stochastic and mc_samples > 0 and mc_modes != {"valid" in mc_splits}:
+        raise ValueError(f"{model_dir}: calibration is fitted on the valid split, so predict it "
+                         f"as the other splits are: put 'valid' in predict.mc_splits with "
+                         f"{sorted(mc_splits)}, or set predict.calibrate: false")
+    outs, datasets = {}, {}
+    for stem, split_path in zip(stems, split_paths):
         t0 = time.perf_counter()
-        data = load_split(split_path)
-        samples = mc_samples if Path(split_path).stem in mc_splits else 0
+        data = datasets[stem] = load_split(split_path)
+        samples = mc_samples if stem in mc_splits else 0
         if len(data):
-            out = predict_arrays(model, params, norm.inputs(data), meta, mc_samples=samples,
-                                 seed=seed, batch_size=batch_size)
+            outs[stem] = predict_arrays(model, params, norm.inputs(data), meta,
+                                        mc_samples=samples, seed=seed, batch_size=batch_size)
         else:       # e.g. the cluster split of a dataset without a cluster
-            out = {k: np.zeros((0, task.n_outputs)) for k in
-                   ("value", "std_model", "std_predictive", "std_total")}
-        _write_predictions(out_path, data, task, norm, out, header_cards(
-            config_digest, seed, model=meta["model"], task=task.name, split=Path(split_path).stem,
-            mcsample=samples if model.stochastic else 0))
+            outs[stem] = {k: np.zeros((0, task.n_outputs)) for k in
+                          ("value", "std_model", "std_predictive", "std_total")}
         log(f"predicted {len(data)} stars of {Path(split_path).name} with {meta['model']}/"
-            f"{task.name} in {time.perf_counter() - t0:.1f} s")
+            f"{task.name} ({samples if model.stochastic else 0} MC samples) in "
+            f"{time.perf_counter() - t0:.1f} s")
+    scales, n_used = np.ones(task.n_outputs), np.zeros(task.n_outputs, int)
+    if calibrate:
+        valid_batch = batch(datasets["valid"], task, norm)
+        scales, n_used = calibration_scales(outs["valid"], valid_batch["y"], valid_batch["valid"])
+        log("calibration (std_total scale from the valid split): "
+            + ", ".join(f"{label} {s:.3g}" for label, s in zip(task.labels, scales)))
+    if calibration_path is not None:
+        with atomic_path(calibration_path) as tmp:
+            pd.DataFrame({"label": task.labels, "scale": scales, "n_valid": n_used,
+                          "method": "valid mad_std of z" if calibrate else "none"}
+                         ).to_csv(tmp, index=False, float_format="%.6g")
+    for stem, out_path in zip(stems, out_paths):
+        out = dict(outs[stem], std_calibrated=outs[stem]["std_total"] * scales)
+        _write_predictions(out_path, datasets[stem], task, norm, out, header_cards(
+            config_digest, seed, model=meta["model"], task=task.name, split=stem,
+            mcsample=mc_samples if model.stochastic and stem in mc_splits else 0))
 
 
 def _write_predictions(path, data, task: Task, norm: Normalizer, out: dict, header: dict) -> None:
@@ -146,7 +192,7 @@ def _write_predictions(path, data, task: Task, norm: Normalizer, out: dict, head
     columns = {"APOGEE_ID": data.ids.astype("S32")}
     for k, label in enumerate(task.labels):
         columns[label] = out["value"][:, k] * norm.label_std[k] + norm.label_mean[k]
-        for name in ("std_model", "std_predictive", "std_total"):
+        for name in STD_COLUMNS:
             columns[f"{label}_{name}"] = out[name][:, k] * norm.label_std[k]
         columns[f"{label}_true"] = truth[:, k]
     table = np.empty(len(data), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)

@@ -10,11 +10,13 @@ rule predict:
         splits=lambda wc: expand("results/data/{dataset}/{split}.fits",
                                  dataset=task_dataset(wc), split=SPLITS),
     output:
-        expand("results/predictions/{{model}}/{{task}}/{split}.fits", split=SPLITS),
+        splits=expand("results/predictions/{{model}}/{{task}}/{split}.fits", split=SPLITS),
+        calibration="results/predictions/{model}/{task}/calibration.csv",
     params:
         model_dir=lambda wc, input: str(Path(input.params).parent),
         mc_samples=config["predict"]["mc_samples"],
         mc_splits=config["predict"]["mc_splits"],
+        calibrate=config["predict"]["calibrate"],
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
         config_hash=CONFIG_HASH,

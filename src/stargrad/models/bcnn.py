@@ -213,27 +213,40 @@ def _conv_block(pool: int, w1, b1, w2, b2, xp, gate):
     on the spectrum, 0 in the "same" padding. Returns (B, C2, (n1 - K + 1) // pool).
 
     A custom VJP: autodiff of the shifted slices gives one reduction per kernel entry and
-    chains of pads, measured ~2x slower on CPU than the explicit backward below."""
-    return _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate)[0]
+    chains of pads, measured ~2x slower on CPU than the explicit backward below. Without
+    differentiation (prediction, MC dropout) the pool is an elementwise maximum of the pool
+    offsets, which XLA fuses into the conv loop; under differentiation it is a reduce, whose
+    materialised output the backward reads (an elementwise pool there is recomputed inside
+    every consumer: 1.7x slower training). The reduce in the MC loop cost ~half its time."""
+    return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool=True)[0]
 
 
-def _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate):
+def _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool: bool):
     pre = _correlate(xp[:, None, :], w1) + b1[:, None]
     gate1 = jnp.where(pre > 0, gate, 0.0)
     h = pre * gate1
     y = _correlate(h, w2) + b2[:, None]
     y = y[..., :y.shape[-1] // pool * pool].reshape(y.shape[:-1] + (-1, pool))
-    pooled = jax.nn.relu(y.max(axis=-1))
+    if elementwise_pool:
+        pooled = functools.reduce(jnp.maximum, [y[..., p] for p in range(pool)])
+    else:
+        pooled = y.max(axis=-1)
+    pooled = jax.nn.relu(pooled)
     return pooled, (w1, w2, xp, gate1, h, y, pooled)
+
+
+def _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate):
+    return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool=False)
 
 
 def _conv_block_bwd(pool, res, g):
     w1, w2, xp, gate1, h, y, pooled = res
     route = _first_max(y, pooled) & (pooled > 0)[..., None]
+    g = jax.lax.optimization_barrier(g)
     gy = jnp.where(route, g[..., None], 0.0).reshape(y.shape[:-2] + (-1,))
     n2 = h.shape[-1] - w2.shape[0] + 1
-    gy = jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])])
-    gpre = _correlate_transposed(gy, w2) * gate1
+    gy = jax.lax.optimization_barrier(jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])]))
+    gpre = jax.lax.optimization_barrier(_correlate_transposed(gy, w2) * gate1)
     gx = _correlate_transposed(gpre, w1)[..., 0, :]
     return (_kernel_grad(xp[:, None, :], gpre, w1.shape[0]), gpre.sum((0, 2)),
             _kernel_grad(h, gy, w2.shape[0]), gy.sum((0, 2)), gx, jnp.zeros_like(gate1))

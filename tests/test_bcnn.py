@@ -100,6 +100,12 @@ def test_keep_mask_rate_and_independence():
         assert abs((a & m).mean() - 0.49) < 0.006
     np.testing.assert_array_equal(a, bcnn.keep_mask(key, (200, 500), 0.3, salt=0))
     assert abs(a[:, 1:].astype(float).ravel() @ a[:, :-1].ravel() / a[:, 1:].size - 0.49) < 0.006
+    # MC samples: masks of split keys agree only by chance (P(both kept) = 0.49 per pair)
+    split = [np.asarray(bcnn.keep_mask(k, (200, 500), 0.3, salt=1))
+             for k in jax.random.split(key, 8)]
+    for i in range(8):
+        for j in range(i):
+            assert abs((split[i] & split[j]).mean() - 0.49) < 0.006
 
 
 def make_batch(rng, n, n_pix, k):

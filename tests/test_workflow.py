@@ -198,3 +198,14 @@ def test_generative_stage_outputs(run):
     assert len(planted) and (planted["rank"] <= len(anomalies) / 2).all()
     regression = pd.read_csv(next(d.glob("latent_regression_*.csv")))
     assert np.isfinite(regression["test_mse"]).all()
+
+
+@pytest.mark.parametrize("override,message", [
+    ('predict={"mc_splits": ["test"]}', "predict.mc_splits must list both or neither"),
+    ('predict={"mc_samples": -1}', "mc_samples"),
+])
+def test_config_errors_stop_before_any_job(tmp_path, override, message):
+    proc = snakemake(tmp_path, "-n", "--config", override, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+    assert not (tmp_path / "results").exists()

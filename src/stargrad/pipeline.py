@@ -150,11 +150,12 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
     calibrate = calibrate and task.kind == "regression"
     if calibrate and "valid" not in stems:
         raise ValueError(f"{model_dir}: calibration needs the valid split among {stems}")
-    mc_modes = {stem in mc_splits for stem in stems if stem != "valid"}
-    if calibrate and model.stochastic and mc_samples > 0 and mc_modes != {"valid" in mc_splits}:
-        raise ValueError(f"{model_dir}: calibration is fitted on the valid split, so predict it "
-                         f"as the other splits are: put 'valid' in predict.mc_splits with "
-                         f"{sorted(mc_splits)}, or set predict.calibrate: false")
+    if (calibrate and model.stochastic and mc_samples > 0 and "test" in stems
+            and ("test" in mc_splits) != ("valid" in mc_splits)):
+        raise ValueError(f"{model_dir}: calibration is fitted on the valid split and applied to "
+                         f"test, so both need the same mode: predict.mc_splits is "
+                         f"{sorted(mc_splits)}; list both or neither, or set "
+                         f"predict.calibrate: false")
     outs, datasets = {}, {}
     for stem, split_path in zip(stems, split_paths):
         t0 = time.perf_counter()

@@ -34,6 +34,10 @@ def _check_references():
         unknown = [t for t in spec["tasks"] if t not in TASKS]
         if unknown:
             raise ValueError(f"config: model {name!r} lists unknown tasks {unknown}")
+    predict = config["predict"]
+    if predict["calibrate"] and ("test" in predict["mc_splits"]) != ("valid" in predict["mc_splits"]):
+        raise ValueError("config: predict.calibrate fits on the valid split and applies to test, "
+                         "so predict.mc_splits must list both or neither")
 
 
 _check_references()

@@ -15,7 +15,7 @@ import pandas as pd
 from astropy.stats import mad_std
 
 from . import attribution, models, params_io, plots_attribution, train
-from .apogee import N_PIX_GAPLESS
+from .apogee import MAGIC_NUMBER, N_PIX_GAPLESS
 from .mc import mc_predict
 from .dataset import Normalizer, batch, load_split, task_labels
 from .provenance import atomic_path, header_cards, write_json
@@ -156,10 +156,13 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
                          f"test, so both need the same mode: predict.mc_splits is "
                          f"{sorted(mc_splits)}; list both or neither, or set "
                          f"predict.calibrate: false")
-    outs, datasets = {}, {}
+    # Predictions first, then calibration, then files: keep only ids and truths of each split,
+    # not its spectra (a DR17 training split is GBs).
+    outs, ids, truths = {}, {}, {}
     for stem, split_path in zip(stems, split_paths):
         t0 = time.perf_counter()
-        data = datasets[stem] = load_split(split_path)
+        data = load_split(split_path)
+        ids[stem], truths[stem] = data.ids, task_labels(data, task)
         samples = mc_samples if stem in mc_splits else 0
         if len(data):
             outs[stem] = predict_arrays(model, params, norm.inputs(data), meta,
@@ -172,8 +175,10 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
             f"{time.perf_counter() - t0:.1f} s")
     scales, n_used = np.ones(task.n_outputs), np.zeros(task.n_outputs, int)
     if calibrate:
-        valid_batch = batch(datasets["valid"], task, norm)
-        scales, n_used = calibration_scales(outs["valid"], valid_batch["y"], valid_batch["valid"])
+        y = truths["valid"]
+        known = (y != MAGIC_NUMBER) & np.isfinite(y)
+        y_norm = np.where(known, (y - norm.label_mean) / norm.label_std, 0.0).astype(np.float32)
+        scales, n_used = calibration_scales(outs["valid"], y_norm, known)
         log("calibration (std_total scale from the valid split): "
             + ", ".join(f"{label} {s:.3g}" for label, s in zip(task.labels, scales)))
     if calibration_path is not None:
@@ -183,20 +188,20 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
                          ).to_csv(tmp, index=False, float_format="%.6g")
     for stem, out_path in zip(stems, out_paths):
         out = dict(outs[stem], std_calibrated=outs[stem]["std_total"] * scales)
-        _write_predictions(out_path, datasets[stem], task, norm, out, header_cards(
+        _write_predictions(out_path, ids[stem], truths[stem], task, norm, out, header_cards(
             config_digest, seed, model=meta["model"], task=task.name, split=stem,
             mcsample=mc_samples if model.stochastic and stem in mc_splits else 0))
 
 
-def _write_predictions(path, data, task: Task, norm: Normalizer, out: dict, header: dict) -> None:
-    truth = task_labels(data, task)
-    columns = {"APOGEE_ID": data.ids.astype("S32")}
+def _write_predictions(path, ids, truth, task: Task, norm: Normalizer, out: dict,
+                       header: dict) -> None:
+    columns = {"APOGEE_ID": ids.astype("S32")}
     for k, label in enumerate(task.labels):
         columns[label] = out["value"][:, k] * norm.label_std[k] + norm.label_mean[k]
         for name in STD_COLUMNS:
             columns[f"{label}_{name}"] = out[name][:, k] * norm.label_std[k]
         columns[f"{label}_true"] = truth[:, k]
-    table = np.empty(len(data), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)
+    table = np.empty(len(ids), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)
                                        for n, v in columns.items()])
     for n, v in columns.items():
         table[n] = v

@@ -17,8 +17,8 @@ from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path
 
 METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
-                  "z_mad_std", "z_mad_std_calibrated", "crb_median", "crb_ratio", "spread_ratio", "accuracy",
-                  "accuracy_rgb", "accuracy_rc")
+                  "z_mad_std", "z_mad_std_calibrated", "crb_median", "crb_ratio", "spread_ratio",
+                  "accuracy", "accuracy_rgb", "accuracy_rc")
 
 
 def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray,
@@ -139,8 +139,9 @@ SCORECARD_COLUMNS = ("model", "label", "test_mse", "test_mad_std", "test_bias_me
 
 def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFrame]]) -> pd.DataFrame:
     """One row per (model, label): test accuracy (MSE, mad_std, bias, per-class accuracy),
-    calibration (z_mad_std raw and calibrated), the Cramér–Rao ratio, the cluster's recovered spread and, for
-    differentiable models, attribution fidelity and window shares (own element, Fe).
+    calibration (z_mad_std raw and calibrated), the Cramér–Rao ratio, the cluster's recovered
+    spread and, for differentiable models, attribution fidelity and window shares (own element,
+    Fe).
 
     `attribution` maps model -> {"fidelity": DataFrame(label, fidelity),
     "windows": window_shares DataFrame}."""

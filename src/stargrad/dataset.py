@@ -281,14 +281,18 @@ def task_labels(data: SplitData, task: Task) -> np.ndarray:
     return np.stack([data.labels[l].to_numpy(dtype=float) for l in task.labels], axis=1)
 
 
+def normalized_labels(y: np.ndarray, norm: Normalizer) -> tuple[np.ndarray, np.ndarray]:
+    """(N, K) physical labels -> (float32 normalized labels, 0 where missing; valid mask)."""
+    valid = (y != MAGIC_NUMBER) & np.isfinite(y)
+    return np.where(valid, (y - norm.label_mean) / norm.label_std, 0.0).astype(np.float32), valid
+
+
 def batch(data: SplitData, task: Task, norm: Normalizer) -> dict:
     """The model-ready batch dict of a whole split (see docs/ARCHITECTURE.md)."""
-    y = task_labels(data, task)
+    y_norm, valid = normalized_labels(task_labels(data, task), norm)
     err = np.stack([data.labels[f"{l}_err"].to_numpy(dtype=float) for l in task.labels], axis=1)
-    valid = (y != MAGIC_NUMBER) & np.isfinite(y)
-    y_norm = np.where(valid, (y - norm.label_mean) / norm.label_std, 0.0)
     err_norm = np.where(valid & (err != MAGIC_NUMBER), np.abs(err) / norm.label_std, 0.0)
-    return {"x": norm.inputs(data), "y": y_norm.astype(np.float32),
+    return {"x": norm.inputs(data), "y": y_norm,
             "y_err": err_norm.astype(np.float32), "valid": valid, "pixel_valid": ~data.mask}
 
 

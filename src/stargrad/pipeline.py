@@ -15,9 +15,9 @@ import pandas as pd
 from astropy.stats import mad_std
 
 from . import attribution, models, params_io, plots_attribution, train
-from .apogee import MAGIC_NUMBER, N_PIX_GAPLESS
+from .apogee import N_PIX_GAPLESS
 from .mc import mc_predict
-from .dataset import Normalizer, batch, load_split, task_labels
+from .dataset import Normalizer, batch, load_split, normalized_labels, task_labels
 from .provenance import atomic_path, header_cards, write_json
 from .tasks import Task
 
@@ -175,10 +175,8 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
             f"{time.perf_counter() - t0:.1f} s")
     scales, n_used = np.ones(task.n_outputs), np.zeros(task.n_outputs, int)
     if calibrate:
-        y = truths["valid"]
-        known = (y != MAGIC_NUMBER) & np.isfinite(y)
-        y_norm = np.where(known, (y - norm.label_mean) / norm.label_std, 0.0).astype(np.float32)
-        scales, n_used = calibration_scales(outs["valid"], y_norm, known)
+        scales, n_used = calibration_scales(outs["valid"],
+                                            *normalized_labels(truths["valid"], norm))
         log("calibration (std_total scale from the valid split): "
             + ", ".join(f"{label} {s:.3g}" for label, s in zip(task.labels, scales)))
     if calibration_path is not None:

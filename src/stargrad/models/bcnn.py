@@ -240,18 +240,16 @@ def _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool: bool):
     return pooled, (w1, w2, xp, gate1, h, y, pooled)
 
 
-def _conv_block_fwd(pool, w1, b1, w2, b2, xp, gate):
-    return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool=False)
+_conv_block_fwd = functools.partial(_conv_block_forward, elementwise_pool=False)
 
 
 def _conv_block_bwd(pool, res, g):
     w1, w2, xp, gate1, h, y, pooled = res
     route = _first_max(y, pooled) & (pooled > 0)[..., None]
-    g = jax.lax.optimization_barrier(g)
     gy = jnp.where(route, g[..., None], 0.0).reshape(y.shape[:-2] + (-1,))
     n2 = h.shape[-1] - w2.shape[0] + 1
-    gy = jax.lax.optimization_barrier(jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])]))
-    gpre = jax.lax.optimization_barrier(_correlate_transposed(gy, w2) * gate1)
+    gy = jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])])
+    gpre = _correlate_transposed(gy, w2) * gate1
     gx = _correlate_transposed(gpre, w1)[..., 0, :]
     return (_kernel_grad(xp[:, None, :], gpre, w1.shape[0]), gpre.sum((0, 2)),
             _kernel_grad(h, gy, w2.shape[0]), gy.sum((0, 2)), gx, jnp.zeros_like(gate1))

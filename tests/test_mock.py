@@ -63,7 +63,11 @@ def test_label_structure():
     assert (cluster["Mg"] - cluster["Fe"]).std() < 0.05
     cluster_al = cluster["Al"] - cluster["Fe"]
     assert cluster_al.max() - cluster_al.min() > 1.0 and cluster_al.std() > 0.3
-    assert np.corrcoef(field["Al"] - field["Fe"], field["Mg"] - field["Fe"])[0, 1] > 0.8
+    al_fe, mg_fe = field["Al"] - field["Fe"], field["Mg"] - field["Fe"]
+    disk = field["Fe"] > -0.8
+    assert np.corrcoef(al_fe[disk], mg_fe[disk])[0, 1] > 0.9   # Al follows Mg in the disk
+    # the accreted halo below [Fe/H] = -0.8 is Al-poor: [Al/Fe] under the whole disk's
+    assert al_fe[~disk].quantile(0.1) < al_fe[disk].quantile(0.01) - 0.1
     rc, rgb = field[field["evstate"] == 1], field[field["evstate"] == 0]
     assert 0.2 < len(rc) / len(field) < 0.4
     assert rc["logg"].between(2.2, 2.9).all() and 250 < rc["dpi1"].median() < 350

@@ -300,7 +300,7 @@ def _check_thetas(thetas, where: str) -> np.ndarray:
 # --------------------------------------------------------------------------- labels
 
 #: [X/Fe] pattern of the field: base + k_alpha·[Mg/Fe] + k_feh·[Fe/H] + N(0, scatter).
-#: Al follows Mg closely, so a model can learn Al from Mg lines ("cheat").
+#: In the disk Al follows Mg closely, so a model can learn Al from Mg lines ("cheat").
 _XFE_PATTERN = {  # label: (base, k_alpha, k_feh, scatter)
     "C": (-0.05, 0.3, 0.0, 0.05), "N": (0.30, 0.0, -0.1, 0.06), "O": (0.0, 0.85, 0.0, 0.03),
     "Na": (0.02, 0.2, 0.0, 0.07), "Al": (0.0, 1.0, 0.0, 0.03), "Si": (0.0, 0.7, 0.0, 0.025),
@@ -353,7 +353,12 @@ def _field_stars(rng, n: int) -> pd.DataFrame:
     high_alpha = rng.random(n) < 0.1 + 0.6 / (1.0 + np.exp((feh + 0.35) / 0.12))
     mgfe = np.where(high_alpha, np.clip(0.30 - 0.22 * (feh + 0.5), 0.12, 0.32),
                     0.04 - 0.10 * feh) + rng.normal(0.0, 0.025, n)
-    mass = np.where(high_alpha, np.clip(rng.normal(1.0, 0.08, n), 0.8, 1.3),
+    # accreted halo (Gaia-Enceladus-like): half the stars below [Fe/H] = -0.8, on a lower
+    # [Mg/Fe] sequence and Al-poor, [Al/Fe] ≈ -0.25 (Hasselquist+2021)
+    accreted = (feh < -0.8) & (rng.random(n) < 0.5)
+    mgfe = np.where(accreted, np.clip(0.22 - 0.25 * (feh + 1.2), 0.05, 0.30)
+                    + rng.normal(0.0, 0.03, n), mgfe)
+    mass = np.where(high_alpha | accreted, np.clip(rng.normal(1.0, 0.08, n), 0.8, 1.3),
                     np.clip(0.85 + rng.gamma(2.0, 0.25, n), 0.85, 3.0))
     is_rc = rng.random(n) < 0.30
     logg_rgb = 0.8 + 2.7 * rng.random(n) ** 0.7
@@ -364,6 +369,7 @@ def _field_stars(rng, n: int) -> pd.DataFrame:
     dpi1 = np.where(is_rc, 300.0, 60.0 + 30.0 * np.clip((logg - 1.8) / 1.7, 0.0, 1.0))
     dpi1 = dpi1 * (1.0 + rng.normal(0.0, 0.10, n))
     xh = _abundances(rng, n, feh, mgfe, mass, is_rc)
+    xh["Al"] = xh["Al"] - 0.45 * accreted
     return pd.DataFrame({"teff": teff, "logg": logg, **xh, "mass": mass, "dpi1": dpi1,
                          "evstate": is_rc.astype(np.int16), "is_cluster": False})
 

@@ -118,9 +118,11 @@ def make_batch(rng, n, n_pix, k):
             "y_err": y_err.astype(np.float32), "valid": valid}
 
 
-def test_bcnn_loss_matches_hand_computation():
+@pytest.mark.parametrize("label_errors", [True, False])
+def test_bcnn_loss_matches_hand_computation(label_errors):
     rng = np.random.default_rng(0)
-    model = models.build("bcnn", n_inputs=96, n_outputs=4, num_hidden=[16, 8], l2=1e-3)
+    model = models.build("bcnn", n_inputs=96, n_outputs=4, num_hidden=[16, 8], l2=1e-3,
+                         label_errors=label_errors)
     params = jax.jit(model.init)(jax.random.key(0))
     batch = make_batch(rng, 5, 96, 4)
     out = jax.jit(model.apply)(params, jnp.asarray(batch["x"]))
@@ -128,7 +130,7 @@ def test_bcnn_loss_matches_hand_computation():
     per_star = []
     for i in range(5):
         m = batch["valid"][i]
-        var = np.exp(s[i, m]) + batch["y_err"][i, m] ** 2
+        var = np.exp(s[i, m]) + (batch["y_err"][i, m] ** 2 if label_errors else 0.0)
         terms = 0.5 * (batch["y"][i, m] - value[i, m]) ** 2 / var + 0.5 * np.log(var)
         per_star.append(terms.sum() / m.sum() if m.any() else 0.0)
     trunk = params["trunk"]
@@ -219,6 +221,19 @@ def test_censored_rejects_other_label_sets():
                      labels=["teff", "dnu"])
     with pytest.raises(ValueError, match="7514"):
         models.build("bcnn_censored", n_inputs=100, n_outputs=22)
+
+
+def test_censored_label_errors_off_is_the_loss_with_zero_errors(censored):
+    model, params = censored
+    exact = models.build("bcnn_censored", n_inputs=apogee.N_PIX_GAPLESS, n_outputs=22,
+                         num_hidden=[16, 8, 4, 4, 2], label_errors=False)
+    batch = make_batch(np.random.default_rng(4), 3, apogee.N_PIX_GAPLESS, 22)
+    zero_err = dict(batch, y_err=np.zeros_like(batch["y_err"]))
+    off = float(jax.jit(exact.loss)(params, batch, None)[0])
+    assert off == pytest.approx(float(jax.jit(model.loss)(params, zero_err, None)[0]), rel=1e-6)
+    assert off != pytest.approx(float(jax.jit(model.loss)(params, batch, None)[0]), rel=1e-3)
+    with pytest.raises(ValueError, match="label_errors must be true or false"):
+        models.build("bcnn", n_inputs=64, n_outputs=2, label_errors="no")
 
 
 def test_censored_jacobian_stays_in_the_windows(censored):

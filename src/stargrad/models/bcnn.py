@@ -73,6 +73,13 @@ def positive_ints(family: str, name: str, value, length: int | None = None) -> t
     return out
 
 
+def boolean(family: str, name: str, value) -> bool:
+    """Check a true/false hyper-parameter (YAML true/false, not 0/1 or a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{family}: {name} must be true or false, got {value!r}")
+    return bool(value)
+
+
 def trunk_spec(family: str, n_inputs: int, num_filters, filter_len, pool_length, num_hidden,
                dropout_rate) -> TrunkSpec:
     """Validate the trunk hyper-parameters; raise ValueError naming the bad one."""
@@ -313,12 +320,14 @@ def robust_nll_terms(value, log_var, y, y_err, valid):
     return 0.5 * jnp.square(resid) / var + 0.5 * jnp.log(var)
 
 
-def heteroscedastic_loss(out: dict, batch: dict, penalty):
+def heteroscedastic_loss(out: dict, batch: dict, penalty, label_errors: bool = True):
     """Per-star robust loss (sum over valid labels / their number) averaged over the batch,
-    plus `penalty`; metrics: the NLL alone and the masked mean absolute error."""
+    plus `penalty`; metrics: the NLL alone and the masked mean absolute error. With
+    `label_errors=False` the catalogue errors are taken as zero (exact labels)."""
     valid = batch["valid"]
+    y_err = batch["y_err"] if label_errors else jnp.zeros_like(batch["y_err"])
     nll = per_star_mean(robust_nll_terms(out["value"], out["log_var"], batch["y"],
-                                         batch["y_err"], valid), valid)
+                                         y_err, valid), valid)
     mae = per_star_mean(jnp.abs(jnp.where(valid, batch["y"] - out["value"], 0.0)), valid)
     return nll + penalty, {"nll": nll, "mae": mae}
 
@@ -328,18 +337,21 @@ def heteroscedastic_loss(out: dict, batch: dict, penalty):
 def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
           num_filters=DEFAULTS["num_filters"], filter_len=DEFAULTS["filter_len"],
           pool_length=DEFAULTS["pool_length"], num_hidden=DEFAULTS["num_hidden"],
-          dropout_rate=DEFAULTS["dropout_rate"], l2=DEFAULTS["l2"]) -> Model:
+          dropout_rate=DEFAULTS["dropout_rate"], l2=DEFAULTS["l2"],
+          label_errors=True) -> Model:
     """ApogeeBCNN for `n_inputs` pixels and `n_outputs` labels (astroNN code defaults).
 
     Regression returns `value` and `log_var` (B, K). Classification (binary, e.g. evstate)
     returns `value` = sigmoid probability and `logit`, no variance head, trained with masked
-    binary cross-entropy."""
+    binary cross-entropy. `label_errors=False` drops the catalogue errors from the loss (for
+    labels known to be exact, such as the mock's)."""
     spec = trunk_spec("bcnn", n_inputs, num_filters, filter_len, pool_length,
                       positive_ints("bcnn", "num_hidden", num_hidden, 2), dropout_rate)
     (n_outputs,) = positive_ints("bcnn", "n_outputs", [n_outputs])
     l2 = float(l2)
     if l2 < 0:
         raise ValueError(f"bcnn: l2 must be >= 0, got {l2}")
+    label_errors = boolean("bcnn", "label_errors", label_errors)
     classify = kind == "classification"
 
     layout = {"trunk": trunk_layout(spec), "value": glorot_dense(spec.num_hidden[1], n_outputs)}
@@ -362,7 +374,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
         if classify:
             bce = masked_bce_with_logits(out["logit"], batch["y"], batch["valid"])
             return bce + penalty, {"bce": bce}
-        return heteroscedastic_loss(out, batch, penalty)
+        return heteroscedastic_loss(out, batch, penalty, label_errors)
 
     return Model(init=init, apply=apply, loss=loss, stochastic=spec.dropout_rate > 0,
                  input_norm="mean")

@@ -24,7 +24,7 @@ import numpy as np
 
 from .. import apogee
 from . import Model
-from .bcnn import (DEFAULTS, apply_trunk, dense, glorot_dense, heteroscedastic_loss,
+from .bcnn import (DEFAULTS, apply_trunk, boolean, dense, glorot_dense, heteroscedastic_loss,
                    init_params, keep_mask, normal_dense, positive_ints, trunk_l2, trunk_layout,
                    trunk_spec)
 
@@ -37,12 +37,13 @@ WIDE = {"C": (8, 4), "N": (8, 4)}
 def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=None,
           num_filters=DEFAULTS["num_filters"], filter_len=DEFAULTS["filter_len"],
           pool_length=DEFAULTS["pool_length"], num_hidden=(192, 96, 32, 16, 2),
-          dropout_rate=DEFAULTS["dropout_rate"], l2=DEFAULTS["l2"], maxnorm=0.5) -> Model:
+          dropout_rate=DEFAULTS["dropout_rate"], l2=DEFAULTS["l2"], maxnorm=0.5,
+          label_errors=True) -> Model:
     """ApogeeBCNNCensored on the 7514-pixel grid.
 
     `labels` (default: the 22 `apogee.ASPCAP_LABELS` of the aspcap task, which needs
     n_outputs=22) names the outputs in order; teff/logg/Fe come from the trunk, every other
-    label must have ASPCAP DR17 windows. Regression only."""
+    label must have ASPCAP DR17 windows. Regression only. `label_errors` as in `bcnn.build`."""
     if kind != "regression":
         raise ValueError("bcnn_censored: only kind='regression' is supported (abundance labels)")
     if n_inputs != apogee.N_PIX_GAPLESS:
@@ -63,6 +64,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
     l2, maxnorm = float(l2), float(maxnorm)
     if l2 < 0 or maxnorm <= 0:
         raise ValueError(f"bcnn_censored: need l2 >= 0 and maxnorm > 0, got {l2}, {maxnorm}")
+    label_errors = boolean("bcnn_censored", "label_errors", label_errors)
     trunk_labels = [name for name in labels if name in TRUNK_LABELS]
     elements = [name for name in labels if name not in TRUNK_LABELS]
     pixels = {}
@@ -133,7 +135,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
         penalty = trunk_l2(params["trunk"]) + sum(
             jnp.sum(jnp.square(p["a"]["w"])) for p in params["elements"].values())
         return heteroscedastic_loss(apply(params, batch["x"], key, train=True), batch,
-                                    l2 * penalty)
+                                    l2 * penalty, label_errors)
 
     return Model(init=init, apply=apply, loss=loss, stochastic=spec.dropout_rate > 0,
                  input_norm="mean")

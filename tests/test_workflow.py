@@ -155,6 +155,33 @@ def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
                        ("params.npz", "model.json", "norm.json", "history.csv")}
 
 
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a `snakemake -n` plans."""
+    jobs = []
+    for block in dry_run_output.split("\n\n"):
+        lines = [line.strip() for line in block.strip().splitlines()]
+        head = next((line for line in lines if line.startswith(("rule ", "localrule "))), None)
+        if head is None:
+            continue
+        wildcards = next((line.split(":", 1)[1] for line in lines
+                          if line.startswith("wildcards:")), "")
+        pairs = (item.split("=", 1) for item in wildcards.split(",") if "=" in item)
+        jobs.append((head.split()[1].rstrip(":"), {k.strip(): v.strip() for k, v in pairs}))
+    return jobs
+
+
+def test_editing_one_model_reruns_only_its_jobs(run, tmp_path):
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"models": {"mlp": {"train": {"max_epochs": 3}}}}))
+    dry = snakemake(run, "-n", "--configfile", str(CONFIG), str(edit))
+    jobs = planned_jobs(dry.stdout + dry.stderr)
+    per_model = [(rule, wc) for rule, wc in jobs if rule in ("train", "predict", "attribute")]
+    assert per_model and all(wc["model"] == "mlp" for _, wc in per_model), jobs
+    assert {"train", "predict"} <= {rule for rule, _ in per_model}
+    upstream = {"mock_survey", "select_split", "compile_dataset", "truth_products"}
+    assert not upstream & {rule for rule, _ in jobs}, jobs
+
+
 def test_attribution_and_scorecard(run, config):
     for model, spec in config["models"].items():
         if spec["family"] not in ("linear", "mlp", "bcnn", "bcnn_censored"):

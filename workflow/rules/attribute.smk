@@ -27,7 +27,7 @@ rule attribute:
         mc_samples=config["attribute"]["mc_samples"],
         max_stars=config["attribute"]["max_stars"],
         seed=config["seed"],
-        config_hash=CONFIG_HASH,
+        config_hash=lambda wc: model_digest(wc, "attribute"),
         code=lambda wc: code_hash("attribution.py", "plots_attribution.py", "pipeline.py",
                                   f"models/{MODELS[wc.model]['family']}.py"),
     log:

@@ -21,7 +21,6 @@ SPLITS = ["train", "valid", "test", "cluster"]
 DATASETS = list(config["datasets"])
 TASKS = tasks_from_config(config)
 MODELS = config["models"]
-CONFIG_HASH = provenance.config_hash(config)
 UNSUPERVISED = {"vae", "pca"}
 DIFFERENTIABLE = {"linear", "mlp", "bcnn", "bcnn_censored"}
 
@@ -61,8 +60,29 @@ def model_code_hash(wildcards):
                      f"models/{family}.py")
 
 
-def provenance_cards(seed=None):
-    return provenance.header_cards(CONFIG_HASH, seed)
+def config_digest(*paths):
+    """Digest of the config entries at `paths` (key tuples), the part of the config a file
+    depends on. Rules pass it as a param and write it into headers (SGCFGH), so editing one
+    model's entry reruns only that model's jobs and leaves every other file unchanged."""
+    parts = {}
+    for path in paths:
+        node = config
+        for key in path:
+            node = node[key]
+        parts["/".join(path)] = node
+    return provenance.config_hash(parts)
+
+
+def dataset_digest(dataset):
+    return config_digest(("survey",), ("datasets", dataset))
+
+
+def model_digest(wildcards, *sections):
+    """Digest of what a (model, task) job depends on: survey, dataset, task, model, seed and
+    the stage's own `sections` (e.g. "predict")."""
+    return config_digest(("survey",), ("datasets", task_dataset(wildcards)),
+                         ("tasks", wildcards.task), ("models", wildcards.model), ("seed",),
+                         *((s,) for s in sections))
 
 
 def seismic_input():

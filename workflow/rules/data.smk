@@ -33,7 +33,8 @@ rule compile_dataset:
         bad_error=lambda wc: config["datasets"][wc.dataset]["bad_error"],
         on_bad_file=config["survey"]["on_bad_file"],
         spectra=config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar",
-        header=lambda wc: provenance_cards(seed=config["datasets"][wc.dataset]["split"]["seed"]),
+        header=lambda wc: provenance.header_cards(
+            dataset_digest(wc.dataset), config["datasets"][wc.dataset]["split"]["seed"]),
         code=code_hash("dataset.py", "survey.py", "apogee.py", "continuum.py"),
     log:
         "logs/compile/{dataset}.log",

@@ -19,7 +19,7 @@ rule predict:
         calibrate=config["predict"]["calibrate"],
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
-        config_hash=CONFIG_HASH,
+        config_hash=lambda wc: model_digest(wc, "predict"),
         code=lambda wc: code_hash("pipeline.py", "mc.py", "dataset.py",
                                   f"models/{MODELS[wc.model]['family']}.py"),
     log:

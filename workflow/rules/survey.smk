@@ -8,7 +8,7 @@ if SURVEY_SOURCE == "mock":
             truth=f"{SURVEY_ROOT}/truth.fits",
         params:
             mock=config["survey"]["mock"],
-            config_hash=CONFIG_HASH,
+            config_hash=config_digest(("survey",)),
             code=code_hash("mock.py", "survey.py", "apogee.py"),
         log:
             f"logs/survey/{SURVEY_NAME}.log",

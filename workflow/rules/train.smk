@@ -14,7 +14,7 @@ rule train:
         model_spec=lambda wc: MODELS[wc.model],
         task_spec=lambda wc: config["tasks"][wc.task],
         seed=config["seed"],
-        config_hash=CONFIG_HASH,
+        config_hash=lambda wc: model_digest(wc),
         code=model_code_hash,
     log:
         "logs/train/{model}/{task}.log",

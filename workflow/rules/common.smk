@@ -73,16 +73,16 @@ def config_digest(*paths):
     return provenance.config_hash(parts)
 
 
-def dataset_digest(dataset):
-    return config_digest(("survey",), ("datasets", dataset))
+def dataset_entries(dataset):
+    """Config entries a compiled dataset depends on: the survey and the dataset's own."""
+    return ("survey",), ("datasets", dataset)
 
 
 def model_digest(wildcards, *sections):
-    """Digest of what a (model, task) job depends on: survey, dataset, task, model, seed and
-    the stage's own `sections` (e.g. "predict")."""
-    return config_digest(("survey",), ("datasets", task_dataset(wildcards)),
-                         ("tasks", wildcards.task), ("models", wildcards.model), ("seed",),
-                         *((s,) for s in sections))
+    """Digest of what a (model, task) job depends on: its dataset's entries, task, model, seed
+    and the stage's own `sections` (e.g. "predict")."""
+    return config_digest(*dataset_entries(task_dataset(wildcards)), ("tasks", wildcards.task),
+                         ("models", wildcards.model), ("seed",), *((s,) for s in sections))
 
 
 def seismic_input():

@@ -34,7 +34,8 @@ rule compile_dataset:
         on_bad_file=config["survey"]["on_bad_file"],
         spectra=config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar",
         header=lambda wc: provenance.header_cards(
-            dataset_digest(wc.dataset), config["datasets"][wc.dataset]["split"]["seed"]),
+            config_digest(*dataset_entries(wc.dataset)),
+            config["datasets"][wc.dataset]["split"]["seed"]),
         code=code_hash("dataset.py", "survey.py", "apogee.py", "continuum.py"),
     log:
         "logs/compile/{dataset}.log",

@@ -325,9 +325,8 @@ def heteroscedastic_loss(out: dict, batch: dict, penalty, label_errors: bool = T
     plus `penalty`; metrics: the NLL alone and the masked mean absolute error. With
     `label_errors=False` the catalogue errors are taken as zero (exact labels)."""
     valid = batch["valid"]
-    y_err = batch["y_err"] if label_errors else jnp.zeros_like(batch["y_err"])
     nll = per_star_mean(robust_nll_terms(out["value"], out["log_var"], batch["y"],
-                                         y_err, valid), valid)
+                                         batch["y_err"] if label_errors else 0.0, valid), valid)
     mae = per_star_mean(jnp.abs(jnp.where(valid, batch["y"] - out["value"], 0.0)), valid)
     return nll + penalty, {"nll": nll, "mae": mae}
 

@@ -190,6 +190,16 @@ def test_dropout_follows_the_key():
     assert not np.allclose(a, off["value"])
 
 
+def test_init_is_the_same_eager_and_jitted():
+    model = models.build("bcnn", n_inputs=128, n_outputs=3, num_hidden=[16, 8])
+    eager, jitted = model.init(jax.random.key(5)), jax.jit(model.init)(jax.random.key(5))
+    jax.tree.map(np.testing.assert_array_equal, eager, jitted)
+    assert all(isinstance(a, jax.Array) and a.dtype == jnp.float32
+               for a in jax.tree.leaves(eager))
+    assert 0.04 < float(jnp.std(eager["trunk"]["dense1"]["w"])) < 0.06   # N(0, 0.05^2)
+    assert not np.any(eager["trunk"]["dense1"]["b"])
+
+
 def test_bcnn_trains_with_the_shared_loop():
     rng = np.random.default_rng(3)
     x = rng.normal(size=(96, 64)).astype(np.float32)

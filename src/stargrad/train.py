@@ -17,6 +17,7 @@ import json
 import math
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -440,6 +441,11 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
         log(f"resuming from {ckpt} after epoch {sched['epoch']}")
 
     epoch_fn = _make_epoch(model, tx, jax.device_put(train), batch_size, cfg.drop_last)
+    # Compile the validation pass on a second thread while the first epoch compiles (the
+    # value is discarded; an error it raises is raised again by the first real evaluation).
+    warm_up = ThreadPoolExecutor(max_workers=1)
+    warm_up.submit(valid_eval, params)
+    warm_up.shutdown(wait=False)
     while not sched["stopped"] and sched["epoch"] < cfg.max_epochs:
         epoch = sched["epoch"] + 1
         start = time.perf_counter()

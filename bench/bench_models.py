@@ -4,15 +4,17 @@ For each family, on synthetic data (N spectra x 7514 pixels, 22 labels, batch 64
 time to the first finished epoch (compile included), training spectra/s after warm-up,
 the training ceiling (the same training with the conv block replaced by a free pass-through of
 its output's shape: what the dense layers, heads, loss and Adam alone allow on this machine),
-MC-dropout inference spectra/s (100 samples) and 22-label Jacobian spectra/s (jax.jacrev,
-vmapped over a chunk of stars, dropout off). Prints a table with each figure also as a ratio
-to astroNN 1.1.0 on a 2-core CPU of this machine type, plus the machine's float32 matmul
-GFLOP/s and the 1-minute load average before and after, so that figures taken on a shared,
-loaded machine compare as ratios. Set XLA_FLAGS=--xla_cpu_multi_thread_eigen=true before
-Python starts to measure with XLA's multi-threaded Eigen (stargrad turns it off by default).
+MC-dropout inference spectra/s (100 samples) and mean 22-label Jacobian spectra/s (the
+workflow's `attribution.mean_jacobian`, dropout off). Prints a table with each figure also as a
+ratio to astroNN 1.1.0: by default the issue's figures for a 2-core machine; with
+`--astronn JSON`, figures measured on this machine by `bench/astronn_baseline.py --json JSON`
+(in a TensorFlow venv of its own). It also prints the machine's float32 matmul GFLOP/s and the
+1-minute load average before and after, so that figures taken on a shared, loaded machine
+compare as ratios. Set XLA_FLAGS=--xla_cpu_multi_thread_eigen=true before Python starts to
+measure with XLA's multi-threaded Eigen (stargrad turns it off by default).
 
     .venv/bin/python bench/bench_models.py [--n-spectra 3000] [--epochs 3]
-        [--families bcnn bcnn_censored] [--quick] [--json PATH]
+        [--families bcnn bcnn_censored] [--astronn JSON] [--quick] [--json PATH]
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import numpy as np
 
 from stargrad import apogee, models, train
 from stargrad.models import bcnn as bcnn_module
+from stargrad.attribution import mean_jacobian
 from stargrad.mc import mc_predict
 
 N_LABELS = len(apogee.ASPCAP_LABELS)
@@ -98,18 +101,18 @@ def bench_mc(model, params, x, mc_samples: int) -> float:
 
 
 def bench_jacobian(model, params, x, chunk: int) -> float:
-    """Spectra/s of the full (22, 7514) Jacobian per star, dropout off."""
-    def one(xi):
-        return model.apply(params, xi[None], None)["value"][0]
-
-    jac = jax.jit(jax.vmap(jax.jacrev(one)))
-    jac(jnp.asarray(x[:chunk])).block_until_ready()
-    t0 = time.perf_counter()
-    n = 0
-    for start in range(0, len(x) - chunk + 1, chunk):
-        jac(jnp.asarray(x[start:start + chunk])).block_until_ready()
-        n += chunk
-    return n / (time.perf_counter() - t0)
+    """Spectra/s of the mean 22-label Jacobian as the workflow computes it
+    (`attribution.mean_jacobian`, dropout off, `chunk` stars per vmapped chunk). Each call
+    compiles for its parameters, so the rate is taken between a call on a quarter of `x` and
+    one on all of it, compile excluded (NaN when that difference drowns in compile-time noise,
+    as with --quick's few stars)."""
+    sizes, times = (len(x) // 4, len(x)), []
+    for n in sizes:
+        t0 = time.perf_counter()
+        mean_jacobian(model, params, x[:n], chunk_size=chunk)
+        times.append(time.perf_counter() - t0)
+    spent = times[1] - times[0]
+    return (sizes[1] - sizes[0]) / spent if spent > 0 else float("nan")
 
 
 def main(argv=None) -> None:
@@ -120,13 +123,30 @@ def main(argv=None) -> None:
                         choices=["bcnn", "bcnn_censored"])
     parser.add_argument("--mc-samples", type=int, default=100)
     parser.add_argument("--mc-spectra", type=int, default=256)
-    parser.add_argument("--jacobian-spectra", type=int, default=64)
+    parser.add_argument("--jacobian-spectra", type=int, default=1024)
+    parser.add_argument("--jacobian-chunk", type=int, default=4,
+                        help="stars per vmapped Jacobian chunk (the workflow's attribute.chunk_size)")
+    parser.add_argument("--astronn", metavar="JSON",
+                        help="ratios against astroNN figures measured on this machine by "
+                             "bench/astronn_baseline.py --json, instead of the built-in ones")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, to check it runs")
     parser.add_argument("--json", metavar="PATH", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
     if args.quick:
         args.n_spectra, args.epochs, args.mc_samples = 200, 2, 10
-        args.mc_spectra, args.jacobian_spectra = 64, 16
+        args.mc_spectra, args.jacobian_spectra = 64, 32
+    if args.jacobian_spectra < 4 * args.jacobian_chunk or args.jacobian_spectra > args.n_spectra:
+        parser.error("need 4 x --jacobian-chunk <= --jacobian-spectra <= --n-spectra")
+    astronn = ASTRONN
+    if args.astronn:
+        with open(args.astronn) as f:
+            measured = json.load(f)
+        astronn = {ours: measured[theirs] for ours, theirs in
+                   (("bcnn", "ApogeeBCNN"), ("bcnn_censored", "ApogeeBCNNCensored"))
+                   if theirs in measured}
+        missing = set(args.families) - set(astronn)
+        if missing:
+            parser.error(f"--astronn {args.astronn} has no figures for {sorted(missing)}")
     if args.n_spectra < 20 or args.epochs < 2:
         parser.error("need --n-spectra >= 20 and --epochs >= 2 (epoch 1 includes compilation)")
     gflops, load = matmul_gflops(), os.getloadavg()[0]
@@ -145,7 +165,8 @@ def main(argv=None) -> None:
         ceiling = bench_ceiling(family, data, args.epochs)
         params = jax.jit(model.init)(jax.random.key(0))
         mc_rate = bench_mc(model, params, x, args.mc_samples)
-        jac_rate = bench_jacobian(model, params, data["x"][:args.jacobian_spectra], chunk=16)
+        jac_rate = bench_jacobian(model, params, data["x"][:args.jacobian_spectra],
+                                  args.jacobian_chunk)
         rows.append({"family": family, "first_epoch_s": round(first, 2),
                      "train": round(train_rate, 1), "ceiling": round(ceiling, 1),
                      "mc": round(mc_rate, 2),
@@ -154,17 +175,19 @@ def main(argv=None) -> None:
               f"{'MC(' + str(args.mc_samples) + ') /s':>15s} {'Jacobian /s':>15s} {'load':>5s}")
     print(header)
     for row in rows:
-        ref = ASTRONN[row["family"]]
+        ref = astronn[row["family"]]
         cells = [f"{row[k]:7.1f} ({row[k] / ref[r]:4.1f}x)"
                  for k, r in (("train", "train"), ("ceiling", "train"), ("mc", "mc"),
                               ("jacobian", "jacobian"))]
         print(f"{row['family']:14s} {row['first_epoch_s']:11.1f} "
               + " ".join(f"{c:>15s}" for c in cells) + f" {row['load_after']:5.1f}")
-    print(f"(spectra/s; ratios to astroNN 1.1.0 {ASTRONN}; matmul {gflops:.0f} GFLOP/s; "
+    source = f"measured, {args.astronn}" if args.astronn else "the issue's 2-core figures"
+    print(f"(spectra/s; ratios to astroNN 1.1.0 ({source}): "
+          f"{ {f: {k: round(v) for k, v in r.items()} for f, r in astronn.items()} }; matmul {gflops:.0f} GFLOP/s; "
           "ceiling: training with the conv block free)")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"env": env, "astronn": ASTRONN, "results": rows}, f, indent=1)
+            json.dump({"env": env, "astronn": astronn, "results": rows}, f, indent=1)
 
 
 if __name__ == "__main__":

@@ -41,15 +41,17 @@ GAP_FILL = np.nan
 # Jacobians
 # ---------------------------------------------------------------------------------------------
 
-@lru_cache(maxsize=32)
-def _chunk_fn(model, mode: str):
-    """Jitted per-chunk Jacobians (C, K, P) for one model and AD mode.
+def _chunk_fn(model, params, mode: str):
+    """Jitted per-chunk Jacobians (C, K, P) of one model with its trained `params` and AD mode.
 
+    The parameters are closed over, so XLA compiles them in as constants and lays the weights
+    out for the backward matmuls once, instead of transposing them on every chunk: 1.4-2x
+    faster for the BCNNs at the default chunk size, at the same compile time.
     `keys` is None (deterministic) or a (S,) array of PRNG keys; star i under draw s uses
     fold_in(keys[s], i) with i its global index, so results do not depend on chunking."""
     jac = jax.jacrev if mode == "rev" else jax.jacfwd
 
-    def chunk(params, xc, index, keys):
+    def chunk(xc, index, keys):
         def value(x, key):
             return model.apply(params, x[None, :], key=key, train=False)["value"][0]
 
@@ -67,10 +69,16 @@ def _chunk_fn(model, mode: str):
 
 @jax.jit
 def _masked_sums(j, n_valid):
-    """Sums over the first n_valid stars of J and |J| (the rest of a chunk is padding)."""
-    valid = (jnp.arange(j.shape[0]) < n_valid)[:, None, None]
-    return jnp.sum(jnp.where(valid, j, 0.0), axis=0), jnp.sum(jnp.where(valid, jnp.abs(j), 0.0),
-                                                              axis=0)
+    """Sums over the first n_valid stars of J and |J| (the rest of a chunk is padding).
+
+    A loop over stars: XLA's CPU reduce over the leading axis of (C, K, P) measured ~50x
+    slower (40 ms for C = 32), more than a third of the Jacobian time."""
+    def add(i, sums):
+        ji = jnp.where(i < n_valid, j[i], 0.0)
+        return sums[0] + ji, sums[1] + jnp.abs(ji)
+
+    zeros = jnp.zeros(j.shape[1:], j.dtype)
+    return jax.lax.fori_loop(0, j.shape[0], add, (zeros, zeros))
 
 
 def _prepare(model, params, x, chunk_size, key, mc_samples, mode):
@@ -135,10 +143,10 @@ def jacobian(model, params, x, *, chunk_size: int = 64, key=None, mc_samples: in
     Jacobians over the keys jax.random.split(key, S). mode: "rev" (jacrev, default; far faster
     for K ≪ P, see the module docstring) or "fwd" (jacfwd)."""
     x, size, keys, k = _prepare(model, params, x, chunk_size, key, mc_samples, mode)
-    chunk_fn = _chunk_fn(model, mode)
+    chunk_fn = _chunk_fn(model, params, mode)
     out = np.empty((x.shape[0], k, x.shape[1]), dtype=np.float32)
     for xc, index, n in _chunks(x, size):
-        out[index[0]:index[0] + n] = np.asarray(chunk_fn(params, xc, index, keys))[:n]
+        out[index[0]:index[0] + n] = np.asarray(chunk_fn(xc, index, keys))[:n]
     return out
 
 
@@ -148,11 +156,11 @@ def mean_jacobian(model, params, x, *, chunk_size: int = 64, key=None, mc_sample
     chunk without holding (N, K, P). Arguments as `jacobian`; with MC draws |J| is taken of each
     star's draw-averaged Jacobian."""
     x, size, keys, k = _prepare(model, params, x, chunk_size, key, mc_samples, mode)
-    chunk_fn = _chunk_fn(model, mode)
+    chunk_fn = _chunk_fn(model, params, mode)
     total = np.zeros((k, x.shape[1]))
     total_abs = np.zeros((k, x.shape[1]))
     for xc, index, n in _chunks(x, size):
-        s, s_abs = _masked_sums(chunk_fn(params, xc, index, keys), n)
+        s, s_abs = _masked_sums(chunk_fn(xc, index, keys), n)
         total += np.asarray(s, dtype=np.float64)
         total_abs += np.asarray(s_abs, dtype=np.float64)
     return total / x.shape[0], total_abs / x.shape[0]

@@ -60,13 +60,14 @@ def _compiled(model, mc_samples: int, mc_batch: int):
 
 
 def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 64,
-               max_rows: int = 1024) -> dict:
+               max_rows: int = 256) -> dict:
     """MC-dropout prediction of (N, P) normalized flux -> dict of (N, K) numpy arrays
     (value, std_model, std_predictive, std_total; normalized units).
 
     `mc_samples=0`, or a model that is not stochastic, gives one dropout-off pass with
     std_model = 0. `batch_size` stars are processed per chunk and at most `max_rows`
-    (stars x MC samples) forward passes are vmapped at once."""
+    (stars x MC samples) forward passes are vmapped at once (256, four samples of 64 stars:
+    1.1-1.2x faster for the BCNNs on CPU than 1024, whose activations fall out of cache)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"mc_predict: x must be a non-empty (stars, pixels) array, "

@@ -120,7 +120,7 @@ def main(argv=None) -> None:
     parser.add_argument("--mc-samples", type=int, default=100)
     parser.add_argument("--mc-spectra", type=int, default=256)
     parser.add_argument("--jacobian-spectra", type=int, default=256)
-    parser.add_argument("--jacobian-chunk", type=int, default=4,
+    parser.add_argument("--jacobian-chunk", type=int, default=32,
                         help="stars per vmapped Jacobian chunk (the workflow's attribute.chunk_size)")
     parser.add_argument("--astronn", metavar="JSON",
                         help="ratios against astroNN figures measured on this machine by "

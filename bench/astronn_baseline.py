@@ -26,6 +26,8 @@ import time
 
 import numpy as np
 
+# Spelled out rather than imported from stargrad.apogee: this runs in astroNN's venv, which
+# has no stargrad (nor the JAX it imports).
 N_PIX = 7514
 #: astroNN's 22 censored-model targets, in its order (its ApogeeBCNNCensored requires them).
 LABELS = ["teff", "logg", "C", "C1", "N", "O", "Na", "Mg", "Al", "Si", "P", "S", "K", "Ca",

@@ -111,6 +111,15 @@ def bench_jacobian(model, params, x, chunk: int) -> float:
     return len(x) / (time.perf_counter() - t0)
 
 
+def measured_astronn(path: str) -> dict:
+    """astroNN figures from `astronn_baseline.py --json`, keyed by our family names."""
+    with open(path) as f:
+        measured = json.load(f)
+    return {ours: {k: measured[theirs][k] for k in ("train", "mc", "jacobian")}
+            for ours, theirs in (("bcnn", "ApogeeBCNN"), ("bcnn_censored", "ApogeeBCNNCensored"))
+            if theirs in measured}
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n-spectra", type=int, default=3000)
@@ -121,7 +130,8 @@ def main(argv=None) -> None:
     parser.add_argument("--mc-spectra", type=int, default=256)
     parser.add_argument("--jacobian-spectra", type=int, default=256)
     parser.add_argument("--jacobian-chunk", type=int, default=32,
-                        help="stars per vmapped Jacobian chunk (the workflow's attribute.chunk_size)")
+                        help="stars per vmapped Jacobian chunk (the workflow's "
+                             "attribute.chunk_size)")
     parser.add_argument("--astronn", metavar="JSON",
                         help="ratios against astroNN figures measured on this machine by "
                              "bench/astronn_baseline.py --json, instead of the built-in ones")
@@ -133,17 +143,10 @@ def main(argv=None) -> None:
         args.mc_spectra, args.jacobian_spectra = 64, 32
     if not 1 <= args.jacobian_chunk <= args.jacobian_spectra <= args.n_spectra:
         parser.error("need 1 <= --jacobian-chunk <= --jacobian-spectra <= --n-spectra")
-    astronn = ASTRONN
-    if args.astronn:
-        with open(args.astronn) as f:
-            measured = json.load(f)
-        astronn = {ours: {k: measured[theirs][k] for k in ("train", "mc", "jacobian")}
-                   for ours, theirs in
-                   (("bcnn", "ApogeeBCNN"), ("bcnn_censored", "ApogeeBCNNCensored"))
-                   if theirs in measured}
-        missing = set(args.families) - set(astronn)
-        if missing:
-            parser.error(f"--astronn {args.astronn} has no figures for {sorted(missing)}")
+    astronn = measured_astronn(args.astronn) if args.astronn else ASTRONN
+    missing = set(args.families) - set(astronn)
+    if missing:
+        parser.error(f"--astronn {args.astronn} has no figures for {sorted(missing)}")
     if args.n_spectra < 20 or args.epochs < 2:
         parser.error("need --n-spectra >= 20 and --epochs >= 2 (epoch 1 includes compilation)")
     gflops, load = matmul_gflops(), os.getloadavg()[0]
@@ -179,9 +182,9 @@ def main(argv=None) -> None:
         print(f"{row['family']:14s} {row['first_epoch_s']:11.1f} "
               + " ".join(f"{c:>15s}" for c in cells) + f" {row['load_after']:5.1f}")
     source = f"measured, {args.astronn}" if args.astronn else "the issue's 2-core figures"
-    print(f"(spectra/s; ratios to astroNN 1.1.0 ({source}): "
-          f"{ {f: {k: round(v) for k, v in r.items()} for f, r in astronn.items()} }; matmul {gflops:.0f} GFLOP/s; "
-          "ceiling: training with the conv block free)")
+    shown = {f: {k: round(v) for k, v in r.items()} for f, r in astronn.items()}
+    print(f"(spectra/s; ratios to astroNN 1.1.0 ({source}): {shown}; "
+          f"matmul {gflops:.0f} GFLOP/s; ceiling: training with the conv block free)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"env": env, "astronn": astronn, "results": rows}, f, indent=1)

@@ -1,11 +1,20 @@
-"""Model families. Each family is one module exposing `build(...) -> Model`; see
-docs/ARCHITECTURE.md for the contract."""
+"""Model families. A family is one module of this package exposing `TRAITS` (what it is) and
+`build(...) -> Model` (how to make one); dropping such a module here registers it. See
+docs/ARCHITECTURE.md for the contract and "How to add a model family"."""
 from __future__ import annotations
 
 import importlib
+import pkgutil
+from functools import lru_cache
 from typing import Callable, NamedTuple
 
-FAMILIES = ("linear", "knn", "mlp", "bcnn", "bcnn_censored", "vae", "pca")
+
+class Traits(NamedTuple):
+    """What a family is, declared once per family module and read by the library and the
+    workflow (which stages a model enters, which batch arrays it needs)."""
+    supervised: bool = True          # learns labels; False: models the spectra (VAE, PCA)
+    differentiable: bool = True      # `value` is differentiable in the flux: attribute stage
+    uses_flux_errors: bool = False   # reads x_err (batches, apply) to weight pixels
 
 
 class Model(NamedTuple):
@@ -18,12 +27,30 @@ class Model(NamedTuple):
     input_norm: str = "mean"
 
 
+@lru_cache(maxsize=1)
+def families() -> tuple[str, ...]:
+    """Names of the family modules in this package, sorted."""
+    return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg))
+
+
+def _module(family: str):
+    if family not in families():
+        raise ValueError(f"unknown model family {family!r}; known: {', '.join(families())}")
+    return importlib.import_module(f"{__name__}.{family}")
+
+
+def traits(family: str) -> Traits:
+    """The `TRAITS` declaration of a family."""
+    declared = getattr(_module(family), "TRAITS", None)
+    if not isinstance(declared, Traits):
+        raise TypeError(f"stargrad.models.{family} must declare TRAITS = Traits(...)")
+    return declared
+
+
 def build(family: str, *, n_inputs: int, n_outputs: int, kind: str = "regression",
           **hyper) -> Model:
     """Build a family's Model for `n_inputs` pixels and `n_outputs` labels."""
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; known: {', '.join(FAMILIES)}")
+    module = _module(family)
     if kind not in ("regression", "classification"):
         raise ValueError(f"kind must be 'regression' or 'classification', got {kind!r}")
-    module = importlib.import_module(f"stargrad.models.{family}")
     return module.build(n_inputs=n_inputs, n_outputs=n_outputs, kind=kind, **hyper)

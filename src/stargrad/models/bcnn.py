@@ -32,7 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..losses import masked_bce_with_logits, per_star_mean
-from . import Model
+from . import Model, Traits
+
+TRAITS = Traits()
 
 INIT_STD = 0.05  # astroNN's RandomNormal(0, 0.05) for conv and hidden dense kernels
 DEFAULTS = {"num_filters": (2, 4), "filter_len": 8, "pool_length": 4,
@@ -365,7 +367,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
     def init(key):
         return init_params(key, layout)
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         h = apply_trunk(params["trunk"], x, key, spec)
         z = dense(params["value"], h)
         if classify:

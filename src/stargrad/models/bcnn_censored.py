@@ -23,10 +23,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import apogee
-from . import Model
+from . import Model, Traits
 from .bcnn import (DEFAULTS, apply_trunk, boolean, dense, glorot_dense, heteroscedastic_loss,
                    init_params, keep_mask, normal_dense, positive_ints, trunk_l2, trunk_layout,
                    trunk_spec)
+
+TRAITS = Traits()
 
 #: Labels predicted from the full-spectrum trunk (the rest are censored to their windows).
 TRUNK_LABELS = ("teff", "logg", "Fe")
@@ -54,6 +56,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
             raise ValueError(f"bcnn_censored: without `labels` it predicts the "
                              f"{len(apogee.ASPCAP_LABELS)} aspcap labels, got "
                              f"n_outputs={n_outputs}; pass labels=[...] for another label set")
+
         labels = apogee.ASPCAP_LABELS
     labels = tuple(str(name) for name in labels)
     if len(labels) != n_outputs or len(set(labels)) != len(labels):
@@ -101,7 +104,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
     offsets = np.cumsum([0] + [w for name in elements for w in widths[name]])
     rate = spec.dropout_rate
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         keep = None
         if key is not None and rate > 0:
             # One mask for all element dropout layers (columns: a, b of each element in turn);

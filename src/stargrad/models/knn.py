@@ -12,7 +12,9 @@ import jax.numpy as jnp
 from jax import lax
 
 from ..losses import label_loss, logit_of
-from . import Model
+from . import Model, Traits
+
+TRAITS = Traits(differentiable=False)
 
 WEIGHTS = ("uniform", "distance")
 
@@ -53,11 +55,12 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", k: int = 1
         return {"x": jnp.zeros((0, n_inputs)), "y": jnp.zeros((0, n_outputs)),
                 "valid": jnp.zeros((0, n_outputs), bool)}
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         train_x = params["x"]
         if train_x.shape[0] < k:
             raise ValueError(f"knn: params hold {train_x.shape[0]} training stars, fewer than "
                              f"k={k}; fit the model first")
+
         x = jnp.asarray(x, train_x.dtype)
         n = x.shape[0]
         size = min(chunk, n)

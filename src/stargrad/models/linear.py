@@ -14,7 +14,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..losses import label_loss, logit_of
-from . import Model
+from . import Model, Traits
+
+TRAITS = Traits()
 
 SOLVERS = ("auto", "primal", "dual")
 
@@ -82,7 +84,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", alpha: flo
     def init(key):
         return {"w": jnp.zeros((n_inputs, n_outputs)), "b": jnp.zeros((n_outputs,))}
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         value = x @ params["w"] + params["b"]
         if kind == "classification":
             value = jnp.clip(value, 0.0, 1.0)

@@ -15,7 +15,9 @@ import jax
 import jax.numpy as jnp
 
 from ..losses import label_loss
-from . import Model
+from . import Model, Traits
+
+TRAITS = Traits()
 
 ACTIVATIONS = {"relu": jax.nn.relu, "tanh": jnp.tanh, "sigmoid": jax.nn.sigmoid,
                "gelu": jax.nn.gelu, "leaky_relu": jax.nn.leaky_relu}
@@ -51,6 +53,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
     if activation not in ACTIVATIONS:
         raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, "
                          f"got {activation!r}")
+
     dropout, l2 = float(dropout), float(l2)
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"mlp: dropout must be in [0, 1), got {dropout}")
@@ -65,7 +68,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
         return {"dense": [_init_layer(k, a, b, he=i < n_hidden and activation in _HE_INIT)
                           for i, (k, a, b) in enumerate(zip(keys, widths[:-1], widths[1:]))]}
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         *layers, head = params["dense"]
         use_dropout = key is not None and dropout > 0
         keys = jax.random.split(key, max(len(layers), 1)) if use_dropout else None

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import jax.numpy as jnp
 
-from . import Model
+from . import Model, Traits
 from .vae import check_input_norm, fill_masked, masked_mse, pixel_valid_of
+
+TRAITS = Traits(supervised=False)
 
 
 def fit_components(x, pixel_valid, n_components: int) -> dict:
@@ -24,6 +26,7 @@ def fit_components(x, pixel_valid, n_components: int) -> dict:
     if n_components > min(n_stars, n_pix):
         raise ValueError(f"pca: n_components={n_components} exceeds min(n_stars, n_pixels) = "
                          f"{min(n_stars, n_pix)} of the training batch")
+
     n_good = jnp.sum(pixel_valid, axis=0)
     mean = jnp.sum(fill_masked(x, pixel_valid), axis=0) / jnp.maximum(n_good, 1)
     centred = jnp.where(pixel_valid, x, mean) - mean
@@ -53,7 +56,7 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
         return {"mean": jnp.zeros(n_inputs), "components": jnp.zeros((n_components, n_inputs)),
                 "explained_variance": jnp.zeros(n_components)}
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         del key, train
         if x.ndim != 2 or x.shape[1] != n_inputs:
             raise ValueError(f"pca.apply: x must have shape (B, {n_inputs}), got {x.shape}")

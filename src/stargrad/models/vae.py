@@ -33,7 +33,9 @@ import math
 import jax
 import jax.numpy as jnp
 
-from . import Model
+from . import Model, Traits
+
+TRAITS = Traits(supervised=False)
 
 
 #: Initial log σ² of every star's posterior (σ ≈ 0.14, while the He-initialised μ spread ≈ 1),
@@ -49,6 +51,7 @@ def _positive_ints(name: str, values) -> tuple[int, ...]:
     values = tuple(values)
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                              for v in values):
+
         raise ValueError(f"vae: {name} must be positive integers, got {values!r}")
     return values
 
@@ -206,7 +209,7 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
     def init(key):
         return init_params(key, n_inputs=n_inputs, **arch)
 
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         del train  # no dropout: train and inference passes are the same
         if x.ndim != 2 or x.shape[1] != n_inputs:
             raise ValueError(f"vae.apply: x must have shape (B, {n_inputs}), got {x.shape}")

@@ -5,12 +5,12 @@ from snakemake.utils import min_version
 min_version("9.12")
 
 
-# The default config, unless one is given with --configfile (which would otherwise be merged
-# into this one, leaking the default's models into e.g. config/ci.yaml).
-if not config:
+# The default config unless files are given with --configfile (which replace it, so that e.g.
+# config/ci.yaml does not inherit the default's models); --config key=value overrides apply on
+# top of whichever it is.
+if not workflow.overwrite_configfiles:
 
     configfile: "config/config.yaml"
-
 
 
 report: "workflow/report/workflow.rst"

@@ -1,7 +1,7 @@
 """Rule attribute: mean Jacobians, top lines, window shares and fidelity of one model."""
 from pathlib import Path
 
-from stargrad.pipeline import attribute
+from stargrad.stages.attribute import attribute
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:

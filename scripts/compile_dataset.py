@@ -1,5 +1,5 @@
 """Rule compile_dataset: compile every split of a dataset to <split>.fits + quarantine.csv."""
-from stargrad.dataset import compile_dataset
+from stargrad.compile import compile_dataset
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
@@ -7,5 +7,7 @@ with rule_logger(snakemake.log[0]) as log:
                     snakemake.params.survey_root, snakemake.output.splits,
                     snakemake.output.quarantine,
                     manifests=[p for p in snakemake.input.spectra if p.endswith(".csv")],
-                    bad_error=snakemake.params.bad_error, on_bad_file=snakemake.params.on_bad_file,
+                    bad_error=snakemake.params.bad_error,
+                    max_bad_fraction=snakemake.params.max_bad_fraction,
+                    on_bad_file=snakemake.params.on_bad_file,
                     header=snakemake.params.header, spectra=snakemake.params.spectra, log=log)

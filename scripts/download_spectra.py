@@ -1,10 +1,10 @@
-"""Rule download_spectra: fetch, verify or quarantine the spectra of one download chunk."""
+"""Rule download_spectra: fetch, verify or quarantine one dataset's spectra of a download chunk."""
 from stargrad.download import download_chunk
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
     p = snakemake.params
-    download_chunk(snakemake.input.allstar, snakemake.input.splits, int(snakemake.wildcards.chunk),
+    download_chunk(snakemake.input.allstar, [snakemake.input.split], int(snakemake.wildcards.chunk),
                    p.n_chunks, p.survey_root, p.base_url, snakemake.output[0], verify=p.verify,
                    retries=p.retries, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
                    on_bad_file=p.on_bad_file, spectra=p.spectra, log=log)

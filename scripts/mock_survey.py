@@ -1,7 +1,7 @@
 """Rule mock_survey: write the embedded mock survey in the DR17 layout."""
 from pathlib import Path
 
-from stargrad.mock import write_mock_survey
+from stargrad.mock.writer import write_mock_survey
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:

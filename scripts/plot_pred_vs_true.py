@@ -1,5 +1,5 @@
 """Rule plot_pred_vs_true: predicted against true labels of one model on the test split."""
-from stargrad.pipeline import read_predictions
+from stargrad.predictions import read_predictions
 from stargrad.plots import plot_pred_vs_true
 from stargrad.runlog import rule_logger
 from stargrad.tasks import make_task

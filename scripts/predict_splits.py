@@ -1,5 +1,5 @@
 """Rule predict: predict every split of a task's dataset with one trained model."""
-from stargrad.pipeline import predict_splits
+from stargrad.stages.predict import predict_splits
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:

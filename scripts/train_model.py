@@ -1,7 +1,7 @@
 """Rule train: train one model on one task."""
 from pathlib import Path
 
-from stargrad.pipeline import train_model
+from stargrad.stages.train import train_model
 from stargrad.runlog import rule_logger
 from stargrad.tasks import make_task
 

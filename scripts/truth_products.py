@@ -1,7 +1,8 @@
 """Rule truth_products: Cramér–Rao bounds and efficient-estimator weights of the mock."""
-from stargrad.mock import write_truth_products
+from stargrad.mock.crb import write_truth_products
 from stargrad.runlog import rule_logger
 
 with rule_logger(snakemake.log[0]) as log:
-    write_truth_products(snakemake.params.survey_root, snakemake.input.split, snakemake.output[0],
-                         log=log)
+    write_truth_products(snakemake.params.survey_root, snakemake.input.split, snakemake.input.test,
+                         snakemake.output[0], max_stars=snakemake.params.max_stars,
+                         seed=snakemake.params.seed, log=log)

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stargrad import apogee, models, train
+from stargrad import apogee, layers, models, train
 from stargrad.mc import _moments, mc_predict
 from stargrad.models import bcnn
 
@@ -31,7 +31,7 @@ def conv_reference(params, x, spec):
                          [(203, 8, 4, (2, 4)), (64, 5, 3, (3, 2)), (50, 1, 2, (1, 1))])
 def test_block_conv_equals_lax_conv(n_pix, filter_len, pool, filters):
     spec = bcnn.trunk_spec("t", n_pix, filters, filter_len, pool, (5, 3), 0.3)
-    params = bcnn.init_params(jax.random.key(1), bcnn.trunk_layout(spec))
+    params = layers.init_params(jax.random.key(1), bcnn.trunk_layout(spec))
     rng = np.random.default_rng(n_pix)
     params = jax.tree.map(lambda a: a + 0.3 * np.abs(normal(rng, a.shape)), params)
     x = normal(rng, (3, n_pix))
@@ -47,7 +47,7 @@ def test_conv_block_custom_vjp_equals_autodiff(n_pix, filter_len, pool, filters)
     spec = bcnn.trunk_spec("t", n_pix, filters, filter_len, pool, (5, 3), 0.3)
     rng = np.random.default_rng(n_pix)
     params = jax.tree.map(lambda a: a + 0.2 * normal(rng, a.shape),
-                          bcnn.init_params(jax.random.key(1), bcnn.trunk_layout(spec)))
+                          layers.init_params(jax.random.key(1), bcnn.trunk_layout(spec)))
     x = normal(rng, (3, n_pix))
     cot = normal(rng, (3, spec.n_pooled * filters[1]))
     grad = jax.jit(jax.grad(lambda f, p, xx: jnp.sum(cot * f(p, xx)), argnums=(1, 2)),
@@ -79,7 +79,7 @@ def test_max_pool_gradient_goes_to_one_pixel_on_ties():
     """A flat (all-zero) spectrum ties every pooling window: d sum(pooled) / d b2[c] must be
     the number of positive pooled outputs of channel c, not a multiple of it."""
     spec = bcnn.trunk_spec("t", 64, (2, 3), 5, 4, (5, 3), 0.3)
-    params = bcnn.init_params(jax.random.key(0), bcnn.trunk_layout(spec))
+    params = layers.init_params(jax.random.key(0), bcnn.trunk_layout(spec))
     params["conv1"]["b"] = jnp.array([0.5, 0.2])
     params["conv2"]["b"] = jnp.array([0.1, -1.0, 0.3])
     x = np.zeros((2, 64), np.float32)
@@ -91,17 +91,17 @@ def test_max_pool_gradient_goes_to_one_pixel_on_ties():
 
 def test_keep_mask_rate_and_independence():
     key = jax.random.key(3)
-    a = np.asarray(bcnn.keep_mask(key, (200, 500), 0.3, salt=0))
-    b = np.asarray(bcnn.keep_mask(key, (200, 500), 0.3, salt=1))
-    c = np.asarray(bcnn.keep_mask(jax.random.fold_in(key, 1), (200, 500), 0.3, salt=0))
+    a = np.asarray(layers.keep_mask(key, (200, 500), 0.3, salt=0))
+    b = np.asarray(layers.keep_mask(key, (200, 500), 0.3, salt=1))
+    c = np.asarray(layers.keep_mask(jax.random.fold_in(key, 1), (200, 500), 0.3, salt=0))
     for m in (a, b, c):
         assert abs(m.mean() - 0.7) < 0.005                       # 5 sigma is 0.0032
     for m in (b, c):
         assert abs((a & m).mean() - 0.49) < 0.006
-    np.testing.assert_array_equal(a, bcnn.keep_mask(key, (200, 500), 0.3, salt=0))
+    np.testing.assert_array_equal(a, layers.keep_mask(key, (200, 500), 0.3, salt=0))
     assert abs(a[:, 1:].astype(float).ravel() @ a[:, :-1].ravel() / a[:, 1:].size - 0.49) < 0.006
     # MC samples: masks of split keys agree only by chance (P(both kept) = 0.49 per pair)
-    split = [np.asarray(bcnn.keep_mask(k, (200, 500), 0.3, salt=1))
+    split = [np.asarray(layers.keep_mask(k, (200, 500), 0.3, salt=1))
              for k in jax.random.split(key, 8)]
     for i in range(8):
         for j in range(i):

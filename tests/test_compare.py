@@ -5,7 +5,7 @@ from astropy.stats import mad_std
 
 from stargrad.apogee import MAGIC_NUMBER
 from stargrad.compare import classification_metrics, regression_metrics, task_metrics
-from stargrad.pipeline import calibration_scales
+from stargrad.stages.predict import calibration_scales
 
 
 def test_regression_metrics_by_hand():

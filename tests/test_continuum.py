@@ -36,7 +36,7 @@ def _lines():
 def test_recovers_known_continuum_and_lines():
     cont, lines = _continuum(), _lines()
     flux, error = cont * lines, 0.01 * cont
-    norm, err = continuum_normalize(flux, error)
+    norm, err, _ = continuum_normalize(flux, error)
     assert norm.shape == (P,) and norm.dtype == np.float32
     np.testing.assert_allclose(norm[apogee.continuum_pixels()], 1.0, atol=1e-5)
     np.testing.assert_allclose(norm, lines, atol=1e-5)
@@ -47,9 +47,9 @@ def test_full_grid_input_and_batches_match_single_spectra():
     cont, lines = _continuum(), _lines()
     flux = apogee.gap_insert(np.stack([cont * lines, 2.0 * cont * lines]), fill=0.0)
     error = apogee.gap_insert(np.stack([0.01 * cont, 0.03 * cont]), fill=0.0)
-    norm, err = continuum_normalize(flux, error)
+    norm, err, _ = continuum_normalize(flux, error)
     assert norm.shape == (2, P)
-    one, one_err = continuum_normalize(flux[1], error[1])
+    one, one_err, _ = continuum_normalize(flux[1], error[1])
     np.testing.assert_array_equal(norm[1], one)
     np.testing.assert_array_equal(err[1], one_err)
     np.testing.assert_allclose(norm, np.stack([lines, lines]), atol=1e-5)
@@ -61,10 +61,10 @@ def test_inverse_variance_weights_downweight_noisy_outliers():
     outliers = apogee.continuum_pixels()[::10]
     flux[outliers] *= 1.5
     error[outliers] *= 1e3  # weight 1e-6 of the others': the fit must ignore them
-    norm, _ = continuum_normalize(flux, error)
+    norm, _, _ = continuum_normalize(flux, error)
     good = np.setdiff1d(apogee.continuum_pixels(), outliers)
     np.testing.assert_allclose(norm[good], 1.0, atol=1e-4)
-    unweighted, _ = continuum_normalize(flux, np.full(P, 0.01 * cont.mean()))
+    unweighted, _, _ = continuum_normalize(flux, np.full(P, 0.01 * cont.mean()))
     assert np.abs(unweighted[good] - 1.0).max() > 0.02  # equal weights are pulled up
 
 
@@ -78,14 +78,14 @@ def test_masked_bits_set_flux_and_error_to_one_and_skip_the_fit():
     flux[hit] = 1e6  # cosmic rays on continuum pixels: masked, must not bend the fit
     mask[hit] = CRPIX
     mask[persist] |= PERSIST_HIGH
-    norm, err = continuum_normalize(flux, error, mask)
+    norm, err, _ = continuum_normalize(flux, error, mask)
     np.testing.assert_array_equal(norm[hit], 1.0)
     np.testing.assert_array_equal(err[hit], 1.0)
     keep = np.setdiff1d(np.arange(P), hit)
     np.testing.assert_allclose(norm[keep], lines[keep], atol=1e-5)
     np.testing.assert_allclose(err[persist], 0.01, rtol=1e-4)  # bit 9 is not masked
     # with bit 9 among the bits it is
-    norm9, err9 = continuum_normalize(flux, error, mask, bits=(1, 9))
+    norm9, err9, _ = continuum_normalize(flux, error, mask, bits=(1, 9))
     assert np.all(norm9[persist] == 1.0) and np.all(err9[persist] == 1.0)
 
 
@@ -93,7 +93,7 @@ def test_negative_and_nonfinite_flux():
     cont = _continuum()
     flux, error = cont.copy(), 0.01 * cont
     flux[100], flux[101], error[102] = -5.0, np.nan, np.inf
-    norm, err = continuum_normalize(flux, error)
+    norm, err, _ = continuum_normalize(flux, error)
     assert norm[100] == 0.0
     assert (norm[101], err[101]) == (1.0, 1.0)
     assert (norm[102], err[102]) == (1.0, 1.0)
@@ -105,7 +105,7 @@ def test_dead_chip_gives_ones():
     flux = cont.copy()
     a, b = apogee.CHIP_OFFSETS["green"]
     flux[a:b] = np.nan
-    norm, err = continuum_normalize(flux, 0.01 * cont)
+    norm, err, _ = continuum_normalize(flux, 0.01 * cont)
     assert np.all(norm[a:b] == 1.0) and np.all(err[a:b] == 1.0)
     np.testing.assert_allclose(norm[:a], 1.0, atol=1e-5)
 

@@ -8,8 +8,8 @@ from astropy.io import fits as afits
 
 from stargrad import apogee, survey
 from stargrad.apogee import MAGIC_NUMBER
-from stargrad.dataset import (Normalizer, batch, clean_spectrum, compile_dataset, load_split,
-                              labels_from_catalogue)
+from stargrad.compile import clean_spectrum, compile_dataset, labels_from_catalogue
+from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.tasks import make_task
 
 N_STARS = 9

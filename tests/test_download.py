@@ -12,6 +12,8 @@ import pytest
 from httpserver import serve
 from stargrad import apogee, download, survey
 
+from workflow_jobs import planned_jobs
+
 FAST = dict(retries=3, backoff_s=0.0, timeout_s=5)
 STARS = pd.DataFrame({"APOGEE_ID": ["2M00000001+0000001", "2M00000002+0000002",
                                     "2M00000003-0000003"],
@@ -402,34 +404,46 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
 
     config = yaml.safe_load((REPO / "config" / "dr17.yaml").read_text())
     for spec in config["datasets"].values():
-        spec["split"] = {"seed": 3, "train": 3, "valid": 2, "test": 1}  # all 6 selected
+        spec["split"] = {"seed": 3, "counts": {"train": 3, "valid": 2, "test": 1}}  # 6 stars
+    datasets = list(config["datasets"])
+    config["datasets"][datasets[1]]["selection"] = {"preset": "all"}   # overlaps the first
     run = _workdir(tmp_path)
     with serve(sas) as server:
         config["survey"]["sas"].update(base_url=server.url, retries=1, backoff_s=0.0,
                                        timeout_s=10, n_chunks=2,
                                        allstar_sha1=_sha1(sas / download.ALLSTAR_NAME))
         (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
-        targets = [f"resources/dr17/manifests/chunk{c}.csv" for c in (0, 1)]
-        proc = _snakemake(run, *targets, "--configfile", str(tmp_path / "cfg.yaml"))
+        targets = [f"resources/dr17/manifests/{d}/chunk{c}.csv" for d in datasets for c in (0, 1)]
+        compiled = [f"results/data/{d}/train.fits" for d in datasets]
+        proc = _snakemake(run, *targets, *compiled, "--configfile", str(tmp_path / "cfg.yaml"))
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
         n_requests = len(server.requests)
         # a chunk job rerun on the tree the workflow left verifies, and fetches only the
         # file it could not get
         again = download.download_chunk(
             run / "resources/dr17" / download.ALLSTAR_NAME,
-            [run / f"results/data/{d}/split.csv" for d in config["datasets"]], 0, 2,
+            [run / f"results/data/{d}/split.csv" for d in datasets], 0, 2,
             run / "resources/dr17", server.url, tmp_path / "again.csv", log=lambda m: None,
             **FAST)
-        chunk0 = pd.read_csv(run / targets[0], dtype={"APOGEE_ID": str}, keep_default_na=False)
+        chunk0 = pd.concat([pd.read_csv(run / f"resources/dr17/manifests/{d}/chunk0.csv",
+                                        dtype={"APOGEE_ID": str}, keep_default_na=False)
+                            for d in datasets])
         fetched = [p for p, _, _ in server.requests[n_requests:]]
         assert fetched == ([f"/apo25m/FA/aspcapStar-dr17-{gone.APOGEE_ID}.fits"]
                            if gone.APOGEE_ID in set(chunk0["APOGEE_ID"]) else [])
+        # a star both datasets select is fetched once (the second job finds it verified)
+        files = pd.Series([p for p, _, _ in server.requests[:n_requests]
+                           if "aspcapStar-dr17-" in p and gone.APOGEE_ID not in p])
+        assert files.is_unique, files[files.duplicated()].tolist()
     manifest = pd.concat([pd.read_csv(run / t, dtype={"APOGEE_ID": str},
                                       keep_default_na=False) for t in targets])
     selected = set()
-    for name in config["datasets"]:
+    for name in datasets:
         selected |= set(pd.read_csv(run / f"results/data/{name}/split.csv")["APOGEE_ID"])
-    assert set(manifest["APOGEE_ID"]) == selected == set(table["APOGEE_ID"])
+    assert set(manifest["APOGEE_ID"]) == selected
+    shared = set.intersection(*(set(pd.read_csv(run / f"results/data/{d}/split.csv")["APOGEE_ID"])
+                                for d in datasets))
+    assert shared, "the two datasets should share stars for this test"
     status = dict(zip(manifest["APOGEE_ID"], manifest["status"]))
     assert status.pop(gone.APOGEE_ID) == "quarantined"
     assert set(status.values()) == {"ok"}
@@ -437,4 +451,16 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
         assert _sha1(run / row.path) == row.sha1
     assert set(again["APOGEE_ID"]) == set(chunk0["APOGEE_ID"])
     assert "verified" in (run / "logs/download/dr17/allstar.log").read_text()
-    assert "MB/s" in (run / "logs/download/dr17/chunk0.log").read_text()
+    assert "MB/s" in (run / f"logs/download/dr17/{datasets[0]}/chunk0.log").read_text()
+
+    # Editing one dataset's entry replans that dataset's selection, downloads and compilation,
+    # and nothing of the other dataset.
+    config["datasets"][datasets[1]]["split"]["seed"] = 4
+    (tmp_path / "cfg2.yaml").write_text(yaml.safe_dump(config))
+    plan = _snakemake(run, "-n", *targets, *compiled, "--configfile", str(tmp_path / "cfg2.yaml"))
+    assert plan.returncode == 0, plan.stdout[-3000:] + plan.stderr[-3000:]
+    jobs = planned_jobs(plan.stdout + plan.stderr)
+    assert {rule for rule, _ in jobs} >= {"select_split", "download_spectra", "compile_dataset"}
+    assert all(wc.get("dataset") == datasets[1] for rule, wc in jobs
+               if rule in ("select_split", "download_spectra", "compile_dataset")), jobs
+    assert sorted(wc["dataset"] for rule, wc in jobs if rule == "compile_dataset") == [datasets[1]]

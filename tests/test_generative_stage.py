@@ -6,10 +6,12 @@ import pandas as pd
 import pytest
 
 from stargrad import generative_stage as stage
-from stargrad import mock, survey
+from stargrad import survey
+from stargrad.mock import writer as mock_writer
 from stargrad.apogee import ASPCAP_LABELS
-from stargrad.dataset import compile_dataset, load_split
-from stargrad.pipeline import train_model
+from stargrad.compile import compile_dataset
+from stargrad.dataset import load_split
+from stargrad.stages.train import train_model
 from stargrad.tasks import Task
 
 SPLITS = ("train", "valid", "test", "cluster")
@@ -21,13 +23,13 @@ QUIET = dict(log=lambda _: None)
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 40-star mock (4 planted anomalies) compiled into 24/6/10 train/valid/test stars, three
-    PCAs and one 2-D VAE trained through pipeline.train_model."""
+    PCAs and one 2-D VAE trained through stages.train.train_model."""
     root = tmp_path_factory.mktemp("gen")
     survey_root = root / "survey"
-    mock.write_mock_survey(survey_root, n_field=40, n_cluster=0, seed=3, n_anomalies=4, **QUIET)
+    mock_writer.write_mock_survey(survey_root, n_field=40, n_cluster=0, seed=3, n_anomalies=4, **QUIET)
     # Planted anomalies held out of training: 24 stars cannot outvote a star a component
     # could be spent on.
-    truth = mock.read_truth(survey_root / mock.TRUTH_NAME).sort_values("anomaly", kind="stable")
+    truth = mock_writer.read_truth(survey_root / mock_writer.TRUTH_NAME).sort_values("anomaly", kind="stable")
     pd.DataFrame({"APOGEE_ID": truth["APOGEE_ID"],
                   "split": ["train"] * 24 + ["valid"] * 6 + ["test"] * 10}) \
         .to_csv(root / "split.csv", index=False)
@@ -46,7 +48,7 @@ def world(tmp_path_factory):
         train_model(splits[0], splits[1], dirs[name], task=TASK, model_name=name,
                     model_spec=spec, seed=0, code_digest="test", config_digest="test", **QUIET)
     return {"root": root, "survey": survey_root, "splits": dict(zip(SPLITS, splits)),
-            "models": dirs, "truth": survey_root / mock.TRUTH_NAME}
+            "models": dirs, "truth": survey_root / mock_writer.TRUTH_NAME}
 
 
 def test_reconstruction_error_falls_with_pca_size(world, tmp_path):
@@ -73,7 +75,7 @@ def test_planted_anomalies_rank_above_median(world, tmp_path):
     assert len(on_disk) == 40 and on_disk["APOGEE_ID"].is_unique
     assert list(on_disk["rank"]) == list(range(1, 41))
     assert np.all(np.diff(on_disk["score"]) <= 0)
-    truth = mock.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
+    truth = mock_writer.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
     assert dict(zip(table["APOGEE_ID"], table["planted"])) == truth.to_dict()
     planted = table[table["planted"] != ""]
     assert len(planted) == 4 and (planted["rank"] <= 20).all()
@@ -85,7 +87,7 @@ def test_model_flux_is_the_noiseless_spectrum(world):
     test = load_split(world["splits"]["test"])
     clean = stage.read_model_flux(world["survey"], world["survey"] / survey.ALLSTAR_NAME,
                                   test.ids)
-    planted = mock.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
+    planted = mock_writer.read_truth(world["truth"]).set_index("APOGEE_ID")["anomaly"]
     normal = planted.reindex(test.ids).to_numpy() == ""
     good = ~test.mask[normal]
     chi2 = ((test.flux[normal] - clean[normal]) / test.error[normal])[good] ** 2

@@ -12,6 +12,7 @@ import pytest
 from astropy.io import fits as afits
 
 from stargrad import apogee, mock, survey
+from stargrad.mock import crb, forward, population, writer
 
 REF = np.array([4600.0, 2.4] + [0.05 * (k % 5) - 0.1 for k in range(20)])
 KEPT = apogee.KEPT_PIXELS
@@ -19,13 +20,13 @@ KEPT = apogee.KEPT_PIXELS
 
 def test_jacobian_matches_central_finite_differences():
     with jax.enable_x64(True):
-        jac = np.asarray(mock.jacobian(REF))
+        jac = np.asarray(forward.jacobian(REF))
         assert jac.dtype == np.float64 and jac.shape == (apogee.N_PIX, mock.N_LABELS)
         for k, step in enumerate([0.5] + [1e-4] * 21):
             up, down = REF.copy(), REF.copy()
             up[k] += step
             down[k] -= step
-            fd = (np.asarray(mock.spectrum(up)) - np.asarray(mock.spectrum(down))) / (2 * step)
+            fd = (np.asarray(forward.spectrum(up)) - np.asarray(forward.spectrum(down))) / (2 * step)
             scale = np.abs(jac[:, k]).max()
             assert scale > 0, mock.LABELS[k]          # every label moves the spectrum
             np.testing.assert_allclose(jac[:, k], fd, atol=1e-6 * scale, err_msg=mock.LABELS[k])
@@ -34,30 +35,30 @@ def test_jacobian_matches_central_finite_differences():
 def test_mg_line_deepens_with_mg_and_ignores_ni():
     pix = int(round(float(apogee.pixel_of_wavelength(15770.15))))
     near = slice(pix - 3, pix + 4)
-    base = np.asarray(mock.spectrum(REF))
+    base = np.asarray(forward.spectrum(REF))
     more_mg, more_ni = REF.copy(), REF.copy()
     more_mg[mock.LABEL_INDEX["Mg"]] += 0.2
     more_ni[mock.LABEL_INDEX["Ni"]] += 0.3
     assert base[pix] < 0.7                                          # a strong line
-    assert np.asarray(mock.spectrum(more_mg))[pix] < base[pix] - 0.005
-    np.testing.assert_array_equal(np.asarray(mock.spectrum(more_ni))[near], base[near])
-    assert np.any(np.asarray(mock.spectrum(more_ni)) != base)       # Ni lines elsewhere do move
+    assert np.asarray(forward.spectrum(more_mg))[pix] < base[pix] - 0.005
+    np.testing.assert_array_equal(np.asarray(forward.spectrum(more_ni))[near], base[near])
+    assert np.any(np.asarray(forward.spectrum(more_ni)) != base)       # Ni lines elsewhere do move
 
 
 def test_chip_gaps_exactly_zero_and_flux_bounded():
-    flux = mock.batch_spectra(np.stack([REF, REF + np.r_[-500.0, -1.0, [0.3] * 20]]),
+    flux = forward.batch_spectra(np.stack([REF, REF + np.r_[-500.0, -1.0, [0.3] * 20]]),
                               batch_size=4)
     gaps = np.setdiff1d(np.arange(apogee.N_PIX), KEPT)
     assert np.all(flux[:, gaps] == 0.0)
     assert np.all(flux[:, KEPT] > 0.0) and np.all(flux[:, KEPT] <= 1.05)
     assert flux[1, KEPT].mean() < flux[0, KEPT].mean()   # cooler and metal-rich: more absorption
-    np.testing.assert_allclose(flux[0], np.asarray(mock.spectrum(REF)), atol=1e-6)
+    np.testing.assert_allclose(flux[0], np.asarray(forward.spectrum(REF)), atol=1e-6)
     with pytest.raises(ValueError, match="batch_spectra: labels must have shape"):
-        mock.batch_spectra(np.zeros((3, 5)))
+        forward.batch_spectra(np.zeros((3, 5)))
 
 
 def test_label_structure():
-    truth = mock.draw_labels(800, 40, seed=5)
+    truth = population.draw_labels(800, 40, seed=5)
     field, cluster = truth[~truth["is_cluster"]], truth[truth["is_cluster"]]
     assert cluster["Fe"].std() < 0.05 and abs(cluster["Fe"].mean() + 1.5) < 0.1
     assert (cluster["Mg"] - cluster["Fe"]).std() < 0.05
@@ -85,9 +86,9 @@ def test_label_structure():
     assert truth["snr"].between(40, 600).all() and (truth["snr"] > 200).mean() > 0.15
     assert (truth["anomaly"] == "continuum").sum() == 4 == (truth["anomaly"] == "binary").sum()
     assert truth.loc[truth["anomaly"] != "", "is_cluster"].eq(False).all()
-    pd.testing.assert_frame_equal(truth, mock.draw_labels(800, 40, seed=5))
+    pd.testing.assert_frame_equal(truth, population.draw_labels(800, 40, seed=5))
     with pytest.raises(ValueError, match="n_anomalies"):
-        mock.draw_labels(3, 0, seed=1, n_anomalies=4)
+        population.draw_labels(3, 0, seed=1, n_anomalies=4)
 
 
 SURVEY = dict(n_field=12, n_cluster=4, n_anomalies=2, missing_rate=0.05)
@@ -96,7 +97,7 @@ SURVEY = dict(n_field=12, n_cluster=4, n_anomalies=2, missing_rate=0.05)
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     root = tmp_path_factory.mktemp("mock")
-    mock.write_mock_survey(root / "a", seed=11, log=lambda msg: None, **SURVEY)
+    writer.write_mock_survey(root / "a", seed=11, log=lambda msg: None, **SURVEY)
     return root
 
 
@@ -105,8 +106,8 @@ def _files(root):
 
 
 def test_same_seed_same_bytes_other_seed_differs(tiny):
-    mock.write_mock_survey(tiny / "b", seed=11, log=lambda msg: None, **SURVEY)
-    mock.write_mock_survey(tiny / "c", seed=12, log=lambda msg: None, **SURVEY)
+    writer.write_mock_survey(tiny / "b", seed=11, log=lambda msg: None, **SURVEY)
+    writer.write_mock_survey(tiny / "c", seed=12, log=lambda msg: None, **SURVEY)
     files = _files(tiny / "a")
     assert len(files) == 3 + 16 and files == _files(tiny / "b")
     match, mismatch, errors = filecmp.cmpfiles(tiny / "a", tiny / "b", files, shallow=False)
@@ -114,7 +115,7 @@ def test_same_seed_same_bytes_other_seed_differs(tiny):
     assert not filecmp.cmp(tiny / "a" / survey.ALLSTAR_NAME, tiny / "c" / survey.ALLSTAR_NAME,
                            shallow=False)
     with pytest.raises(ValueError, match="missing_rate must lie in"):
-        mock.write_mock_survey(tiny / "d", seed=1, n_field=3, n_cluster=0, missing_rate=1.5)
+        writer.write_mock_survey(tiny / "d", seed=1, n_field=3, n_cluster=0, missing_rate=1.5)
 
 
 def test_dr17_layout_readable_by_astropy_and_fitsio(tiny):
@@ -150,7 +151,7 @@ def test_dr17_layout_readable_by_astropy_and_fitsio(tiny):
 def test_catalogue_is_truth_and_spectra_are_model_plus_noise(tiny):
     root = tiny / "a"
     allstar = survey.read_allstar(root / survey.ALLSTAR_NAME).set_index("APOGEE_ID")
-    truth = mock.read_truth(root).set_index("APOGEE_ID").loc[allstar.index]
+    truth = writer.read_truth(root).set_index("APOGEE_ID").loc[allstar.index]
     n_missing = 0
     for label in mock.LABELS:
         column = apogee.allstar_column(label)
@@ -169,7 +170,7 @@ def test_catalogue_is_truth_and_spectra_are_model_plus_noise(tiny):
         flux, error = survey.read_aspcapstar(path)
         model = fitsio.read(str(path), ext=3)
         theta = truth.loc[ident, list(mock.LABELS)].to_numpy(float)
-        np.testing.assert_allclose(model, np.asarray(mock.spectrum(theta)), atol=1e-6)
+        np.testing.assert_allclose(model, np.asarray(forward.spectrum(theta)), atol=1e-6)
         good = np.zeros(apogee.N_PIX, bool)
         good[KEPT] = error[KEPT] < 1.0
         assert np.all(error[good] == np.float32(1.0 / star["SNR"]))
@@ -179,47 +180,76 @@ def test_catalogue_is_truth_and_spectra_are_model_plus_noise(tiny):
             assert abs(pull.std() - 1.0) < 0.05 and abs(pull.mean()) < 0.05
 
 
-def test_crb_scales_with_snr_and_weights_are_unbiased():
+STARS = np.array([REF,                                                   # reference giant
+                  [3900.0, 0.9] + [0.35] * 20,                           # cool, metal-rich
+                  [5300.0, 3.4] + [-1.6] * 20,                           # hot, metal-poor
+                  [4300.0, 1.8] + [0.05 * (k % 7) - 0.4 for k in range(20)]])
+
+
+@pytest.mark.parametrize("theta", STARS, ids=["ref", "cool-rich", "hot-poor", "mixed"])
+def test_crb_scales_with_snr_and_weights_are_unbiased(theta):
     error = np.full(apogee.N_PIX_GAPLESS, 0.01, np.float32)
-    sigma = np.asarray(mock.crb(REF, error))
-    np.testing.assert_allclose(np.asarray(mock.crb(REF, error / 2)), sigma / 2, rtol=1e-3)
-    assert sigma[mock.LABEL_INDEX["Fe"]] < sigma[mock.LABEL_INDEX["Na"]]
-    # against a float64 computation of sqrt(diag F⁻¹)
-    grad = np.asarray(mock.jacobian(REF), float)[KEPT]
+    sigma = crb.crb(theta, error)
+    assert sigma.dtype == np.float64
+    np.testing.assert_allclose(crb.crb(theta, error / 2), sigma / 2, rtol=1e-10)
+    # against a float64 computation of sqrt(diag F⁻¹) from the same (float32) Jacobian
+    grad = np.asarray(forward.jacobian(np.asarray(theta, np.float32)), float)[KEPT]
     fisher = grad.T @ grad / 0.01 ** 2
-    np.testing.assert_allclose(sigma, np.sqrt(np.diag(np.linalg.inv(fisher))), rtol=2e-3)
-    # the efficient estimator is unbiased to first order: W G = identity (compared in units
-    # of each label's σ, since Teff is in K and abundances in dex)
-    weights = np.asarray(mock.efficient_weights(REF, error), float)
+    np.testing.assert_allclose(sigma, np.sqrt(np.diag(np.linalg.inv(fisher))), rtol=1e-6)
+    # the efficient estimator is unbiased to first order: W G = identity (in units of each
+    # label's σ, since Teff is in K and abundances in dex); a float32 solve misses this by
+    # ~1e-3 at the cool metal-rich star
+    weights = crb.efficient_weights(theta, error)
     assert weights.shape == (mock.N_LABELS, apogee.N_PIX_GAPLESS)
     np.testing.assert_allclose(weights @ grad * sigma[None, :] / sigma[:, None],
-                               np.eye(mock.N_LABELS), atol=2e-3)
+                               np.eye(mock.N_LABELS), atol=1e-6)
+
+
+def _compiled_test_split(path, ids):
+    """A compiled split's LABELS table with just the star IDs (all truth products read)."""
+    with fitsio.FITS(str(path), "rw", clobber=True) as fits:
+        fits.write(survey.to_records(pd.DataFrame({"APOGEE_ID": ids})), extname="LABELS")
 
 
 def test_write_truth_products(tiny, tmp_path):
     root = tiny / "a"
-    truth = mock.read_truth(root)
+    truth = writer.read_truth(root)
     split = pd.DataFrame({"APOGEE_ID": truth["APOGEE_ID"],
                           "split": np.where(truth["is_cluster"], "cluster",
                                             ["test", "train"] * 8)})
     split.to_csv(tmp_path / "split.csv", index=False)
+    test_ids = split.loc[split["split"] == "test", "APOGEE_ID"].to_numpy()
+    _compiled_test_split(tmp_path / "test.fits", test_ids[::-1])   # order must not matter
     out = tmp_path / "crb.fits"
-    mock.write_truth_products(root, tmp_path / "split.csv", out, chunk_size=8,
-                              log=lambda msg: None)
+    crb.write_truth_products(root, tmp_path / "split.csv", tmp_path / "test.fits", out,
+                             max_stars=4, seed=9, chunk_size=8, log=lambda msg: None)
     table = fitsio.read(str(out), ext="CRB")
     assert len(table) == 6 + 4 and set(np.char.strip(table["split"].astype(str))) == {"test",
                                                                                       "cluster"}
+    # the weights average the 4 stars the attribute rule draws with the same seed, and say so
+    stars = np.char.strip(fitsio.read(str(out), ext="ATTRIBUTION_STARS")["APOGEE_ID"].astype(str))
+    from stargrad.select import sample_stars
+    assert sorted(stars) == sorted(test_ids[sample_stars(test_ids, 4, 9)])
     weights = fitsio.read(str(out), ext="EFFICIENT_WEIGHTS")
     assert weights.shape == (mock.N_LABELS, apogee.N_PIX_GAPLESS)
     allstar = survey.read_allstar(root / survey.ALLSTAR_NAME).set_index("APOGEE_ID")
+    by_id = truth.set_index("APOGEE_ID")
+    expect_w = np.zeros_like(weights, dtype=float)
+    for ident in stars:
+        star = allstar.loc[ident]
+        _, error = survey.read_aspcapstar(
+            root / survey.aspcapstar_relpath(star["TELESCOPE"], star["FIELD"], ident))
+        theta = by_id.loc[ident, list(mock.LABELS)].to_numpy(np.float32)
+        expect_w += crb.efficient_weights(theta, error) / len(stars)
+    np.testing.assert_allclose(weights, expect_w, rtol=1e-4, atol=1e-6 * np.abs(expect_w).max())
     ident = table["APOGEE_ID"][0].strip()
     star = allstar.loc[ident]
     _, error = survey.read_aspcapstar(
         root / survey.aspcapstar_relpath(star["TELESCOPE"], star["FIELD"], ident))
-    theta = truth.set_index("APOGEE_ID").loc[ident, list(mock.LABELS)].to_numpy(np.float32)
-    expect = np.asarray(mock.crb(theta, error))
+    theta = by_id.loc[ident, list(mock.LABELS)].to_numpy(np.float32)
     got = np.array([table[f"crb_{label}"][0] for label in mock.LABELS])
-    np.testing.assert_allclose(got, expect, rtol=1e-4)
+    np.testing.assert_allclose(got, crb.crb(theta, error), rtol=1e-6)
     split.drop(columns="split").to_csv(tmp_path / "bad.csv", index=False)
     with pytest.raises(ValueError, match="bad.csv.*lacks columns"):
-        mock.write_truth_products(root, tmp_path / "bad.csv", out)
+        crb.write_truth_products(root, tmp_path / "bad.csv", tmp_path / "test.fits", out,
+                                 max_stars=4, seed=9)

@@ -38,7 +38,7 @@ def test_unknown_preset_and_column_are_clear_errors():
 
 def test_split_counts_seed_and_order_independence():
     table = catalogue()
-    spec = {"seed": 17, "train": 100, "valid": 30, "test": 50, "cluster_member": "M13"}
+    spec = {"seed": 17, "counts": {"train": 100, "valid": 30, "test": 50}, "cluster_member": "M13"}
     a = split(table, spec)
     b = split(table.sample(frac=1.0, random_state=3), spec)
     pd.testing.assert_frame_equal(a, b)
@@ -51,16 +51,16 @@ def test_split_counts_seed_and_order_independence():
 
 def test_split_fractions_and_too_many_stars():
     table = catalogue(100)
-    out = split(table, {"seed": 1, "train": 0.7, "valid": 0.1, "test": 0.2})
+    out = split(table, {"seed": 1, "fractions": {"train": 0.7, "valid": 0.1, "test": 0.2}})
     assert out["split"].value_counts().to_dict() == {"train": 70, "valid": 10, "test": 20}
     with pytest.raises(ValueError, match="only 100"):
-        split(table, {"seed": 1, "train": 90, "valid": 10, "test": 10})
+        split(table, {"seed": 1, "counts": {"train": 90, "valid": 10, "test": 10}})
 
 
 def test_select_and_split_rejects_empty_selection():
     with pytest.raises(ValueError, match="keeps no star"):
         select_and_split(catalogue(), {"selection": {"cuts": {"TEFF": [1e5, None]}},
-                                       "split": {"seed": 1, "train": 1, "valid": 1, "test": 1}})
+                                       "split": {"seed": 1, "counts": {"train": 1, "valid": 1, "test": 1}}})
 
 
 def test_duplicate_ids_keep_the_highest_snr_row():
@@ -70,4 +70,4 @@ def test_duplicate_ids_keep_the_highest_snr_row():
     both = pd.concat([table, dup], ignore_index=True)
     out = unique_stars(both)
     assert len(out) == 6 and out.loc[out.APOGEE_ID == table.APOGEE_ID[2], "SNR"].item() == dup.SNR.item()
-    split(out, {"seed": 1, "train": 2, "valid": 1, "test": 1})   # no duplicate error
+    split(out, {"seed": 1, "counts": {"train": 2, "valid": 1, "test": 1}})   # no duplicate error

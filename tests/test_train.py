@@ -56,7 +56,7 @@ def test_losses_match_hand_computed_values():
 
 def scalar_model(start=0.0):
     """One parameter w predicting every label; loss = per-star masked MSE of w."""
-    def apply(params, x, key=None, train=False):
+    def apply(params, x, key=None, train=False, x_err=None):
         return {"value": jnp.broadcast_to(params["w"], (x.shape[0], 1))}
 
     def loss(params, batch, key):

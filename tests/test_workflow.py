@@ -16,6 +16,8 @@ from astropy.io import fits as afits
 from stargrad import apogee
 from stargrad.params_io import load_params
 
+from workflow_jobs import planned_jobs
+
 pytestmark = pytest.mark.workflow
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "ci.yaml"
@@ -153,21 +155,6 @@ def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
     changed = {p for p, t in before.items() if p.exists() and p.stat().st_mtime_ns != t}
     assert changed <= {run / f"results/models/mlp/logg/{n}" for n in
                        ("params.npz", "model.json", "norm.json", "history.csv")}
-
-
-def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job a `snakemake -n` plans."""
-    jobs = []
-    for block in dry_run_output.split("\n\n"):
-        lines = [line.strip() for line in block.strip().splitlines()]
-        head = next((line for line in lines if line.startswith(("rule ", "localrule "))), None)
-        if head is None:
-            continue
-        wildcards = next((line.split(":", 1)[1] for line in lines
-                          if line.startswith("wildcards:")), "")
-        pairs = (item.split("=", 1) for item in wildcards.split(",") if "=" in item)
-        jobs.append((head.split()[1].rstrip(":"), {k.strip(): v.strip() for k, v in pairs}))
-    return jobs
 
 
 def test_editing_one_model_reruns_only_its_jobs(run, tmp_path):

@@ -4,17 +4,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import fitsio
 import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
 
-from .apogee import MAGIC_NUMBER
-from .attribution import read_jacobian_fits, similarity_matrix
-from .pipeline import read_predictions
+from .apogee import is_missing
+from .attribution.files import read_jacobian_fits
+from .attribution.similarity import similarity_matrix
+from .predictions import read_predictions
 from .plots import plot_metric_by_label, plot_ranking
 from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path
+from .survey import read_table
 
 METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
                   "z_mad_std", "z_mad_std_calibrated", "crb_median", "crb_ratio", "spread_ratio",
@@ -24,14 +25,14 @@ METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_m
 def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray,
                        crb: np.ndarray | None = None,
                        std_calibrated: np.ndarray | None = None) -> dict:
-    """Metrics of one label on one split; −9999 truths are left out.
+    """Metrics of one label on one split; missing truths (−9999, NaN) are left out.
 
     z_mad_std: robust spread of residual/std_total (1 = calibrated); z_mad_std_calibrated the
     same with the valid-split-scaled std_calibrated. crb_ratio: mad_std of
     the residuals over the median per-star Cramér–Rao bound (1 = the physical limit).
     spread_ratio: robust spread of the predictions over that of the truth (a cluster's
     abundance spread recovered or not)."""
-    ok = (true != MAGIC_NUMBER) & np.isfinite(true) & np.isfinite(pred)
+    ok = ~is_missing(true) & np.isfinite(pred)
     resid = pred[ok] - true[ok]
     out = {"n": int(ok.sum())}
     if not ok.any():
@@ -55,7 +56,7 @@ def regression_metrics(pred: np.ndarray, true: np.ndarray, std_total: np.ndarray
 
 def classification_metrics(prob: np.ndarray, true: np.ndarray) -> dict:
     """Accuracy overall and per class (0 RGB, 1 RC) at threshold 0.5."""
-    ok = true != MAGIC_NUMBER
+    ok = ~is_missing(true)
     pred_class = (prob[ok] >= 0.5).astype(float)
     truth = true[ok]
     out = {"n": int(ok.sum())}
@@ -102,11 +103,7 @@ def compare_task(prediction_paths, crb_path, attribution_dirs: dict, task, out: 
     for path in prediction_paths:
         path = Path(path)
         predictions[(path.parent.parent.name, path.stem)] = read_predictions(path)
-    crb = None
-    if crb_path:
-        table = fitsio.read(str(crb_path), ext="CRB")
-        crb = pd.DataFrame({n: (np.char.strip(table[n].astype(str)) if table[n].dtype.kind in "SU"
-                                else table[n].astype(float)) for n in table.dtype.names})
+    crb = read_table(crb_path, "CRB", what="Cramér–Rao table") if crb_path else None
     metrics = task_metrics(predictions, list(task.labels), task.kind, task.name, crb)
     with atomic_path(out["metrics"]) as tmp:
         metrics.to_csv(tmp, index=False, float_format="%.6g")

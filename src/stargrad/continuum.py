@@ -45,15 +45,16 @@ def _as_spectra(name: str, arr) -> np.ndarray:
 
 
 def continuum_normalize(flux, error, bitmask=None, deg: int = 2,
-                        bits=apogee.ASTRONN_MASK_BITS) -> tuple[np.ndarray, np.ndarray]:
+                        bits=apogee.ASTRONN_MASK_BITS) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Continuum-normalize spectra (8575 or 7514 px, 1-D or (N, P)) onto the 7514 grid.
 
     Per chip, a Chebyshev series of degree `deg` in pixel index is fitted to the flux at the
     DR17 continuum pixels with numpy weights w = 1/(σ² + 1e-8) (astroNN's choice); flux and
     error are divided by it. Unlike astroNN, pixels with masked `bits`, non-finite flux or
     non-finite error are left out of the fit. Afterwards negative flux → 0; pixels with
-    non-finite flux or error, a non-positive continuum, or masked bits → flux 1 and error 1. Returns float32 arrays shaped like the
-    input but with 7514 pixels."""
+    non-finite flux or error, a non-positive continuum, or masked bits → flux 1 and error 1
+    (astroNN's convention) and are flagged. Returns (flux, error, bad): float32 flux and error
+    and a bool bad-pixel mask, shaped like the input but with 7514 pixels."""
     squeeze = np.ndim(flux) == 1
     flux, error = _as_spectra("flux", flux).astype(float), _as_spectra("error", error).astype(float)
     if flux.shape != error.shape:
@@ -89,4 +90,4 @@ def continuum_normalize(flux, error, bitmask=None, deg: int = 2,
     norm_flux[bad] = 1.0
     norm_error[bad] = 1.0
     norm_flux, norm_error = norm_flux.astype(np.float32), norm_error.astype(np.float32)
-    return (norm_flux[0], norm_error[0]) if squeeze else (norm_flux, norm_error)
+    return (norm_flux[0], norm_error[0], bad[0]) if squeeze else (norm_flux, norm_error, bad)

@@ -8,6 +8,8 @@ interrupted or failed download never leaves a partial file under the final name.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import http.client
 import os
@@ -22,11 +24,10 @@ import numpy as np
 import pandas as pd
 
 from . import survey
+from .survey import SPECTRUM_KINDS, spectrum_relpath
 from .provenance import atomic_path
 
 ALLSTAR_NAME = survey.ALLSTAR_NAME
-#: Spectrum products that can be downloaded (the `survey.sas.spectra` config key).
-SPECTRUM_KINDS = ("aspcapStar", "apStar")
 MANIFEST_COLUMNS = ("APOGEE_ID", "path", "status", "reason", "bytes", "sha1")
 _BLOCK = 1 << 20
 #: HTTP codes worth retrying: request timeout, rate limit, and every 5xx.
@@ -70,17 +71,6 @@ def _join(base: str, *parts: str) -> str:
 def allstar_url(base_url: str) -> str:
     """URL (or mirror path) of the DR17 allStar catalogue under the synspec_rev1 directory."""
     return _join(base_url, ALLSTAR_NAME)
-
-
-def spectrum_relpath(kind: str, telescope: str, field: str, apogee_id: str) -> str:
-    """Path of a star's spectrum relative to its product root: aspcapStar-dr17-<ID>.fits, or
-    apStar-dr17-<ID>.fits (asStar-… for lco25m), under <TELESCOPE>/<FIELD>/."""
-    if kind == "aspcapStar":
-        return survey.aspcapstar_relpath(telescope, field, apogee_id)
-    if kind == "apStar":
-        prefix = "asStar" if telescope.strip() == "lco25m" else "apStar"
-        return f"{telescope.strip()}/{field.strip()}/{prefix}-dr17-{apogee_id.strip()}.fits"
-    raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
 
 
 def aspcapstar_url(base_url: str, telescope: str, field: str, apogee_id: str) -> str:
@@ -367,7 +357,7 @@ def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
                                 f"{checksum_list_name(telescope, field, spectra)}"))
             else:
                 rows.append(_one_spectrum(row, _join(base_url, rel), dest, expected, fetch_kw,
-                                          bad))
+                                          bad, root / ".locks"))
                 n_bytes += rows[-1]["bytes"] if rows[-1].get("fetched") else 0
             now = time.monotonic()
             if now >= next_report or len(rows) == n_total:
@@ -422,8 +412,29 @@ def _field_checksums(base_url, root: Path, telescope, field, kind, fetch_kw):
         return {}, f"checksum list {local} is unreadable: {exc}"
 
 
-def _one_spectrum(row: dict, url: str, dest: Path, expected, fetch_kw, bad) -> dict:
-    """Verify an existing file or fetch it; the manifest row (with `fetched` set)."""
+@contextlib.contextmanager
+def _striped_lock(lock_dir: Path, name: str, stripes: int = 256):
+    """An exclusive lock shared by every file name hashing to the same of `stripes` lock files
+    in `lock_dir`: download jobs of different datasets may want the same spectrum at once."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    stripe = int.from_bytes(hashlib.sha1(name.encode()).digest()[:4], "big") % stripes
+    with open(lock_dir / f"{stripe:03d}.lock", "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _one_spectrum(row: dict, url: str, dest: Path, expected, fetch_kw, bad,
+                  lock_dir: Path) -> dict:
+    """Verify an existing file or fetch it, holding its lock; the manifest row (with `fetched`
+    set)."""
+    with _striped_lock(lock_dir, dest.name):
+        return _verify_or_fetch(row, url, dest, expected, fetch_kw, bad)
+
+
+def _verify_or_fetch(row: dict, url: str, dest: Path, expected, fetch_kw, bad) -> dict:
     if dest.exists():
         if expected is None:
             return {**row, "status": "ok", "reason": "", "bytes": dest.stat().st_size,

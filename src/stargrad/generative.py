@@ -9,17 +9,16 @@ training mean) before encoding and never enter a score. Latent codes are the mea
 """
 from __future__ import annotations
 
-from functools import lru_cache
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
 from . import train as training
-from .apogee import MAGIC_NUMBER, N_PIX_GAPLESS
+from .apogee import N_PIX_GAPLESS, is_missing
 from .models import build
 from .models.vae import decode
+from .trained import apply_in_chunks
 
 DEFAULT_BATCH = 256
 
@@ -52,26 +51,10 @@ def _checked(x, pixel_valid, name: str = "x", n_pix: int | None = None):
     return np.where(valid, x, 0.0).astype(np.float32), valid
 
 
-@lru_cache(maxsize=16)
-def _jitted_apply(model):
-    """Deterministic (z = μ) apply of a Model, compiled once per model and input shape."""
-    return jax.jit(lambda p, xb: model.apply(p, xb))
-
-
 def _apply_batched(model, params, x: np.ndarray, batch_size: int = DEFAULT_BATCH) -> dict:
     """model.apply(params, x) with z = μ, in fixed-size chunks (one compilation); numpy out."""
-    fn = _jitted_apply(model)
-    n = len(x)
-    size = min(batch_size, n)
-    parts = []
-    for start in range(0, n, size):
-        chunk = x[start:start + size]
-        pad = size - len(chunk)
-        if pad:
-            chunk = np.concatenate([chunk, np.zeros((pad, x.shape[1]), x.dtype)])
-        out = fn(params, jnp.asarray(chunk))
-        parts.append({k: np.asarray(out[k])[:size - pad] for k in ("value", "z_mean")})
-    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
+    out = apply_in_chunks(model, params, x, batch_size=batch_size)
+    return {k: out[k] for k in ("value", "z_mean")}
 
 
 def _masked_mean(sq: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -239,7 +222,7 @@ def latent_regression(model, params, x_train, y_train, x_test, y_test, key, *,
     n_val = max(1, int(round(valid_fraction * n_labelled)))
     fit_idx, val_idx = pick[n_val:], pick[:n_val]
 
-    y_ok = [np.isfinite(y) & (y != MAGIC_NUMBER) for y in (y_train, y_test)]
+    y_ok = [~is_missing(y) for y in (y_train, y_test)]
     y_sub = y_train[pick]
     ok_sub = y_ok[0][pick]
     if not ok_sub.any(axis=0).all():

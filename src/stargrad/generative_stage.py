@@ -8,7 +8,6 @@ continuum-normalized flux, i.e. with the normalization undone.
 """
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import fitsio
@@ -18,8 +17,8 @@ import pandas as pd
 
 from . import apogee, generative, plots_generative, survey
 from .dataset import Normalizer, SplitData, load_split
-from .mock import read_truth
-from .pipeline import load_trained
+from .mock.writer import read_truth
+from .trained import load_trained
 from .provenance import atomic_path
 from .select import unique_stars
 from .train import TrainConfig

@@ -6,8 +6,9 @@ as astroNN); std_total = sqrt(std_model^2 + std_predictive^2). Multiply by the l
 physical units. Models without a `log_var` output get std_predictive = 0 (the caller fills it).
 
 The MC samples of one chunk of stars are vmapped (in groups bounding the activations held at
-once) inside one jitted program; stars go through in fixed-size chunks, the last one padded,
-so one compilation serves any number of stars. Results depend on (key, batch_size) only.
+once) inside one jitted program; stars go through in fixed-size chunks, the last one padded
+(`batching`), so one compilation serves any number of stars. Results depend on (key,
+batch_size) only.
 """
 from __future__ import annotations
 
@@ -17,13 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-OUTPUTS = ("value", "std_model", "std_predictive", "std_total")
+from .batching import map_chunks
 
-
-def _moments(model, params, x, keys, mc_batch: int) -> dict:
+def _moments(model, params, x, keys, mc_batch: int, x_err=None) -> dict:
     """MC moments over `keys` (S keys) for one chunk of stars `x` (B, P)."""
     def one(k):
-        out = model.apply(params, x, k)
+        out = model.apply(params, x, k, x_err=x_err)
         return {name: out[name] for name in ("value", "log_var") if name in out}
 
     samples = jax.lax.map(one, keys, batch_size=mc_batch)
@@ -39,8 +39,8 @@ def _with_total(out: dict) -> dict:
     return out
 
 
-def _deterministic(model, params, x) -> dict:
-    out = model.apply(params, x, None)
+def _deterministic(model, params, x, x_err=None) -> dict:
+    out = model.apply(params, x, None, x_err=x_err)
     std_predictive = (jnp.exp(0.5 * out["log_var"]) if "log_var" in out
                       else jnp.zeros_like(out["value"]))
     return _with_total({"value": out["value"], "std_model": jnp.zeros_like(out["value"]),
@@ -49,25 +49,27 @@ def _deterministic(model, params, x) -> dict:
 
 @functools.lru_cache(maxsize=32)
 def _compiled(model, mc_samples: int, mc_batch: int):
-    """Jitted `run(params, x_chunk, key, chunk_index) -> moments`, cached per model."""
+    """Jitted `run(params, x_chunk, x_err_chunk, key, chunk_index) -> moments`, per model."""
     if mc_samples == 0:
-        return jax.jit(lambda params, x, key, chunk: _deterministic(model, params, x))
+        return jax.jit(lambda params, x, x_err, key, chunk: _deterministic(model, params, x,
+                                                                          x_err))
 
-    def run(params, x, key, chunk):
+    def run(params, x, x_err, key, chunk):
         keys = jax.random.split(jax.random.fold_in(key, chunk), mc_samples)
-        return _moments(model, params, x, keys, mc_batch)
+        return _moments(model, params, x, keys, mc_batch, x_err)
     return jax.jit(run)
 
 
 def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 64,
-               max_rows: int = 256) -> dict:
-    """MC-dropout prediction of (N, P) normalized flux -> dict of (N, K) numpy arrays
-    (value, std_model, std_predictive, std_total; normalized units).
+               max_rows: int = 256, x_err=None) -> dict:
+    """MC-dropout prediction of (N, P) normalized flux (and its errors `x_err`, for families
+    that use them) -> dict of (N, K) numpy arrays (value, std_model, std_predictive,
+    std_total; normalized units).
 
     `mc_samples=0`, or a model that is not stochastic, gives one dropout-off pass with
     std_model = 0. `batch_size` stars are processed per chunk and at most `max_rows`
-    (stars x MC samples) forward passes are vmapped at once (256, four samples of 64 stars:
-    1.1-1.2x faster for the BCNNs on CPU than 1024, whose activations fall out of cache)."""
+    (stars x MC samples) forward passes are vmapped at once, which bounds the activations held
+    at once (the default keeps them in cache; bench/bench_models.py measures the rate)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"mc_predict: x must be a non-empty (stars, pixels) array, "
@@ -78,17 +80,37 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
     if mc_samples < 0 or batch_size < 1 or max_rows < 1:
         raise ValueError(f"mc_predict: need mc_samples >= 0, batch_size >= 1 and max_rows >= 1, "
                          f"got {mc_samples}, {batch_size}, {max_rows}")
-    n = x.shape[0]
-    batch_size = min(batch_size, n)
+    batch_size = min(batch_size, x.shape[0])
     mc_batch = max(1, min(mc_samples, max_rows // batch_size))
     run = _compiled(model, mc_samples if model.stochastic else 0, mc_batch)
-    parts = {name: [] for name in OUTPUTS}
-    for chunk, start in enumerate(range(0, n, batch_size)):
-        xb = x[start:start + batch_size]
-        rows = len(xb)
-        if rows < batch_size:
-            xb = np.concatenate([xb, np.zeros((batch_size - rows,) + x.shape[1:], np.float32)])
-        out = run(params, jnp.asarray(xb), key, chunk)
-        for name in OUTPUTS:
-            parts[name].append(np.asarray(out[name])[:rows])
-    return {name: np.concatenate(parts[name]) for name in OUTPUTS}
+    if x_err is None:
+        return map_chunks(lambda xb, start: run(params, xb, None, key, start // batch_size),
+                          (x,), batch_size)
+    return map_chunks(lambda xb, eb, start: run(params, xb, eb, key, start // batch_size),
+                      (x, np.asarray(x_err, np.float32)), batch_size)
+
+
+def predict_with_uncertainty(model, params, x, meta: dict, *, mc_samples: int, seed: int,
+                             batch_size: int = 256, x_err=None) -> dict:
+    """Value and uncertainties of (N, P) normalized flux in normalized label units: dict of
+    (N, K) arrays value, std_model, std_predictive, std_total.
+
+    Stochastic models with `mc_samples` > 0 use MC dropout (`mc_predict`, key from `seed`);
+    others one dropout-off pass. Classification: std_predictive = sqrt(p(1-p)). Families
+    without a variance head: std_predictive is the validation RMS of the trained model
+    (`meta["residual_std_normalized"]`)."""
+    if model.stochastic and mc_samples > 0:
+        out = mc_predict(model, params, x, jax.random.PRNGKey(seed), mc_samples=mc_samples,
+                         batch_size=batch_size, x_err=x_err)
+    else:
+        out = mc_predict(model, params, x, None, mc_samples=0, batch_size=batch_size,
+                         x_err=x_err)
+    out = {name: np.asarray(value) for name, value in out.items()}
+    if meta["kind"] == "classification":
+        p = np.clip(out["value"], 0.0, 1.0)
+        out["std_predictive"] = np.sqrt(p * (1.0 - p))
+    elif not np.any(out["std_predictive"]):
+        out["std_predictive"] = np.broadcast_to(
+            np.asarray(meta["residual_std_normalized"]), out["value"].shape).copy()
+    out["std_total"] = np.sqrt(out["std_model"] ** 2 + out["std_predictive"] ** 2)
+    return out

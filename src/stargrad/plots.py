@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .apogee import MAGIC_NUMBER  # noqa: E402
+from .apogee import is_missing  # noqa: E402
 from .tasks import unit  # noqa: E402
 
 
@@ -27,7 +27,7 @@ def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str =
     fig, axes = _grid(len(labels))
     for ax, label in zip(axes, labels):
         true, pred = table[f"{label}_true"].to_numpy(), table[label].to_numpy()
-        ok = true != MAGIC_NUMBER
+        ok = ~is_missing(true)
         if kind == "classification":
             for cls, name in ((0, "RGB"), (1, "RC")):
                 sel = ok & (true == cls)

@@ -13,7 +13,9 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import apogee  # noqa: E402
-from .attribution import _as_7514, match_lines, own_element, top_features  # noqa: E402
+from .attribution.lines import match_lines, top_features  # noqa: E402
+from .attribution.units import as_7514  # noqa: E402
+from .attribution.windows import own_element  # noqa: E402
 from .provenance import atomic_path  # noqa: E402
 
 CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}
@@ -78,7 +80,7 @@ def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame
     """One label's mean Jacobian (7514,) over the blue/green/red chips, dashed zero line, the
     label's element windows shaded (none for teff, logg), `top_lines_df` rows (top_features
     or match_lines output for this label) annotated with their species."""
-    j = _as_7514(mean_jac_k, f"plot_label_jacobian({label}): mean_jac_k")
+    j = as_7514(mean_jac_k, f"plot_label_jacobian({label}): mean_jac_k")
     fig, axes = _chip_figure(f"{label}: mean Jacobian", ylabel)
     _shade_windows(axes, label)
     _draw_chips(axes, j, label)
@@ -96,7 +98,7 @@ def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
     fig, axes = _chip_figure(f"{label}: mean Jacobian by model", "J / max|J|")
     _shade_windows(axes, label)
     for i, (name, jac) in enumerate(jacs_by_model.items()):
-        j = _as_7514(jac, f"plot_jacobian_comparison: model {name!r}")
+        j = as_7514(jac, f"plot_jacobian_comparison: model {name!r}")
         scale = np.max(np.abs(j)) or 1.0
         _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
     axes[0].legend(loc="upper right", fontsize=8)
@@ -106,7 +108,7 @@ def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
 def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -> None:
     """A single-output model's mean gradient (e.g. the evstate classifier or the dpi1
     regressor) over the three chips, its `n_features` strongest features named by line."""
-    j = _as_7514(mean_jac, "plot_classifier_gradient: mean_jac")
+    j = as_7514(mean_jac, "plot_classifier_gradient: mean_jac")
     if j.ndim == 2 and j.shape[0] == 1:
         j = j[0]
     if j.ndim != 1:

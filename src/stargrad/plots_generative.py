@@ -68,7 +68,7 @@ def plot_latent_space(path, z, labels: Mapping[str, np.ndarray]) -> None:
         if values.shape != (len(z),):
             raise ValueError(f"plot_latent_space: label {name!r} has shape {values.shape}, "
                              f"expected ({len(z)},)")
-        ok = np.isfinite(values) & (values != apogee.MAGIC_NUMBER)
+        ok = ~apogee.is_missing(values)
         ax.scatter(z[~ok, 0], z[~ok, 1], s=3, color="0.8", lw=0)
         if name == "evstate":
             for cls, cls_name in _EVSTATE_NAMES.items():

@@ -1,4 +1,4 @@
-"""Provenance and safe file writing: config and code hashes, FITS header cards, atomic writes.
+"""Provenance and safe file writing: config digests, FITS header cards, atomic writes.
 
 Files carry no timestamps, so the same config and seed give byte-identical outputs.
 """
@@ -18,24 +18,6 @@ def config_hash(config) -> str:
     """Short SHA-1 of a JSON-serialisable config (key order does not matter)."""
     blob = json.dumps(config, sort_keys=True, default=str).encode()
     return hashlib.sha1(blob).hexdigest()[:12]
-
-
-def code_hash(*modules: str) -> str:
-    """Short SHA-1 of the source of stargrad modules (e.g. 'models/mlp.py', 'train.py').
-
-    Snakemake does not track modules that a script imports; rules pass this as a param so
-    that editing the code a rule runs reruns that rule, and only that rule."""
-    root = Path(__file__).resolve().parent
-    digest = hashlib.sha1()
-    for name in sorted(modules):
-        path = root / name
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
-        if not files or not all(f.exists() for f in files):
-            raise FileNotFoundError(f"code_hash: no stargrad source at {path}")
-        for f in files:
-            digest.update(f.relative_to(root).as_posix().encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:12]
 
 
 def header_cards(config_digest: str | None = None, seed: int | None = None, **extra) -> dict:

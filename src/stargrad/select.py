@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .apogee import MAGIC_NUMBER
+from .apogee import is_missing
 
 #: Named selections. Each cut: column -> value (equality) or [min, max] (inclusive; None = open).
 PRESETS = {
@@ -19,6 +19,7 @@ SPLITS = ("train", "valid", "test")
 
 
 def _cut_mask(table: pd.DataFrame, column: str, rule) -> np.ndarray:
+    """Rows passing one cut; a missing value (−9999, NaN) fails every numeric cut."""
     if column not in table:
         raise KeyError(f"selection cut on {column!r}, but the allStar table has no such column")
     values = table[column].to_numpy()
@@ -28,13 +29,14 @@ def _cut_mask(table: pd.DataFrame, column: str, rule) -> np.ndarray:
         bad = set(rule) - set(ops)
         if bad:
             raise ValueError(f"cut on {column}: unknown operators {sorted(bad)}; use {sorted(ops)}")
-        mask = np.ones(len(values), dtype=bool)
+        numeric = values.dtype.kind in "fiu"
+        mask = ~is_missing(values) if numeric else np.ones(len(values), dtype=bool)
         for op, ref in rule.items():
             mask &= ops[op](values, ref)
         return mask
     if isinstance(rule, (list, tuple)):
         lo, hi = rule
-        mask = values != MAGIC_NUMBER
+        mask = ~is_missing(values)
         if lo is not None:
             mask &= values >= lo
         if hi is not None:
@@ -55,12 +57,22 @@ def select(table: pd.DataFrame, preset: str = "all", cuts: dict | None = None) -
 
 
 def _counts(n: int, spec: dict) -> dict[str, int]:
-    sizes = {s: spec[s] for s in SPLITS}
-    if all(isinstance(v, float) and v <= 1.0 for v in sizes.values()):
-        if sum(sizes.values()) > 1.0 + 1e-9:
-            raise ValueError(f"split fractions {sizes} sum to more than 1")
-        return {s: int(np.floor(v * n)) for s, v in sizes.items()}
-    sizes = {s: int(v) for s, v in sizes.items()}
+    """Stars per split from `fractions` (of the n selected, floored) or `counts` (exactly)."""
+    if ("fractions" in spec) == ("counts" in spec):
+        raise ValueError("split: give either fractions: {train, valid, test} or counts: "
+                         "{train, valid, test}")
+    if "fractions" in spec:
+        fractions = {s: float(spec["fractions"][s]) for s in SPLITS}
+        if not all(0.0 < v <= 1.0 for v in fractions.values()):
+            raise ValueError(f"split fractions {fractions} must each lie in (0, 1]")
+        if sum(fractions.values()) > 1.0 + 1e-9:
+            raise ValueError(f"split fractions {fractions} sum to more than 1")
+        return {s: int(np.floor(v * n)) for s, v in fractions.items()}
+    counts = spec["counts"]
+    if not all(isinstance(counts[s], (int, np.integer)) or float(counts[s]).is_integer()
+               for s in SPLITS) or min(counts[s] for s in SPLITS) < 1:
+        raise ValueError(f"split counts {counts} must be whole numbers of stars >= 1")
+    sizes = {s: int(counts[s]) for s in SPLITS}
     if sum(sizes.values()) > n:
         raise ValueError(f"split asks for {sum(sizes.values())} stars ({sizes}) but only {n} "
                          f"pass the selection")
@@ -70,7 +82,7 @@ def _counts(n: int, spec: dict) -> dict[str, int]:
 def split(table: pd.DataFrame, spec: dict) -> pd.DataFrame:
     """Seeded split of the selected stars -> DataFrame(APOGEE_ID, split).
 
-    `spec`: seed, train/valid/test as counts or fractions, and optional `cluster_member`:
+    `spec`: seed, `fractions` or `counts` of train/valid/test, and optional `cluster_member`:
     stars whose MEMBER equals it form a separate `cluster` split (never trained on).
     Stars are sorted by APOGEE_ID before shuffling, so the result does not depend on row order."""
     table = table.sort_values("APOGEE_ID", kind="stable")
@@ -112,3 +124,14 @@ def select_and_split(allstar: pd.DataFrame, dataset_spec: dict) -> pd.DataFrame:
     if chosen.empty:
         raise ValueError("the selection keeps no star; loosen the cuts")
     return split(chosen, dataset_spec["split"])
+
+
+def sample_stars(ids, n: int, seed: int) -> np.ndarray:
+    """Indices of a seeded random subset of `n` of `ids` (all when there are fewer), sorted;
+    the subset depends on the set of IDs and the seed, not on their order."""
+    ids = np.asarray(ids).astype(str)
+    if len(ids) <= n:
+        return np.arange(len(ids))
+    by_id = np.argsort(ids, kind="stable")
+    chosen = by_id[np.random.default_rng(int(seed)).permutation(len(ids))[:n]]
+    return np.sort(chosen)

@@ -32,9 +32,24 @@ class SurveyFileError(ValueError):
         super().__init__(f"{path}: {reason}")
 
 
+#: Spectrum products a survey root can hold (the `survey.sas.spectra` config key).
+SPECTRUM_KINDS = ("aspcapStar", "apStar")
+
+
 def aspcapstar_relpath(telescope: str, field: str, apogee_id: str) -> str:
     """Path of a star's aspcapStar file relative to the survey root (DR17 naming)."""
     return f"{telescope.strip()}/{field.strip()}/aspcapStar-dr17-{apogee_id.strip()}.fits"
+
+
+def spectrum_relpath(kind: str, telescope: str, field: str, apogee_id: str) -> str:
+    """Path of a star's spectrum relative to its product root: aspcapStar-dr17-<ID>.fits, or
+    apStar-dr17-<ID>.fits (asStar-… for lco25m), under <TELESCOPE>/<FIELD>/."""
+    if kind == "aspcapStar":
+        return aspcapstar_relpath(telescope, field, apogee_id)
+    if kind == "apStar":
+        prefix = "asStar" if telescope.strip() == "lco25m" else "apStar"
+        return f"{telescope.strip()}/{field.strip()}/{prefix}-dr17-{apogee_id.strip()}.fits"
+    raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
 
 
 def to_records(table: pd.DataFrame) -> np.ndarray:
@@ -63,15 +78,12 @@ def write_allstar(path, table: pd.DataFrame, header: dict | None = None) -> None
             fits.write(to_records(table), extname="ALLSTAR")
 
 
-def read_allstar(path, columns=None) -> pd.DataFrame:
-    """Read allStar HDU1 into a DataFrame (string columns stripped)."""
-    try:
-        data = fitsio.read(str(path), ext=1, columns=columns)
-    except (OSError, ValueError) as exc:
-        raise SurveyFileError(path, f"cannot read allStar table: {exc}") from exc
+def table_frame(records: np.ndarray) -> pd.DataFrame:
+    """A FITS table (numpy structured array) as a DataFrame: string columns decoded and
+    stripped, numbers in native byte order; array-valued columns are left out."""
     frame = {}
-    for name in data.dtype.names:
-        col = data[name]
+    for name in records.dtype.names:
+        col = records[name]
         if col.dtype.kind in "SU":
             col = np.char.strip(col.astype(str))
         elif col.ndim > 1:
@@ -79,7 +91,21 @@ def read_allstar(path, columns=None) -> pd.DataFrame:
         elif col.dtype.byteorder not in ("=", "|"):
             col = col.astype(col.dtype.newbyteorder("="))
         frame[name] = col
-    table = pd.DataFrame(frame)
+    return pd.DataFrame(frame)
+
+
+def read_table(path, ext, columns=None, what: str = "table") -> pd.DataFrame:
+    """One FITS table HDU (`ext`: number or EXTNAME) as a DataFrame (`table_frame`);
+    SurveyFileError naming the file and `what` when it cannot be read."""
+    try:
+        return table_frame(fitsio.read(str(path), ext=ext, columns=columns))
+    except (OSError, ValueError, KeyError) as exc:
+        raise SurveyFileError(path, f"cannot read the {what}: {exc}") from exc
+
+
+def read_allstar(path, columns=None) -> pd.DataFrame:
+    """Read allStar HDU1 into a DataFrame (string columns stripped)."""
+    table = read_table(path, 1, columns, what="allStar table")
     if "APOGEE_ID" not in table:
         raise SurveyFileError(path, "allStar table has no APOGEE_ID column")
     return table
@@ -124,22 +150,17 @@ def read_image_hdus(path, extensions) -> list:
 
 
 def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
-    """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid.
+    """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid, as stored:
+    NaN or ±inf pixels are returned as they are (`compile.clean_spectrum` masks them).
 
     Raises SurveyFileError naming the file for a missing, unreadable, truncated or
-    wrong-shaped file, or one whose flux or error is not finite."""
+    wrong-shaped file."""
     flux, error = read_image_hdus(path, (1, 2))
     for name, arr in (("flux", flux), ("error", error)):
         if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
             shape = None if arr is None else arr.shape
             raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
-    flux = flux.astype(np.float32)
-    error = error.astype(np.float32)
-    if not np.all(np.isfinite(flux)):
-        raise SurveyFileError(path, f"flux has {int(np.sum(~np.isfinite(flux)))} NaN/inf pixels")
-    if not np.all(np.isfinite(error)):
-        raise SurveyFileError(path, f"error has {int(np.sum(~np.isfinite(error)))} NaN/inf pixels")
-    return flux, error
+    return flux.astype(np.float32), error.astype(np.float32)
 
 
 def read_seismic(path) -> pd.DataFrame:

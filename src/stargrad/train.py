@@ -133,9 +133,9 @@ def _check_batch(which: str, batch) -> dict:
             raise ValueError(f"{label} must have a leading star axis, got a scalar")
         if name == "valid" and arr.dtype != bool:
             raise TypeError(f"{label} must be bool, got {arr.dtype}")
-        if name in ("x", "y", "y_err"):
+        if name in ("x", "x_err", "y", "y_err"):
             if arr.ndim != 2:
-                axis = "pixels" if name == "x" else "labels"
+                axis = "pixels" if name in ("x", "x_err") else "labels"
                 raise ValueError(f"{label} must be 2-D (stars, {axis}), got shape {arr.shape}")
             if arr.dtype.kind not in "fiu":
                 raise TypeError(f"{label} must be numeric, got {arr.dtype}")
@@ -143,9 +143,12 @@ def _check_batch(which: str, batch) -> dict:
         elif arr.dtype.kind not in "fiub":
             raise TypeError(f"{label} must be numeric or bool, got {arr.dtype}")
         if arr.dtype.kind == "f":
-            bad = int(np.size(arr) - np.count_nonzero(np.isfinite(arr)))
+            # x_err is +inf at masked pixels (no information); nothing else may be non-finite
+            ok = ~np.isnan(arr) & (arr > 0) if name == "x_err" else np.isfinite(arr)
+            bad = int(np.size(arr) - np.count_nonzero(ok))
             if bad:
-                raise ValueError(f"{label} has {bad} NaN/inf values")
+                what = "NaN or non-positive" if name == "x_err" else "NaN/inf"
+                raise ValueError(f"{label} has {bad} {what} values")
         out[name] = arr
     n_stars, n_labels = out["y"].shape
     if n_stars == 0:

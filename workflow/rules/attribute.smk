@@ -28,8 +28,7 @@ rule attribute:
         max_stars=config["attribute"]["max_stars"],
         seed=config["seed"],
         config_hash=lambda wc: model_digest(wc, "attribute"),
-        code=lambda wc: code_hash("attribution.py", "plots_attribution.py", "pipeline.py",
-                                  f"models/{MODELS[wc.model]['family']}.py"),
+        code=model_code_hash("attribute_model.py"),
     log:
         "logs/attribute/{model}/{task}.log",
     benchmark:

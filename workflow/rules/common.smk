@@ -1,16 +1,21 @@
-# Shared set-up: validate the config (filling defaults), derive names, helper functions.
+# Shared set-up: validate the config (filling defaults), check what the schema cannot, derive
+# names, and the digests every rule takes as params.
 import sys
+from functools import lru_cache
 from pathlib import Path
 
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
-from stargrad import provenance  # noqa: E402
+from stargrad import models, provenance  # noqa: E402
 from stargrad.apogee import ASPCAP_LABELS  # noqa: E402
+from stargrad.codedigest import code_digest  # noqa: E402
+from stargrad.configcheck import check_config  # noqa: E402
 from stargrad.tasks import tasks_from_config  # noqa: E402
 
 
 validate(config, schema="../schemas/config.schema.yaml")
+check_config(config)
 
 SURVEY_SOURCE = config["survey"]["source"]
 SURVEY_NAME = config["survey"]["name"]
@@ -21,25 +26,7 @@ SPLITS = ["train", "valid", "test", "cluster"]
 DATASETS = list(config["datasets"])
 TASKS = tasks_from_config(config)
 MODELS = config["models"]
-UNSUPERVISED = {"vae", "pca"}
-DIFFERENTIABLE = {"linear", "mlp", "bcnn", "bcnn_censored"}
-
-
-def _check_references():
-    for name, task in TASKS.items():
-        if task.dataset not in config["datasets"]:
-            raise ValueError(f"config: task {name!r} uses unknown dataset {task.dataset!r}")
-    for name, spec in MODELS.items():
-        unknown = [t for t in spec["tasks"] if t not in TASKS]
-        if unknown:
-            raise ValueError(f"config: model {name!r} lists unknown tasks {unknown}")
-    predict = config["predict"]
-    if predict["calibrate"] and ("test" in predict["mc_splits"]) != ("valid" in predict["mc_splits"]):
-        raise ValueError("config: predict.calibrate fits on the valid split and applies to test, "
-                         "so predict.mc_splits must list both or neither")
-
-
-_check_references()
+TRAITS = {name: models.traits(spec["family"]) for name, spec in MODELS.items()}
 
 
 wildcard_constraints:
@@ -49,15 +36,22 @@ wildcard_constraints:
     split="|".join(SPLITS),
 
 
-def code_hash(*modules):
-    """Hash of the library code a rule runs, passed as a param so edits trigger reruns."""
-    return provenance.code_hash(*modules)
+@lru_cache(maxsize=None)
+def code_hash(script, *modules):
+    """Digest of the library code that a job executes, i.e. its script and every stargrad module the
+    script imports, read from the static import graph (`stargrad.codedigest`), plus `modules`
+    it reaches by name at run time (model families). Passed as a param so that an edit reruns
+    exactly the rules that run the edited code."""
+    return code_digest(str(Path(workflow.basedir) / "scripts" / script), *modules)
 
 
-def model_code_hash(wildcards):
-    family = MODELS[wildcards.model]["family"]
-    return code_hash("train.py", "losses.py", "params_io.py", "dataset.py", "pipeline.py",
-                     f"models/{family}.py")
+def family_module(model):
+    return f"stargrad.models.{MODELS[model]['family']}"
+
+
+def model_code_hash(script):
+    """code_hash of a per-model job, i.e. its script plus the model's family module."""
+    return lambda wildcards: code_hash(script, family_module(wildcards.model))
 
 
 def config_digest(*paths):
@@ -78,11 +72,17 @@ def dataset_entries(dataset):
     return ("survey",), ("datasets", dataset)
 
 
+def model_entries(model):
+    """Config entries a trained model depends on: its family and settings, not its task list
+    (adding a task to a model trains that task alone)."""
+    return tuple(("models", model, key) for key in ("family", "hyper", "train"))
+
+
 def model_digest(wildcards, *sections):
     """Digest of what a (model, task) job depends on: its dataset's entries, task, model, seed
     and the stage's own `sections` (e.g. "predict")."""
     return config_digest(*dataset_entries(task_dataset(wildcards)), ("tasks", wildcards.task),
-                         ("models", wildcards.model), ("seed",), *((s,) for s in sections))
+                         *model_entries(wildcards.model), ("seed",), *((s,) for s in sections))
 
 
 def seismic_input():
@@ -91,11 +91,11 @@ def seismic_input():
     return config["survey"]["sas"]["seismic_catalogue"] or []
 
 
-def spectra_ready():
-    """Files whose existence means every spectrum of the survey is on disk."""
+def spectra_ready(dataset):
+    """Files whose existence means every spectrum a dataset needs is on disk."""
     if SURVEY_SOURCE == "mock":
         return f"{SURVEY_ROOT}/truth.fits"
-    return expand(f"{SURVEY_ROOT}/manifests/chunk{{chunk}}.csv", chunk=range(N_CHUNKS))
+    return expand(f"{SURVEY_ROOT}/manifests/{dataset}/chunk{{chunk}}.csv", chunk=range(N_CHUNKS))
 
 
 def dataset_split_files(dataset):
@@ -123,7 +123,7 @@ def has_truth(task):
 def model_task_pairs(supervised=True):
     """(model, task) pairs of supervised families (or, supervised=False, of VAE/PCA)."""
     return [(m, t) for m, spec in MODELS.items() for t in spec["tasks"]
-            if (spec["family"] not in UNSUPERVISED) == supervised]
+            if TRAITS[m].supervised == supervised]
 
 
 def models_of_task(task):
@@ -131,7 +131,7 @@ def models_of_task(task):
 
 
 def differentiable_models_of_task(task):
-    return [m for m in models_of_task(task) if MODELS[m]["family"] in DIFFERENTIABLE]
+    return [m for m in models_of_task(task) if TRAITS[m].differentiable]
 
 
 def all_targets():
@@ -140,7 +140,7 @@ def all_targets():
         targets += expand("results/predictions/{model}/{task}/{split}.fits", model=model,
                           task=task, split=SPLITS)
         targets.append(f"results/compare/{task}/pred_vs_true_{model}.png")
-        if MODELS[model]["family"] in DIFFERENTIABLE:
+        if TRAITS[model].differentiable:
             targets.append(f"results/attribution/{model}/{task}/jacobian.fits")
     for task in {t for _, t in model_task_pairs()}:
         targets.append(f"results/compare/{task}/metrics.csv")

@@ -31,8 +31,7 @@ rule compare_task:
                                 labels={"model": "all models", "label": "{label}"}),
     params:
         task_spec=lambda wc: config["tasks"][wc.task],
-        code=code_hash("compare.py", "plots.py", "pipeline.py", "attribution.py",
-                       "plots_attribution.py"),
+        code=code_hash("compare_task.py"),
     log:
         "logs/compare/{task}.log",
     localrule: True
@@ -51,7 +50,7 @@ rule plot_pred_vs_true:
                labels={"task": "{task}", "figure": "predicted vs true: {model}"}),
     params:
         task_spec=lambda wc: config["tasks"][wc.task],
-        code=code_hash("plots.py", "pipeline.py"),
+        code=code_hash("plot_pred_vs_true.py"),
     log:
         "logs/compare/{task}/pred_vs_true_{model}.log",
     localrule: True

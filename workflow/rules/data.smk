@@ -9,7 +9,7 @@ rule select_split:
         "results/data/{dataset}/split.csv",
     params:
         dataset=lambda wc: config["datasets"][wc.dataset],
-        code=code_hash("select.py"),
+        code=code_hash("select_split.py"),
     log:
         "logs/select/{dataset}.log",
     localrule: True
@@ -24,19 +24,20 @@ rule compile_dataset:
         split="results/data/{dataset}/split.csv",
         allstar=ALLSTAR,
         seismic=seismic_input(),
-        spectra=spectra_ready(),
+        spectra=lambda wc: spectra_ready(wc.dataset),
     output:
         splits=dataset_split_files("{dataset}"),
         quarantine="results/data/{dataset}/quarantine.csv",
     params:
         survey_root=lambda wc, input: str(Path(input.allstar).parent),
         bad_error=lambda wc: config["datasets"][wc.dataset]["bad_error"],
+        max_bad_fraction=lambda wc: config["datasets"][wc.dataset]["max_bad_fraction"],
         on_bad_file=config["survey"]["on_bad_file"],
         spectra=config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar",
         header=lambda wc: provenance.header_cards(
             config_digest(*dataset_entries(wc.dataset)),
             config["datasets"][wc.dataset]["split"]["seed"]),
-        code=code_hash("dataset.py", "survey.py", "apogee.py", "continuum.py"),
+        code=code_hash("compile_dataset.py"),
     log:
         "logs/compile/{dataset}.log",
     benchmark:

@@ -1,6 +1,7 @@
-# Real SDSS DR17 data: allStar, then the selected stars' spectra in N_CHUNKS parallel jobs.
-# Each job verifies against the SAS sha1sum lists, retries, resumes, and lists what it had to
-# quarantine in its manifest (read by compile_dataset).
+# Real SDSS DR17 data: allStar, then each dataset's selected stars' spectra in N_CHUNKS parallel
+# jobs (a star shared by two datasets is fetched once; the other job finds it verified). Each job
+# verifies against the SAS sha1sum lists, retries, resumes, and lists what it had to quarantine in
+# its manifest (read by that dataset's compile_dataset).
 
 SAS = config["survey"]["sas"]
 FETCH = dict(retries=SAS["retries"], backoff_s=SAS["backoff_s"], timeout_s=SAS["timeout_s"])
@@ -26,9 +27,9 @@ rule download_allstar:
 rule download_spectra:
     input:
         allstar=ALLSTAR,
-        splits=expand("results/data/{dataset}/split.csv", dataset=DATASETS),
+        split="results/data/{dataset}/split.csv",
     output:
-        f"{SURVEY_ROOT}/manifests/chunk{{chunk}}.csv",
+        f"{SURVEY_ROOT}/manifests/{{dataset}}/chunk{{chunk}}.csv",
     wildcard_constraints:
         chunk=r"\d+",
     params:
@@ -38,12 +39,12 @@ rule download_spectra:
         base_url=SAS["apstar_base_url"] if SAS["spectra"] == "apStar" else SAS["base_url"],
         verify=SAS["verify"],
         on_bad_file=config["survey"]["on_bad_file"],
-        code=code_hash("download.py", "survey.py"),
+        code=code_hash("download_spectra.py"),
         **FETCH,
     log:
-        f"logs/download/{SURVEY_NAME}/chunk{{chunk}}.log",
+        f"logs/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.log",
     benchmark:
-        f"benchmarks/download/{SURVEY_NAME}/chunk{{chunk}}.tsv"
+        f"benchmarks/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.tsv"
     retries: 1
     resources:
         mem_mb=1000,

@@ -3,17 +3,9 @@
 GEN = config["generative"]
 GEN_TASK = GEN["task"]
 GEN_MODELS = [m for m, t in model_task_pairs(supervised=False) if t == GEN_TASK]
-GEN_CODE = ("generative.py", "generative_stage.py", "plots_generative.py", "pipeline.py",
-            "dataset.py", "models/vae.py", "models/pca.py")
 MODEL_FILES = ["params.npz", "model.json", "norm.json"]
-
-if model_task_pairs(supervised=False) and GEN_TASK not in TASKS:
-    raise ValueError(f"config: generative.task {GEN_TASK!r} is not a task")
-for key, families in (("latent_model", {"vae"}), ("anomaly_model", UNSUPERVISED)):
-    if GEN[key] is not None and (GEN[key] not in GEN_MODELS
-                                 or MODELS[GEN[key]]["family"] not in families):
-        raise ValueError(f"config: generative.{key} {GEN[key]!r} is not a model of family "
-                         f"{sorted(families)} of task {GEN_TASK!r} (those are {GEN_MODELS})")
+# The generative models' family modules: the rules reach them by name at run time.
+GEN_FAMILIES = sorted({family_module(m) for m in GEN_MODELS})
 
 GEN_OUT = f"results/generative/{GEN_TASK}"
 GEN_TARGETS = (
@@ -45,7 +37,7 @@ rule generative_reconstruction:
                     subcategory="{task}", labels={"figure": "reconstruction error vs size"}),
     params:
         model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
-        code=code_hash(*GEN_CODE),
+        code=code_hash("generative_reconstruction.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/reconstruction.log",
     benchmark:
@@ -70,7 +62,7 @@ rule generative_latent_space:
                subcategory="{task}", labels={"figure": "latent space of {model}"}),
     params:
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
-        code=code_hash(*GEN_CODE),
+        code=code_hash("generative_latent_space.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/latent_space_{model}.log",
     threads: 2
@@ -99,7 +91,7 @@ rule generative_latent_regression:
         hidden=GEN["regression_hidden"],
         train_spec=GEN["regression_train"],
         seed=config["seed"],
-        code=code_hash(*GEN_CODE, "train.py", "models/mlp.py"),
+        code=code_hash("generative_latent_regression.py", *GEN_FAMILIES, "stargrad.models.mlp"),
     log:
         "logs/generative/{task}/latent_regression_{model}.log",
     benchmark:
@@ -130,7 +122,7 @@ rule generative_decoder:
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_samples=GEN["n_prior_samples"],
         seed=config["seed"],
-        code=code_hash(*GEN_CODE),
+        code=code_hash("generative_decoder.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/decoder_{model}.log",
     threads: 2
@@ -158,7 +150,7 @@ rule generative_anomalies:
     params:
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_shown=GEN["n_anomalies_shown"],
-        code=code_hash(*GEN_CODE),
+        code=code_hash("generative_anomalies.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/anomalies_{model}.log",
     benchmark:
@@ -196,7 +188,7 @@ if SURVEY_SOURCE == "mock":
         params:
             model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
             survey_root=lambda wc, input: str(Path(input.allstar).parent),
-            code=code_hash(*GEN_CODE, "mock.py"),
+            code=code_hash("generative_denoise.py", *GEN_FAMILIES),
         log:
             "logs/generative/{task}/denoising.log",
         benchmark:

@@ -20,8 +20,7 @@ rule predict:
         batch_size=config["predict"]["batch_size"],
         seed=config["seed"],
         config_hash=lambda wc: model_digest(wc, "predict"),
-        code=lambda wc: code_hash("pipeline.py", "mc.py", "dataset.py",
-                                  f"models/{MODELS[wc.model]['family']}.py"),
+        code=model_code_hash("predict_splits.py"),
     log:
         "logs/predict/{model}/{task}.log",
     benchmark:

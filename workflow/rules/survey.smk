@@ -9,7 +9,7 @@ if SURVEY_SOURCE == "mock":
         params:
             mock=config["survey"]["mock"],
             config_hash=config_digest(("survey",)),
-            code=code_hash("mock.py", "survey.py", "apogee.py"),
+            code=code_hash("mock_survey.py"),
         log:
             f"logs/survey/{SURVEY_NAME}.log",
         benchmark:
@@ -26,12 +26,15 @@ if SURVEY_SOURCE == "mock":
     rule truth_products:
         input:
             split="results/data/{dataset}/split.csv",
+            test="results/data/{dataset}/test.fits",
             truth=f"{SURVEY_ROOT}/truth.fits",
         output:
             "results/truth/{dataset}/crb.fits",
         params:
             survey_root=lambda wc, input: str(Path(input.truth).parent),
-            code=code_hash("mock.py", "apogee.py"),
+            max_stars=config["attribute"]["max_stars"],
+            seed=config["seed"],
+            code=code_hash("truth_products.py"),
         log:
             "logs/truth/{dataset}.log",
         benchmark:

@@ -15,7 +15,7 @@ rule train:
         task_spec=lambda wc: config["tasks"][wc.task],
         seed=config["seed"],
         config_hash=lambda wc: model_digest(wc),
-        code=model_code_hash,
+        code=model_code_hash("train_model.py"),
     log:
         "logs/train/{model}/{task}.log",
     benchmark:

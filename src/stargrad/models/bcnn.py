@@ -23,7 +23,6 @@ models.
 from __future__ import annotations
 
 import functools
-import math
 import operator
 from typing import NamedTuple
 
@@ -31,12 +30,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from ..layers import (ASTRONN_INIT_STD, Init, boolean, dense, dropout, glorot_dense,
+                      init_params, normal_dense, positive_ints)
 from ..losses import masked_bce_with_logits, per_star_mean
 from . import Model, Traits
 
 TRAITS = Traits()
 
-INIT_STD = 0.05  # astroNN's RandomNormal(0, 0.05) for conv and hidden dense kernels
 DEFAULTS = {"num_filters": (2, 4), "filter_len": 8, "pool_length": 4,
             "num_hidden": (196, 96), "dropout_rate": 0.3, "l2": 5e-9}
 
@@ -62,26 +62,6 @@ class TrunkSpec(NamedTuple):
         return -(-lo // self.pool_length), -(-hi // self.pool_length)
 
 
-def positive_ints(family: str, name: str, value, length: int | None = None) -> tuple:
-    """Check a hyper-parameter list of positive integers (optionally of a given length)."""
-    try:
-        out = tuple(operator.index(v) for v in value)
-    except TypeError:
-        out = None
-    if out is None or any(v < 1 for v in out) or (length is not None and len(out) != length):
-        size = f"{length} " if length is not None else ""
-        raise ValueError(f"{family}: {name} must be a list of {size}positive integers, "
-                         f"got {value!r}")
-    return out
-
-
-def boolean(family: str, name: str, value) -> bool:
-    """Check a true/false hyper-parameter (YAML true/false, not 0/1 or a string)."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"{family}: {name} must be true or false, got {value!r}")
-    return bool(value)
-
-
 def trunk_spec(family: str, n_inputs: int, num_filters, filter_len, pool_length, num_hidden,
                dropout_rate) -> TrunkSpec:
     """Validate the trunk hyper-parameters; raise ValueError naming the bad one."""
@@ -97,93 +77,7 @@ def trunk_spec(family: str, n_inputs: int, num_filters, filter_len, pool_length,
                      dropout_rate)
 
 
-# ---------------------------------------------------------------- layers
-
-class Init(NamedTuple):
-    """How to initialise one parameter array: N(0, scale^2), U(-scale, scale) or zeros."""
-    kind: str
-    shape: tuple
-    scale: float = 0.0
-
-
-def normal_dense(fan_in: int, fan_out: int) -> dict:
-    """Dense layer with N(0, 0.05^2) kernel and zero bias (astroNN hidden layers)."""
-    return {"w": Init("normal", (fan_in, fan_out), INIT_STD), "b": Init("zeros", (fan_out,))}
-
-
-def glorot_dense(fan_in: int, n_units: int, unit_width: int | None = None) -> dict:
-    """Dense layer with Keras glorot_uniform kernel and zero bias.
-
-    With `unit_width`, the columns are initialised as separate Dense(`unit_width`) layers
-    (astroNN's per-label Dense(1) heads) stacked side by side."""
-    limit = math.sqrt(6.0 / (fan_in + (unit_width or n_units)))
-    return {"w": Init("uniform", (fan_in, n_units), limit), "b": Init("zeros", (n_units,))}
-
-
-def init_params(key, layout):
-    """Draw a parameter pytree from a pytree of `Init` leaves.
-
-    All normal and all uniform entries come from one draw each (two threefry calls however
-    many layers), which keeps init fast to compile and to run eagerly."""
-    leaves, treedef = jax.tree.flatten(layout, is_leaf=lambda v: isinstance(v, Init))
-    sizes = {kind: sum(math.prod(v.shape) for v in leaves if v.kind == kind)
-             for kind in ("normal", "uniform")}
-    k_normal, k_uniform = jax.random.split(key)
-    pools = {"normal": jax.random.normal(k_normal, (sizes["normal"],)),
-             "uniform": jax.random.uniform(k_uniform, (sizes["uniform"],), minval=-1.0)}
-    # Called eagerly (as `train.fit` does), carve the pools in numpy: each jnp slice of a new
-    # shape would compile its own XLA program (seconds for the censored model's ~100 arrays).
-    xp = jnp if isinstance(pools["normal"], jax.core.Tracer) else np
-    pools = {kind: xp.asarray(pool) for kind, pool in pools.items()}
-    used = {"normal": 0, "uniform": 0}
-    out = []
-    for leaf in leaves:
-        size = math.prod(leaf.shape)
-        if leaf.kind == "zeros":
-            out.append(jnp.asarray(xp.zeros(leaf.shape, np.float32)))
-            continue
-        start = used[leaf.kind]
-        used[leaf.kind] = start + size
-        out.append(jnp.asarray(
-            leaf.scale * pools[leaf.kind][start:start + size].reshape(leaf.shape)))
-    return jax.tree.unflatten(treedef, out)
-
-
-def dense(layer: dict, h):
-    return h @ layer["w"] + layer["b"]
-
-
-def _mix(v):
-    """A 32-bit integer finaliser hash (good avalanche; "lowbias32")."""
-    v = (v ^ (v >> 16)) * jnp.uint32(0x7FEB352D)
-    v = (v ^ (v >> 15)) * jnp.uint32(0x846CA68B)
-    return v ^ (v >> 16)
-
-
-def keep_mask(key, shape: tuple, rate: float, salt: int):
-    """Boolean dropout keep-mask, P(keep) = 1 - rate, from `key` and a per-site `salt`.
-
-    A counter-based hash of the key's data rather than jax.random: on CPU it runs ~25x faster
-    than a threefry Bernoulli draw and compiles in a fraction of the time, which matters for
-    100-sample MC inference and for training; same key and salt -> same mask.
-
-    The key words and the salt are mixed once into a scalar stream; each element is one
-    hash round of (counter ^ stream). Another key is thus the same hashed sequence read at a
-    random 32-bit offset, which overlaps a tensor of n elements with probability ~n / 2^32.
-    One round instead of two made 100-sample MC inference 1.3x faster."""
-    data = jax.random.key_data(key).reshape(-1)
-    stream = _mix(_mix(data[0] ^ jnp.uint32((salt * 0x9E3779B9 + 1) & 0xFFFFFFFF)) + data[-1])
-    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
-    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
-    return _mix(counter ^ stream) >= threshold
-
-
-def dropout(key, h, rate: float, salt: int):
-    """Inverted dropout with keep probability 1 - rate; identity when key is None."""
-    if key is None or rate == 0.0:
-        return h
-    return jnp.where(keep_mask(key, h.shape, rate, salt), h / (1.0 - rate), 0.0)
-
+# ---------------------------------------------------------------- conv block
 
 def _correlate(h, w):
     """Valid cross-correlation along the last axis: (..., C_in, n + K - 1) -> (..., C_out, n),
@@ -297,8 +191,8 @@ def trunk_layout(spec: TrunkSpec) -> dict:
     """`Init` layout of the conv and hidden dense parameters: N(0, 0.05^2) kernels, zero biases."""
     c1, c2 = spec.num_filters
     k = spec.filter_len
-    return {"conv1": {"w": Init("normal", (k, 1, c1), INIT_STD), "b": Init("zeros", (c1,))},
-            "conv2": {"w": Init("normal", (k, c1, c2), INIT_STD), "b": Init("zeros", (c2,))},
+    return {"conv1": {"w": Init("normal", (k, 1, c1), ASTRONN_INIT_STD), "b": Init("zeros", (c1,))},
+            "conv2": {"w": Init("normal", (k, c1, c2), ASTRONN_INIT_STD), "b": Init("zeros", (c2,))},
             "dense1": normal_dense(spec.n_pooled * c2, spec.num_hidden[0]),
             "dense2": normal_dense(spec.num_hidden[0], spec.num_hidden[1])}
 
@@ -316,6 +210,19 @@ def trunk_l2(params: dict) -> jnp.ndarray:
 
 
 # ---------------------------------------------------------------- loss
+
+#: Soft bounds of the predicted log-variance (normalized label units): exp() of the raw head
+#: underflows to 0 below about -87 (float32), which makes the loss infinite when a label has
+#: no catalogue error; 20 bounds the other side. Well inside the bounds the map is the identity.
+LOG_VAR_BOUNDS = (-20.0, 20.0)
+
+
+def bounded_log_var(raw):
+    """lo + softplus(raw - lo) - softplus(raw - hi): within (lo, hi), the identity to float32
+    precision for lo + 15 < raw < hi - 15, and never a zero gradient."""
+    lo, hi = LOG_VAR_BOUNDS
+    return lo + jax.nn.softplus(raw - lo) - jax.nn.softplus(raw - hi)
+
 
 def robust_nll_terms(value, log_var, y, y_err, valid):
     """astroNN's robust heteroscedastic loss per label: 0.5 (y - value)^2 / V + 0.5 log V with
@@ -372,7 +279,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
         z = dense(params["value"], h)
         if classify:
             return {"value": jax.nn.sigmoid(z), "logit": z}
-        return {"value": z, "log_var": dense(params["log_var"], h)}
+        return {"value": z, "log_var": bounded_log_var(dense(params["log_var"], h))}
 
     def loss(params, batch, key):
         out = apply(params, batch["x"], key, train=True)

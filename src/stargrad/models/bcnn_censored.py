@@ -23,10 +23,11 @@ import jax.numpy as jnp
 import numpy as np
 
 from .. import apogee
+from ..layers import (boolean, dense, glorot_dense, init_params, keep_mask, normal_dense,
+                      positive_ints)
 from . import Model, Traits
-from .bcnn import (DEFAULTS, apply_trunk, boolean, dense, glorot_dense, heteroscedastic_loss,
-                   init_params, keep_mask, normal_dense, positive_ints, trunk_l2, trunk_layout,
-                   trunk_spec)
+from .bcnn import (DEFAULTS, apply_trunk, bounded_log_var, heteroscedastic_loss, trunk_l2,
+                   trunk_layout, trunk_spec)
 
 TRAITS = Traits()
 
@@ -132,7 +133,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", labels=Non
             out = dense(p["head"], jnp.concatenate([e, fullspec], axis=-1))
             columns[name] = (out[:, 0], out[:, 1])
         return {"value": jnp.stack([columns[n][0] for n in labels], axis=-1),
-                "log_var": jnp.stack([columns[n][1] for n in labels], axis=-1)}
+                "log_var": bounded_log_var(jnp.stack([columns[n][1] for n in labels], axis=-1))}
 
     def loss(params, batch, key):
         penalty = trunk_l2(params["trunk"]) + sum(

@@ -7,7 +7,6 @@ when none of the k is. For classification that mean of 0/1 labels is the class-1
 """
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 

@@ -9,11 +9,11 @@ l2 * sum(w^2) over all weight matrices (not biases) to the loss, like a Keras ke
 from __future__ import annotations
 
 import math
-import operator
 
 import jax
 import jax.numpy as jnp
 
+from ..layers import dense, dropout as mc_dropout, positive_ints
 from ..losses import label_loss
 from . import Model, Traits
 
@@ -34,22 +34,11 @@ def _init_layer(key, fan_in: int, fan_out: int, he: bool) -> dict:
     return {"w": w, "b": jnp.zeros((fan_out,))}
 
 
-def _dropout(key, h, rate: float):
-    """Inverted dropout: zero a `rate` fraction of units and rescale the rest."""
-    keep = jax.random.bernoulli(key, 1.0 - rate, h.shape)
-    return jnp.where(keep, h / (1.0 - rate), 0.0)
-
-
 def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
           hidden=(512, 256, 128), activation: str = "relu", dropout: float = 0.0,
           l2: float = 0.0) -> Model:
     """MLP with hidden widths `hidden` (e.g. [32], [8, 4, 2]; [] is a linear/logistic model)."""
-    try:
-        hidden = [operator.index(h) for h in hidden]
-    except TypeError:
-        hidden = None
-    if hidden is None or any(h < 1 for h in hidden):
-        raise ValueError("mlp: hidden must be a list of positive integer widths")
+    hidden = positive_ints("mlp", "hidden", hidden)
     if activation not in ACTIVATIONS:
         raise ValueError(f"mlp: activation must be one of {sorted(ACTIVATIONS)}, "
                          f"got {activation!r}")
@@ -70,14 +59,10 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression",
 
     def apply(params, x, key=None, train=False, x_err=None):
         *layers, head = params["dense"]
-        use_dropout = key is not None and dropout > 0
-        keys = jax.random.split(key, max(len(layers), 1)) if use_dropout else None
         h = x
         for i, layer in enumerate(layers):
-            h = act(h @ layer["w"] + layer["b"])
-            if use_dropout:
-                h = _dropout(keys[i], h, dropout)
-        z = h @ head["w"] + head["b"]
+            h = mc_dropout(key, act(dense(layer, h)), dropout, salt=i)
+        z = dense(head, h)
         if kind == "classification":
             return {"value": jax.nn.sigmoid(z), "logit": z}
         return {"value": z}

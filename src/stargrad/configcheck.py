@@ -1,0 +1,81 @@
+"""Config checks the schema cannot express, run when the workflow's DAG is built, so that a
+typo stops the run before any job starts: references between entries, every model's `hyper`
+(by building the model for each of its tasks) and `train` (by parsing it), the calibration
+mode and the generative stage's choices. Each error names the config key."""
+from __future__ import annotations
+
+from . import models
+from .stages.predict import check_calibration_mode
+from .tasks import tasks_from_config
+from .train import TrainConfig
+from .trained import build_model
+
+
+class ConfigError(ValueError):
+    """A config entry that cannot work; the message names it."""
+
+
+def _check_model(name: str, spec: dict, tasks: dict) -> None:
+    where = f"config: models.{name}"
+    try:
+        models.traits(spec["family"])
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"{where}.family: {exc}") from None
+    for task_name in spec["tasks"]:
+        try:
+            build_model(spec, tasks[task_name])
+        except TypeError as exc:           # an unknown keyword: a typo in hyper
+            raise ConfigError(f"{where}.hyper (family {spec['family']}, task {task_name}): "
+                              f"{exc}".replace("build() got an", "an")) from None
+        except ValueError as exc:
+            raise ConfigError(f"{where}.hyper (family {spec['family']}, task {task_name}): "
+                              f"{exc}") from None
+    try:
+        TrainConfig.from_dict(spec.get("train", {}))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where}.train: {exc}") from None
+
+
+def _check_generative(config: dict, tasks: dict) -> None:
+    gen = config["generative"]
+    generative = [m for m, spec in config["models"].items()
+                  if not models.traits(spec["family"]).supervised and gen["task"] in spec["tasks"]]
+    unsupervised = [m for m, spec in config["models"].items()
+                    if not models.traits(spec["family"]).supervised]
+    if unsupervised and gen["task"] not in tasks:
+        raise ConfigError(f"config: generative.task {gen['task']!r} is not a task")
+    for key, families in (("latent_model", {"vae"}), ("anomaly_model", {"vae", "pca"})):
+        chosen = gen[key]
+        if chosen is not None and (chosen not in generative
+                                   or config["models"][chosen]["family"] not in families):
+            raise ConfigError(f"config: generative.{key} {chosen!r} is not a model of family "
+                              f"{sorted(families)} of task {gen['task']!r} (those are "
+                              f"{generative})")
+    try:
+        TrainConfig.from_dict(gen["regression_train"])
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"config: generative.regression_train: {exc}") from None
+
+
+def check_config(config: dict) -> None:
+    """Raise ConfigError naming the first entry of a schema-valid config that cannot work."""
+    try:
+        tasks = tasks_from_config(config)
+    except ValueError as exc:
+        raise ConfigError(f"config: tasks: {exc}") from None
+    for name, task in tasks.items():
+        if task.dataset not in config["datasets"]:
+            raise ConfigError(f"config: tasks.{name}.dataset: unknown dataset {task.dataset!r} "
+                              f"(datasets are {sorted(config['datasets'])})")
+    for name, spec in config["models"].items():
+        unknown = [t for t in spec["tasks"] if t not in tasks]
+        if unknown:
+            raise ConfigError(f"config: models.{name}.tasks: unknown tasks {unknown} (tasks are "
+                              f"{sorted(tasks)})")
+        _check_model(name, spec, tasks)
+    predict = config["predict"]
+    try:
+        check_calibration_mode(predict["calibrate"], predict["mc_splits"])
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    _check_generative(config, tasks)

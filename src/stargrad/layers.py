@@ -1,0 +1,120 @@
+"""Building blocks shared by the network families: hyper-parameter checks, parameter layouts
+drawn in one go (`Init`, `init_params`), dense layers and hash-based MC dropout."""
+from __future__ import annotations
+
+import math
+import operator
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+#: astroNN's RandomNormal(0, 0.05) for conv and hidden dense kernels.
+ASTRONN_INIT_STD = 0.05
+
+
+def positive_ints(family: str, name: str, value, length: int | None = None) -> tuple:
+    """Check a hyper-parameter list of positive integers (optionally of a given length)."""
+    try:
+        out = tuple(operator.index(v) for v in value)
+    except TypeError:
+        out = None
+    if out is None or any(v < 1 for v in out) or (length is not None and len(out) != length):
+        size = f"{length} " if length is not None else ""
+        raise ValueError(f"{family}: {name} must be a list of {size}positive integers, "
+                         f"got {value!r}")
+    return out
+
+
+def boolean(family: str, name: str, value) -> bool:
+    """Check a true/false hyper-parameter (YAML true/false, not 0/1 or a string)."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"{family}: {name} must be true or false, got {value!r}")
+    return bool(value)
+
+
+
+class Init(NamedTuple):
+    """How to initialise one parameter array: N(0, scale^2), U(-scale, scale) or zeros."""
+    kind: str
+    shape: tuple
+    scale: float = 0.0
+
+
+def normal_dense(fan_in: int, fan_out: int, std: float = ASTRONN_INIT_STD) -> dict:
+    """Dense layer with N(0, std^2) kernel and zero bias (astroNN's hidden layers)."""
+    return {"w": Init("normal", (fan_in, fan_out), std), "b": Init("zeros", (fan_out,))}
+
+
+def glorot_dense(fan_in: int, n_units: int, unit_width: int | None = None) -> dict:
+    """Dense layer with Keras glorot_uniform kernel and zero bias.
+
+    With `unit_width`, the columns are initialised as separate Dense(`unit_width`) layers
+    (astroNN's per-label Dense(1) heads) stacked side by side."""
+    limit = math.sqrt(6.0 / (fan_in + (unit_width or n_units)))
+    return {"w": Init("uniform", (fan_in, n_units), limit), "b": Init("zeros", (n_units,))}
+
+
+def init_params(key, layout):
+    """Draw a parameter pytree from a pytree of `Init` leaves.
+
+    All normal and all uniform entries come from one draw each (two threefry calls however
+    many layers), which keeps init fast to compile and to run eagerly."""
+    leaves, treedef = jax.tree.flatten(layout, is_leaf=lambda v: isinstance(v, Init))
+    sizes = {kind: sum(math.prod(v.shape) for v in leaves if v.kind == kind)
+             for kind in ("normal", "uniform")}
+    k_normal, k_uniform = jax.random.split(key)
+    pools = {"normal": jax.random.normal(k_normal, (sizes["normal"],)),
+             "uniform": jax.random.uniform(k_uniform, (sizes["uniform"],), minval=-1.0)}
+    # Called eagerly (as `train.fit` does), carve the pools in numpy: each jnp slice of a new
+    # shape would compile its own XLA program (seconds for the censored model's ~100 arrays).
+    xp = jnp if isinstance(pools["normal"], jax.core.Tracer) else np
+    pools = {kind: xp.asarray(pool) for kind, pool in pools.items()}
+    used = {"normal": 0, "uniform": 0}
+    out = []
+    for leaf in leaves:
+        size = math.prod(leaf.shape)
+        if leaf.kind == "zeros":
+            out.append(jnp.asarray(xp.zeros(leaf.shape, np.float32)))
+            continue
+        start = used[leaf.kind]
+        used[leaf.kind] = start + size
+        out.append(jnp.asarray(
+            leaf.scale * pools[leaf.kind][start:start + size].reshape(leaf.shape)))
+    return jax.tree.unflatten(treedef, out)
+
+
+def dense(layer: dict, h):
+    return h @ layer["w"] + layer["b"]
+
+
+def _mix(v):
+    """A 32-bit integer finaliser hash (good avalanche; "lowbias32")."""
+    v = (v ^ (v >> 16)) * jnp.uint32(0x7FEB352D)
+    v = (v ^ (v >> 15)) * jnp.uint32(0x846CA68B)
+    return v ^ (v >> 16)
+
+
+def keep_mask(key, shape: tuple, rate: float, salt: int):
+    """Boolean dropout keep-mask, P(keep) = 1 - rate, from `key` and a per-site `salt`.
+
+    A counter-based hash of the key's data rather than a jax.random Bernoulli draw, which is
+    much slower to run and to compile on CPU (bench/bench_models.py); same key and salt ->
+    same mask. The key words and the salt are mixed once into a scalar stream; each element
+    is one hash round of (counter ^ stream). Another key is thus the same hashed sequence
+    read at a random 32-bit offset, which overlaps a tensor of n elements with probability
+    ~n / 2^32.
+    """
+    data = jax.random.key_data(key).reshape(-1)
+    stream = _mix(_mix(data[0] ^ jnp.uint32((salt * 0x9E3779B9 + 1) & 0xFFFFFFFF)) + data[-1])
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
+    return _mix(counter ^ stream) >= threshold
+
+
+def dropout(key, h, rate: float, salt: int):
+    """Inverted dropout with keep probability 1 - rate; identity when key is None."""
+    if key is None or rate == 0.0:
+        return h
+    return jnp.where(keep_mask(key, h.shape, rate, salt), h / (1.0 - rate), 0.0)

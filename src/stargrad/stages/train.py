@@ -1,0 +1,65 @@
+"""The train rule: fit one model on one task and write its directory."""
+from __future__ import annotations
+
+import shutil
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from .. import models, params_io, train
+from ..dataset import Normalizer, batch, load_split
+from ..provenance import atomic_path, write_json
+from ..tasks import Task
+from ..trained import apply_in_chunks, build_model
+
+
+def model_batch(data, task: Task, norm: Normalizer, family: str) -> dict:
+    """`dataset.batch` of a split without the flux errors when the family does not read them
+    (they would double the memory the training arrays take on the device)."""
+    out = batch(data, task, norm)
+    if not models.traits(family).uses_flux_errors:
+        del out["x_err"]
+    return out
+
+
+def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str, model_spec: dict,
+                seed: int, code_digest: str, config_digest: str, log=print) -> None:
+    """Train one model on one task; write params.npz, model.json, norm.json, history.csv."""
+    out_dir = Path(out_dir)
+    t0 = time.perf_counter()
+    train_data, valid_data = load_split(train_path), load_split(valid_path)
+    log(f"train {model_name}/{task.name}: family {model_spec['family']}, {len(train_data)} train / "
+        f"{len(valid_data)} valid spectra, labels {list(task.labels)}")
+    model = build_model(model_spec, task)
+    norm = Normalizer.fit(train_data, task, model.input_norm)
+    train_batch, valid_batch = (model_batch(d, task, norm, model_spec["family"])
+                                for d in (train_data, valid_data))
+    cfg = train.TrainConfig.from_dict({"seed": seed, **model_spec.get("train", {})})
+    # A checkpoint only resumes the code and config that wrote it: an edit starts afresh.
+    params, history = train.fit(model, train_batch, valid_batch, cfg, jax.random.PRNGKey(seed),
+                                checkpoint_dir=out_dir / f"checkpoint-{code_digest}-{config_digest}", log=log)
+    pred = apply_in_chunks(model, params, valid_batch["x"], valid_batch.get("x_err"))["value"]
+    valid = valid_batch["valid"]
+    if pred.shape == valid.shape:   # supervised: the validation RMS per label
+        resid2 = np.where(valid, (pred - valid_batch["y"]) ** 2, 0.0)
+        residual_std = np.sqrt(resid2.sum(0) / np.maximum(valid.sum(0), 1))
+    else:                           # VAE/PCA: `value` is the reconstructed spectrum
+        residual_std = np.full(valid.shape[1], np.nan)
+    params_io.save_params(out_dir / "params.npz", params)
+    write_json(out_dir / "norm.json", norm.to_json())
+    # Wall-clock time goes to the log and benchmark files, never into results (same config
+    # and seed must give the same bytes).
+    with atomic_path(out_dir / "history.csv") as tmp:
+        history.drop(columns=["seconds"], errors="ignore").to_csv(tmp, index=False)
+    write_json(out_dir / "model.json", {
+        "model": model_name, "family": model_spec["family"], "hyper": model_spec.get("hyper", {}),
+        "train": model_spec.get("train", {}), "task": task.name, "dataset": task.dataset,
+        "labels": list(task.labels), "kind": task.kind, "input_norm": model.input_norm,
+        "stochastic": model.stochastic, "seed": seed, "code_hash": code_digest,
+        "config_hash": config_digest, "n_train": len(train_data), "n_valid": len(valid_data),
+        "epochs": int(len(history)), "residual_std_normalized": residual_std.tolist()})
+    for checkpoint in out_dir.glob("checkpoint-*"):
+        shutil.rmtree(checkpoint)
+    log(f"trained {model_name}/{task.name} in {time.perf_counter() - t0:.1f} s")

@@ -30,7 +30,7 @@ import numpy as np
 
 from stargrad import apogee, models, train
 from stargrad.models import bcnn as bcnn_module
-from stargrad.attribution import mean_jacobian
+from stargrad.attribution.jacobian import mean_jacobian
 from stargrad.mc import mc_predict
 
 N_LABELS = len(apogee.ASPCAP_LABELS)

@@ -141,6 +141,39 @@ def test_bcnn_loss_matches_hand_computation(label_errors):
     np.testing.assert_allclose(float(loss), np.mean(per_star) + l2, rtol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["bcnn", "bcnn_censored"])
+def test_extreme_log_variance_heads_keep_loss_and_gradients_finite(family):
+    """A raw log-variance of -200 would underflow exp() to 0 and make the loss of an exact
+    label (label_errors off) infinite; +200 would overflow. The head is bounded."""
+    rng = np.random.default_rng(3)
+    n_inputs = apogee.N_PIX_GAPLESS if family == "bcnn_censored" else 64
+    n_outputs = 22 if family == "bcnn_censored" else 3
+    model = models.build(family, n_inputs=n_inputs, n_outputs=n_outputs, label_errors=False,
+                         **({} if family == "bcnn_censored" else {"num_hidden": [8, 8]}))
+    params = jax.jit(model.init)(jax.random.key(0))
+    batch = make_batch(rng, 4, n_inputs, n_outputs)
+    for raw in (-200.0, 200.0):
+        if family == "bcnn":
+            params["log_var"]["b"] = jnp.full(n_outputs, raw)
+        else:
+            params["trunk_log_var"]["b"] = jnp.full(3, raw)
+            for element in params["elements"].values():
+                element["head"]["b"] = element["head"]["b"].at[1].set(raw)
+        out = jax.jit(model.apply)(params, jnp.asarray(batch["x"]))
+        lo, hi = bcnn.LOG_VAR_BOUNDS
+        assert np.all((np.asarray(out["log_var"]) >= lo) & (np.asarray(out["log_var"]) <= hi))
+        (loss, _), grads = jax.jit(jax.value_and_grad(model.loss, has_aux=True))(
+            params, batch, None)
+        assert np.isfinite(float(loss))
+        assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads))
+
+
+def test_bounded_log_variance_is_the_identity_in_the_working_range():
+    raw = jnp.linspace(-5.0, 5.0, 101)
+    np.testing.assert_allclose(np.asarray(bcnn.bounded_log_var(raw)), np.asarray(raw),
+                               atol=1e-5)
+
+
 def test_masked_labels_change_nothing_and_all_missing_star_is_zero():
     rng = np.random.default_rng(1)
     model = models.build("bcnn", n_inputs=64, n_outputs=3, num_hidden=[8, 8])

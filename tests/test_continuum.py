@@ -154,3 +154,44 @@ def test_read_apstar_bad_files_name_the_path(tmp_path):
     (tmp_path / "cut.fits").write_bytes(good.read_bytes()[:5000])
     with pytest.raises(SurveyFileError, match=r"cut\.fits"):
         read_apstar(tmp_path / "cut.fits")
+
+
+def test_apstar_masked_pixels_stay_masked_in_the_compiled_split(tmp_path):
+    """The continuum step sets masked pixels to flux 1 and error 1, which the bad-error cut
+    alone would not catch: the compiled MASK must flag them and the training statistics must
+    leave them out."""
+    import pandas as pd
+
+    from stargrad import survey
+    from stargrad.compile import compile_dataset
+    from stargrad.dataset import Normalizer, load_split
+    from stargrad.tasks import make_task
+
+    cont, lines = _continuum(), _lines()
+    ids = [f"2M0000000{i}+0000000" for i in range(3)]
+    masked = apogee.KEPT_PIXELS[2000:2040]
+    for ident in ids:
+        flux = np.zeros(apogee.N_PIX, np.float32)
+        flux[apogee.KEPT_PIXELS] = cont * lines
+        mask = np.zeros(apogee.N_PIX, np.int32)
+        mask[masked] = CRPIX
+        flux[masked] = 1e5                       # a cosmic ray: not flux 1 until normalized
+        path = tmp_path / survey.spectrum_relpath("apStar", "apo25m", "F", ident)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_apstar(path, flux, np.full(apogee.N_PIX, 0.5, np.float32), mask)
+    table = pd.DataFrame({"APOGEE_ID": ids, "TELESCOPE": "apo25m", "FIELD": "F",
+                          "TEFF": [4500.0, 4600.0, 4700.0], "LOGG": 2.5, "FE_H": 0.0})
+    survey.write_allstar(tmp_path / survey.ALLSTAR_NAME, table)
+    pd.DataFrame({"APOGEE_ID": ids, "split": "train"}).to_csv(tmp_path / "split.csv",
+                                                              index=False)
+    compile_dataset(tmp_path / "split.csv", tmp_path / survey.ALLSTAR_NAME, None, tmp_path,
+                    [tmp_path / "train.fits"], tmp_path / "q.csv", spectra="apStar",
+                    log=lambda msg: None)
+    data = load_split(tmp_path / "train.fits")
+    assert len(data) == 3
+    np.testing.assert_array_equal(data.mask[:, 2000:2040], True)
+    assert data.mask.sum() == 3 * 40
+    np.testing.assert_array_equal(data.flux[:, 2000:2040], 1.0)
+    norm = Normalizer.fit(data, make_task("teff", {"dataset": "d", "labels": ["teff"]}), "mean")
+    # the masked pixels have no good value: their mean falls back to 0 instead of 1
+    np.testing.assert_array_equal(norm.input_mean[2000:2040], 0.0)

@@ -12,22 +12,15 @@ from stargrad.compile import clean_spectrum, compile_dataset, labels_from_catalo
 from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.tasks import make_task
 
+from dr17_tables import allstar_table
+
 N_STARS = 9
 
 
 def write_tree(root, n=N_STARS, seed=0):
     rng = np.random.default_rng(seed)
-    rows = {"APOGEE_ID": [f"2M{i:08d}+0000000" for i in range(n)],
-            "TELESCOPE": ["apo25m"] * n, "FIELD": ["F1"] * (n // 2) + ["F2"] * (n - n // 2),
-            "SNR": rng.uniform(50, 300, n), "TEFF": rng.uniform(4000, 5000, n),
-            "TEFF_ERR": np.full(n, 50.0), "LOGG": rng.uniform(1, 3, n), "LOGG_ERR": np.full(n, 0.1),
-            "FE_H": rng.uniform(-1, 0.3, n), "FE_H_ERR": np.full(n, 0.03)}
-    for label in apogee.ASPCAP_LABELS:
-        col = apogee.allstar_column(label)
-        if col not in rows:
-            rows[col] = rng.uniform(-0.2, 0.4, n)
-            rows[f"{col}_ERR"] = np.full(n, 0.04)
-    table = pd.DataFrame(rows)
+    table = allstar_table([f"2M{i:08d}+0000000" for i in range(n)],
+                          ["F1"] * (n // 2) + ["F2"] * (n - n // 2), rng)
     table.loc[1, "MG_FE"] = MAGIC_NUMBER
     survey.write_allstar(root / survey.ALLSTAR_NAME, table)
     fluxes = {}

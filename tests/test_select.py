@@ -71,3 +71,16 @@ def test_duplicate_ids_keep_the_highest_snr_row():
     out = unique_stars(both)
     assert len(out) == 6 and out.loc[out.APOGEE_ID == table.APOGEE_ID[2], "SNR"].item() == dup.SNR.item()
     split(out, {"seed": 1, "counts": {"train": 2, "valid": 1, "test": 1}})   # no duplicate error
+
+
+def test_sample_stars_is_seeded_and_independent_of_row_order():
+    from stargrad.select import sample_stars
+    ids = np.array([f"2M{i:08d}" for i in range(500)])
+    chosen = sample_stars(ids, 40, seed=17)
+    assert len(chosen) == 40 and np.all(np.diff(chosen) > 0)
+    shuffled = np.random.default_rng(1).permutation(ids)
+    assert set(shuffled[sample_stars(shuffled, 40, seed=17)]) == set(ids[chosen])
+    assert set(ids[sample_stars(ids, 40, seed=18)]) != set(ids[chosen])
+    # not the first rows in catalogue order (the old behaviour): spread over the whole list
+    assert chosen.max() > 250 and chosen.min() < 250
+    np.testing.assert_array_equal(sample_stars(ids[:30], 40, seed=17), np.arange(30))

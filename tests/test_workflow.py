@@ -2,8 +2,11 @@
 temporary working directory, then check every contract file."""
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import fitsio
@@ -23,8 +26,8 @@ REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "config" / "ci.yaml"
 
 
-def snakemake(workdir, *args, check=True):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+def snakemake(workdir, *args, check=True, snakefile=REPO / "Snakefile"):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
            "--directory", str(workdir), "--configfile", str(CONFIG), "--cores", "2", *args]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
@@ -167,6 +170,115 @@ def test_editing_one_model_reruns_only_its_jobs(run, tmp_path):
     assert {"train", "predict"} <= {rule for rule, _ in per_model}
     upstream = {"mock_survey", "select_split", "compile_dataset", "truth_products"}
     assert not upstream & {rule for rule, _ in jobs}, jobs
+
+
+def test_adding_a_task_to_a_model_trains_that_task_alone(run, tmp_path, config):
+    tasks = config["models"]["mlp"]["tasks"]
+    new = next(t for t in config["tasks"] if t not in tasks)
+    edit = tmp_path / "edit.yaml"
+    edit.write_text(yaml.safe_dump({"models": {"mlp": {"tasks": [*tasks, new]}}}))
+    jobs = planned_jobs(snakemake(run, "-n", "--configfile", str(CONFIG), str(edit)).stdout)
+    trained = [(wc["model"], wc["task"]) for rule, wc in jobs if rule == "train"]
+    assert trained == [("mlp", new)], jobs
+    assert {wc["task"] for rule, wc in jobs if rule in ("predict", "attribute")} == {new}, jobs
+
+
+def _editable_copy(tmp_path) -> Path:
+    """A copy of the workflow and library (file times kept) whose source a test may edit."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("Snakefile", "workflow", "scripts", "src", "config", "envs", "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=ignore)
+        else:
+            shutil.copy2(source, copy / name)
+    return copy
+
+
+#: (edited file, rules that must be planned, rules that may also be planned downstream of those,
+#: the models whose train jobs must be planned)
+CODE_EDITS = {
+    "censored model built on bcnn.py": ("src/stargrad/models/bcnn.py",
+                                        {"train", "predict", "attribute"},
+                                        {"compare_task", "plot_pred_vs_true"},
+                                        {"bcnn", "bcnn_censored"}),
+    "attribution engine": ("src/stargrad/attribution/jacobian.py", {"attribute"},
+                           {"compare_task"}, set()),
+    "a plot": ("src/stargrad/plots.py", {"compare_task", "plot_pred_vs_true"}, set(), set()),
+    "the mock's forward model": ("src/stargrad/mock/forward.py",
+                                 {"mock_survey", "truth_products"},
+                                 {"select_split", "compile_dataset", "train", "predict",
+                                  "attribute", "compare_task", "plot_pred_vs_true",
+                                  "generative_reconstruction", "generative_latent_space",
+                                  "generative_latent_regression", "generative_decoder",
+                                  "generative_anomalies", "generative_denoise"}, None),
+}
+
+
+@pytest.mark.parametrize("edit", list(CODE_EDITS))
+def test_editing_library_code_reruns_exactly_the_rules_that_run_it(run, tmp_path, edit):
+    path, required, downstream, trained = CODE_EDITS[edit]
+    copy = _editable_copy(tmp_path)
+    before = snakemake(run, "-n", snakefile=copy / "Snakefile")
+    assert "Nothing to be done" in before.stdout + before.stderr, before.stdout[-3000:]
+    with open(copy / path, "a") as handle:
+        handle.write("\n# an edit\n")
+    jobs = planned_jobs(snakemake(run, "-n", snakefile=copy / "Snakefile").stdout)
+    rules = {rule for rule, _ in jobs} - {"all"}
+    print(f"{edit}: {sorted(rules)}")
+    assert required <= rules and rules <= required | downstream, jobs
+    if trained is not None:
+        assert {wc["model"] for rule, wc in jobs if rule == "train"} == trained, jobs
+
+
+def test_command_line_config_applies_on_top_of_the_default(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "snakemake", "--snakefile",
+                           str(REPO / "Snakefile"), "--directory", str(tmp_path), "-n",
+                           "--cores", "1", "--config", "seed=3"],
+                          capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    jobs = planned_jobs(proc.stdout)
+    default = yaml.safe_load((REPO / "config" / "config.yaml").read_text())
+    assert {wc["model"] for rule, wc in jobs if rule == "train"} == set(default["models"])
+
+
+def _result_files(workdir) -> dict[str, bytes]:
+    return {str(p.relative_to(workdir)): p.read_bytes()
+            for top in ("results", "resources") for p in sorted((workdir / top).rglob("*"))
+            if p.is_file()}
+
+
+def test_killed_run_resumes_to_the_same_files(run, tmp_path):
+    """SIGKILL the whole snakemake process group while a network trains, rerun: the run
+    completes and every result equals the uninterrupted run's, byte for byte."""
+    work = tmp_path / "killed"
+    work.mkdir()
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(work), "--configfile", str(CONFIG), "--cores", "2"]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    with open(tmp_path / "first.log", "w") as out:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+        log = work / "logs/train/bcnn/aspcap.log"
+        deadline = time.monotonic() + 600
+        # after bcnn's first epoch has been checkpointed, before it finishes the second
+        while not [p for p in (work / "results").rglob("checkpoint.npz") if "bcnn/aspcap" in
+                   p.as_posix()]:
+            assert proc.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "bcnn training never checkpointed"
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert not (work / "results/models/bcnn/aspcap/params.npz").exists()
+    snakemake(work, "--unlock")
+    snakemake(work)
+    assert "resuming from" in log.read_text()
+    killed, reference = _result_files(work), _result_files(run)
+    assert sorted(killed) == sorted(reference)
+    differ = [name for name in reference if killed[name] != reference[name]]
+    assert not differ, differ
 
 
 def test_attribution_and_scorecard(run, config):

@@ -100,7 +100,7 @@ def keep_mask(key, shape: tuple, rate: float, salt: int):
     """Boolean dropout keep-mask, P(keep) = 1 - rate, from `key` and a per-site `salt`.
 
     A counter-based hash of the key's data rather than a jax.random Bernoulli draw, which is
-    much slower to run and to compile on CPU (bench/bench_models.py); same key and salt ->
+    much slower to compile and to run on CPU (bench/bench_kernels.py); same key and salt ->
     same mask. The key words and the salt are mixed once into a scalar stream; each element
     is one hash round of (counter ^ stream). Another key is thus the same hashed sequence
     read at a random 32-bit offset, which overlaps a tensor of n elements with probability

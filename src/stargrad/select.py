@@ -67,7 +67,12 @@ def _counts(n: int, spec: dict) -> dict[str, int]:
             raise ValueError(f"split fractions {fractions} must each lie in (0, 1]")
         if sum(fractions.values()) > 1.0 + 1e-9:
             raise ValueError(f"split fractions {fractions} sum to more than 1")
-        return {s: int(np.floor(v * n)) for s, v in fractions.items()}
+        sizes = {s: int(np.floor(v * n)) for s, v in fractions.items()}
+        empty = [s for s, size in sizes.items() if size == 0]
+        if empty:
+            raise ValueError(f"split fractions {fractions} of the {n} selected stars leave "
+                             f"{', '.join(empty)} empty; loosen the cuts or give counts")
+        return sizes
     counts = spec["counts"]
     if not all(isinstance(counts[s], (int, np.integer)) or float(counts[s]).is_integer()
                for s in SPLITS) or min(counts[s] for s in SPLITS) < 1:

@@ -137,6 +137,9 @@ def read_image_hdus(path, extensions) -> list:
     path = Path(path)
     if not path.exists():
         raise SurveyFileError(path, "file is missing")
+    with open(path, "rb") as handle:
+        if not handle.read(80).startswith(b"SIMPLE  ="):
+            raise SurveyFileError(path, "not a FITS file (it does not start with a SIMPLE card)")
     try:
         with fitsio.FITS(str(path)) as fits:
             if len(fits) <= max(extensions):

@@ -72,10 +72,13 @@ def dataset_entries(dataset):
     return ("survey",), ("datasets", dataset)
 
 
+MODEL_KEYS = ("family", "hyper", "train")
+
+
 def model_entries(model):
     """Config entries a trained model depends on: its family and settings, not its task list
     (adding a task to a model trains that task alone)."""
-    return tuple(("models", model, key) for key in ("family", "hyper", "train"))
+    return tuple(("models", model, key) for key in MODEL_KEYS)
 
 
 def model_digest(wildcards, *sections):

@@ -11,7 +11,7 @@ rule train:
         norm="results/models/{model}/{task}/norm.json",
         history="results/models/{model}/{task}/history.csv",
     params:
-        model_spec=lambda wc: MODELS[wc.model],
+        model_spec=lambda wc: {key: MODELS[wc.model][key] for key in MODEL_KEYS},
         task_spec=lambda wc: config["tasks"][wc.task],
         seed=config["seed"],
         config_hash=lambda wc: model_digest(wc),

@@ -47,7 +47,8 @@ def _chunk_fn(model, mode: str):
 @jax.jit
 def _masked_sums(j, n_valid):
     """Sums over the first n_valid stars of J and |J| (the rest of a chunk is padding). A
-    loop over stars: XLA's CPU reduce over the leading axis of (C, K, P) is far slower."""
+    loop over stars: XLA's CPU reduce over the leading axis of (C, K, P) is far slower
+    (bench/bench_kernels.py)."""
     def add(i, sums):
         ji = jnp.where(i < n_valid, j[i], 0.0)
         return sums[0] + ji, sums[1] + jnp.abs(ji)

@@ -84,7 +84,8 @@ def _correlate(h, w):
     out[d, i] = sum_{k, c} w[k, c, d] h[c, i + k]; w is (K, C_in, C_out).
 
     Written as K * C_in * C_out scaled shifted slices, which XLA fuses into one loop over long
-    pixel rows; with 1-4 channels that is ~8x faster on CPU than lax.conv or small matmuls."""
+    pixel rows; with 1-4 channels that beats lax.conv or small matmuls on CPU
+    (bench/bench_kernels.py)."""
     k_len, c_in, c_out = w.shape
     n = h.shape[-1] - k_len + 1
     return jnp.stack([sum(w[k, c, d] * h[..., c, k:k + n] for k in range(k_len)
@@ -100,7 +101,7 @@ def _correlate_transposed(g, w):
 
 def _kernel_grad(h, g, k_len: int):
     """Gradient of sum(g * _correlate(h, w)) in w: (B, C_in, n + K - 1), (B, C_out, n) -> (K,
-    C_in, C_out). A matmul batched over stars (then summed): ~7x faster on CPU than one
+    C_in, C_out). A matmul batched over stars (then summed), which runs faster on CPU than one
     contraction over stars and pixels together."""
     n = g.shape[-1]
     cols = jnp.stack([h[..., k:k + n] for k in range(k_len)], axis=1)       # (B, K, C_in, n)
@@ -126,11 +127,11 @@ def _conv_block(pool: int, w1, b1, w2, b2, xp, gate):
     on the spectrum, 0 in the "same" padding. Returns (B, C2, (n1 - K + 1) // pool).
 
     A custom VJP: autodiff of the shifted slices gives one reduction per kernel entry and
-    chains of pads, measured ~2x slower on CPU than the explicit backward below. Without
+    chains of pads, slower than the explicit backward below (bench/bench_kernels.py). Without
     differentiation (prediction, MC dropout) the pool is an elementwise maximum of the pool
     offsets, which XLA fuses into the conv loop; under differentiation it is a reduce, whose
-    materialised output the backward reads (an elementwise pool there is recomputed inside
-    every consumer: 1.7x slower training). The reduce in the MC loop cost ~half its time."""
+    materialised output the backward reads (an elementwise pool there would be recomputed
+    inside every consumer)."""
     return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool=True)[0]
 
 

@@ -13,7 +13,8 @@ stored kernel v is used as v * min(1, maxnorm / |v_col|), so every forward pass 
 constraint without a post-step projection hook in the shared training loop.
 
 The 19 element sub-networks are an unrolled loop of gathers and small matmuls inside one jitted
-program; on CPU this measured 2-3x faster than zero-padded, stacked per-element weights.
+program, rather than zero-padded, stacked per-element weights (windows differ in size by
+two orders of magnitude, so padding would multiply the arithmetic).
 Dropout, losses and outputs follow `bcnn` (dropout on with a key, off with key=None).
 """
 from __future__ import annotations

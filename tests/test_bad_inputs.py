@@ -1,0 +1,270 @@
+"""A matrix of bad inputs walked through the real entry points: the compile step on a small
+DR17-layout tree (corrupt, truncated, mis-shaped, NaN and non-positive spectra, labels missing
+as −9999 or NaN), the selection, and the workflow itself on config/ci.yaml for config errors
+(`snakemake -n`, which stops before any job). Each bad input must end in a clear error naming
+the file or key, or in a quarantine row with the reason — and every good star must survive.
+The matrix (input → outcome) is printed at the end (`pytest -s` shows it)."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from stargrad import apogee, survey
+from stargrad.apogee import MAGIC_NUMBER
+from stargrad.compile import compile_dataset
+from stargrad.dataset import Normalizer, batch, load_split
+from stargrad.select import select_and_split
+from stargrad.tasks import make_task
+
+from dr17_tables import allstar_table
+
+REPO = Path(__file__).resolve().parents[1]
+MATRIX: list[tuple[str, str, str]] = []     # (where, input, outcome)
+GOOD = [f"2M{i:08d}+0000000" for i in range(8)]
+
+
+def _spectrum(rng):
+    flux = np.zeros(apogee.N_PIX, np.float32)
+    flux[apogee.KEPT_PIXELS] = rng.uniform(0.6, 1.0, apogee.N_PIX_GAPLESS)
+    error = np.zeros(apogee.N_PIX, np.float32)
+    error[apogee.KEPT_PIXELS] = 0.01
+    return flux, error
+
+
+def _first_half(data: bytes) -> bytes:
+    return data[:len(data) // 2]
+
+
+def _fits_bytes(path, flux, error) -> bytes:
+    survey.write_aspcapstar(path, flux, error)
+    return path.read_bytes()
+
+
+#: name -> (what is wrong, how the file is made from a good (flux, error) and its path)
+BAD_SPECTRA = {
+    "corrupt": ("random bytes instead of FITS",
+                lambda path, f, e, rng: path.write_bytes(rng.bytes(20000))),
+    "truncated": ("the first half of a valid file",
+                  lambda path, f, e, rng: path.write_bytes(_first_half(_fits_bytes(path, f, e)))),
+    "wrong_pixels": ("8000-pixel flux and error",
+                     lambda path, f, e, rng: _write_raw(path, f[:8000], e[:8000])),
+    "all_nan": ("NaN flux at every pixel",
+                lambda path, f, e, rng: survey.write_aspcapstar(path, np.full_like(f, np.nan), e)),
+    "errors_not_positive": ("error 0 or negative at every pixel",
+                            lambda path, f, e, rng: survey.write_aspcapstar(path, f, -np.abs(e))),
+    "missing": ("listed in allStar, no file", lambda path, f, e, rng: None),
+}
+#: name -> (what is odd, how) for spectra that are kept with masked pixels
+MASKED_SPECTRA = {
+    "some_nan_inf": ("NaN and inf flux at 300 pixels", slice(1000, 1300)),
+    "some_bad_errors": ("error 0 at 200 pixels", slice(5000, 5200)),
+}
+
+
+def _write_raw(path, flux, error):
+    """An aspcapStar-like file whose arrays do not have 8575 pixels."""
+    import fitsio
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with fitsio.FITS(str(path), "rw", clobber=True) as fits:
+        fits.write(None)
+        fits.write(flux)
+        fits.write(error)
+        fits.write(flux)
+
+
+@pytest.fixture(scope="module")
+def tree(tmp_path_factory):
+    """A DR17-shaped allStar (NaN and −9999 labels, one star with none) and its spectra."""
+    root = tmp_path_factory.mktemp("tree")
+    rng = np.random.default_rng(4)
+    ids = GOOD + [f"2M9999{i:04d}+0000000" for i in range(len(BAD_SPECTRA) + len(MASKED_SPECTRA))]
+    n = len(ids)
+    table = allstar_table(ids, ["F1"] * n, rng)
+    table.loc[1, "MG_FE"] = np.nan                 # DR17 marks some values NaN ...
+    table.loc[2, "MG_FE_ERR"] = np.nan             # ... and some errors
+    table.loc[3, "AL_FE"] = MAGIC_NUMBER           # ... others −9999
+    table.loc[4, "FE_H"] = np.nan                  # no [Fe/H]: every [X/H] is missing
+    label_cols = [c for c in table if c not in ("APOGEE_ID", "TELESCOPE", "FIELD", "SNR")]
+    table.loc[5, label_cols] = np.nan              # a star with every label missing
+    survey.write_allstar(root / survey.ALLSTAR_NAME, table)
+    for i, ident in enumerate(ids):
+        path = root / survey.aspcapstar_relpath("apo25m", "F1", ident)
+        flux, error = _spectrum(rng)
+        name = _case_of(ident)
+        if name in BAD_SPECTRA:
+            BAD_SPECTRA[name][1](path, flux, error, rng)
+        elif name in MASKED_SPECTRA:
+            span = apogee.KEPT_PIXELS[MASKED_SPECTRA[name][1]]
+            if name == "some_nan_inf":
+                flux[span] = np.where(np.arange(len(span)) % 2, np.nan, np.inf)
+            else:
+                error[span] = 0.0
+            survey.write_aspcapstar(path, flux, error)
+        else:
+            survey.write_aspcapstar(path, flux, error)
+    split = pd.DataFrame({"APOGEE_ID": ids, "split": "train"})
+    split.to_csv(root / "split.csv", index=False)
+    return root, table
+
+
+def _case_of(ident: str) -> str | None:
+    if ident in GOOD:
+        return None
+    names = list(BAD_SPECTRA) + list(MASKED_SPECTRA)
+    return names[int(ident[6:10])]
+
+
+def _ident(name: str) -> str:
+    names = list(BAD_SPECTRA) + list(MASKED_SPECTRA)
+    return f"2M9999{names.index(name):04d}+0000000"
+
+
+@pytest.fixture(scope="module")
+def compiled(tree, tmp_path_factory):
+    root, _ = tree
+    out = tmp_path_factory.mktemp("compiled")
+    compile_dataset(root / "split.csv", root / survey.ALLSTAR_NAME, None, root,
+                    [out / f"{s}.fits" for s in ("train", "valid", "test", "cluster")],
+                    out / "quarantine.csv", log=lambda msg: None)
+    return load_split(out / "train.fits"), pd.read_csv(out / "quarantine.csv")
+
+
+@pytest.mark.parametrize("name", list(BAD_SPECTRA))
+def test_unusable_spectrum_is_quarantined_with_its_reason(compiled, name):
+    data, quarantine = compiled
+    row = quarantine[quarantine["APOGEE_ID"] == _ident(name)]
+    assert len(row) == 1, quarantine
+    reason = row["reason"].iat[0]
+    assert _ident(name) in row["path"].iat[0] and reason
+    expected = {"corrupt": "not a FITS file", "truncated": "truncated", "wrong_pixels": "shape",
+                "all_nan": "pixels are bad", "errors_not_positive": "pixels are bad",
+                "missing": "missing"}[name]
+    assert expected in reason, reason
+    assert _ident(name) not in set(data.ids)
+    MATRIX.append(("compile", f"{name}: {BAD_SPECTRA[name][0]}", f"quarantined: {reason}"))
+
+
+@pytest.mark.parametrize("name", list(MASKED_SPECTRA))
+def test_partly_bad_spectrum_is_kept_with_its_bad_pixels_masked(compiled, name):
+    data, quarantine = compiled
+    k = list(data.ids).index(_ident(name))
+    span = MASKED_SPECTRA[name][1]
+    assert data.mask[k, span].all() and (data.flux[k, span] == 1.0).all()
+    assert np.isfinite(data.flux[k]).all() and (data.error[k] > 0).all()
+    assert data.mask[k].sum() == span.stop - span.start
+    MATRIX.append(("compile", f"{name}: {MASKED_SPECTRA[name][0]}",
+                   f"kept, {int(data.mask[k].sum())} pixels masked (MASK=1, flux 1, error 1)"))
+
+
+def test_no_good_star_is_lost(compiled):
+    data, quarantine = compiled
+    kept = set(data.ids)
+    assert set(GOOD) <= kept
+    assert kept | set(quarantine["APOGEE_ID"]) == set(GOOD) | {_ident(n) for n in
+                                                               [*BAD_SPECTRA, *MASKED_SPECTRA]}
+
+
+def test_nan_and_magic_labels_are_missing_everywhere(compiled):
+    data, _ = compiled
+    task = make_task("aspcap", {"dataset": "main", "labels": "aspcap"})
+    labels = data.labels.set_index("APOGEE_ID")
+    assert labels.loc[GOOD[1], "Mg"] == MAGIC_NUMBER                 # NaN [Mg/Fe]
+    assert labels.loc[GOOD[2], "Mg_err"] == MAGIC_NUMBER             # NaN error only
+    assert labels.loc[GOOD[2], "Mg"] != MAGIC_NUMBER
+    assert labels.loc[GOOD[3], "Al"] == MAGIC_NUMBER                 # −9999 [Al/Fe]
+    assert (labels.loc[GOOD[4], ["Mg", "Al", "Ni"]] == MAGIC_NUMBER).all()   # NaN [Fe/H]
+    assert (labels.loc[GOOD[5], list(task.labels)] == MAGIC_NUMBER).all()    # nothing known
+    norm = Normalizer.fit(data, task, "mean")
+    assert np.isfinite(norm.label_mean).all() and np.isfinite(norm.label_std).all()
+    b = batch(data, task, norm)
+    assert np.isfinite(b["y"]).all() and np.isfinite(b["y_err"]).all()
+    assert not b["valid"][list(data.ids).index(GOOD[5])].any()
+    assert b["y_err"][list(data.ids).index(GOOD[2]), task.labels.index("Mg")] == 0.0
+    MATRIX.append(("compile", "allStar label or error NaN / −9999, a star with none",
+                   "−9999 in LABELS; masked in every loss (valid False); training stats finite"))
+
+
+def test_on_bad_file_error_names_the_file(tree, tmp_path):
+    root, _ = tree
+    with pytest.raises(survey.SurveyFileError) as err:
+        compile_dataset(root / "split.csv", root / survey.ALLSTAR_NAME, None, root,
+                        [tmp_path / "train.fits"], tmp_path / "q.csv", on_bad_file="error",
+                        log=lambda msg: None)
+    assert "aspcapStar-dr17-2M9999" in str(err.value)
+    MATRIX.append(("compile", "any unusable spectrum with survey.on_bad_file: error",
+                   f"stops: ...{str(err.value)[-90:]}"))
+
+
+def test_selection_that_leaves_a_split_empty_is_an_error(tree):
+    _, table = tree
+    cases = {"cuts keep nobody": {"selection": {"cuts": {"TEFF": [9000, 9500]}},
+                                  "split": {"seed": 1, "counts": {"train": 1, "valid": 1,
+                                                                  "test": 1}}},
+             "fractions leave test empty": {"split": {"seed": 1, "fractions": {
+                 "train": 0.9, "valid": 0.05, "test": 0.01}}}}
+    for what, spec in cases.items():
+        with pytest.raises(ValueError) as err:
+            select_and_split(table, spec)
+        MATRIX.append(("select", what, f"error: {err.value}"))
+
+
+def _dry_run(tmp_path, extra: dict):
+    """`snakemake -n` on config/ci.yaml with `extra` entries merged on top (a second file)."""
+    (tmp_path / "extra.yaml").write_text(yaml.safe_dump(extra))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(tmp_path / "run"), "--cores", "1", "-n", "--configfile",
+           str(REPO / "config" / "ci.yaml"), str(tmp_path / "extra.yaml")]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+
+
+CONFIG_ERRORS = {
+    "unknown label name": ({"tasks": {"logg": {"dataset": "rgb_logg", "labels": ["lgg"]}}},
+                           "unknown labels ['lgg']"),
+    "unknown config key": ({"predict": {"mc_sample": 4}}, "'mc_sample' was unexpected"),
+    "model name with a regex character": (
+        {"models": {"ml.p": {"family": "mlp", "tasks": ["logg"]}}}, "ml.p"),
+    "typo in a model's hyper": ({"models": {"mlp": {"hyper": {"hiden": [8]}}}},
+                                "models.mlp.hyper"),
+    "bad value in a model's hyper": ({"models": {"bcnn": {"hyper": {"dropout_rate": 1.5}}}},
+                                     "dropout_rate"),
+    "typo in a model's train": ({"models": {"mlp": {"train": {"learning_rat": 0.1}}}},
+                                "models.mlp.train"),
+    "unknown model family": ({"models": {"mlp": {"family": "gpt"}}}, "unknown model family"),
+    "split as fractions and counts": (
+        {"datasets": {"rgb_logg": {"split": {
+            "counts": {"train": 6, "valid": 2, "test": 3},
+            "fractions": {"train": 0.5, "valid": 0.2, "test": 0.3}}}}},
+        "is valid under each of"),
+    "split count that is not a whole number": (
+        {"datasets": {"rgb_logg": {"split": {"counts": {"train": 60.5, "valid": 20,
+                                                        "test": 30}}}}}, "60.5"),
+}
+
+
+@pytest.mark.workflow
+@pytest.mark.parametrize("case", list(CONFIG_ERRORS))
+def test_config_error_stops_the_workflow_before_any_job(tmp_path, case):
+    extra, message = CONFIG_ERRORS[case]
+    proc = _dry_run(tmp_path, extra)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and message in out, out[-3000:]
+    assert not (tmp_path / "run" / "results").exists()
+    assert not (tmp_path / "run" / "resources").exists()
+    line = next((l.strip() for l in out.splitlines() if message in l), message)
+    MATRIX.append(("config", f"{case}: {json.dumps(extra)}", f"stops: {line}"))
+
+
+def test_print_the_matrix():
+    """Runs last: the matrix of everything above (run the module with -s to see it)."""
+    print("\nbad-input matrix: where | input -> outcome")
+    for where, what, outcome in MATRIX:
+        what = what if len(what) <= 70 else what[:67] + "..."
+        print(f"  {where:7s} | {what:70s} -> {outcome}")
+    assert MATRIX

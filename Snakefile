@@ -1,5 +1,7 @@
 # stargrad: learn, explain and compare stellar-label models on APOGEE spectra.
 # Thin on purpose: config + schema in common.smk, one .smk per stage, logic in src/stargrad/.
+import os
+
 from snakemake.utils import min_version
 
 min_version("9.12")
@@ -10,7 +12,7 @@ min_version("9.12")
 # top of whichever it is.
 if not workflow.overwrite_configfiles:
 
-    configfile: "config/config.yaml"
+    configfile: os.path.join(workflow.basedir, "config", "config.yaml")
 
 
 report: "workflow/report/workflow.rst"

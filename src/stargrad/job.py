@@ -1,0 +1,136 @@
+"""How a rule's job starts: JAX set up for the job's device before JAX is imported, the job's
+log file, and a record of where and how it runs. Every rule script begins
+
+    with rule_job(snakemake) as log:
+        from stargrad.stages... import ...
+
+so that the environment is in place when the library (and JAX) is imported.
+
+Devices (the rule's `device` param, from the config's `device` for the GPU rules):
+- "cpu": JAX_PLATFORMS=cpu, so a job never initialises a GPU it was not given;
+- "gpu": JAX must see a GPU, else the job stops at once with a clear message (unless the
+  test-only allowance STARGRAD_ALLOW_CPU_AS_GPU=1 is set, which is logged);
+- "auto": a GPU when JAX sees one, else the CPU.
+GPU jobs do not preallocate the card (XLA_PYTHON_CLIENT_PREALLOCATE=false, or the fraction
+`gpu_memory_fraction` via XLA_PYTHON_CLIENT_MEM_FRACTION), so several jobs can share one.
+On every job XLA's multi-threaded Eigen pool on CPU is off (--xla_cpu_multi_thread_eigen=false):
+it can wedge, every thread parked on a futex, while materialising large vmapped graphs such as
+batched Jacobians and Fisher matrices. Set the flag in XLA_FLAGS yourself to override.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import time
+import traceback
+from pathlib import Path
+
+DEVICES = ("cpu", "gpu", "auto")
+ALLOW_CPU_AS_GPU = "STARGRAD_ALLOW_CPU_AS_GPU"
+EIGEN_FLAG = "--xla_cpu_multi_thread_eigen=false"
+
+
+class DeviceError(RuntimeError):
+    """The job was asked for a device JAX cannot see."""
+
+
+def jax_environment(device: str, gpu_memory_fraction: float | None = None,
+                    environ=None) -> dict:
+    """The environment variables a job on `device` needs before JAX is imported (returned,
+    and set in `environ`, os.environ by default)."""
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    environ = os.environ if environ is None else environ
+    flags = environ.get("XLA_FLAGS", "")
+    if "xla_cpu_multi_thread_eigen" not in flags:
+        environ["XLA_FLAGS"] = f"{flags} {EIGEN_FLAG}".strip()
+    if device == "cpu":
+        environ["JAX_PLATFORMS"] = "cpu"
+    elif gpu_memory_fraction is None:
+        environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
+    else:
+        environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(gpu_memory_fraction):g}"
+    keys = ("XLA_FLAGS", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE",
+            "XLA_PYTHON_CLIENT_MEM_FRACTION")
+    return {k: environ[k] for k in keys if k in environ}
+
+
+def where_it_runs(threads: int | None = None) -> str:
+    """Host, SLURM job, visible GPUs and usable CPUs of this process, for the job's log."""
+    cpus = len(os.sched_getaffinity(0))
+    parts = [f"host {socket.gethostname()}",
+             f"SLURM job {os.environ.get('SLURM_JOB_ID', 'none')}",
+             f"CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}",
+             f"{cpus} CPUs usable" + (f", {threads} threads declared" if threads else "")]
+    return ", ".join(parts)
+
+
+def check_device(device: str, log) -> str:
+    """Import JAX, log the backend and devices it uses, and enforce `device`; returns the
+    platform ("cpu", "gpu", ...)."""
+    import jax
+
+    platform = jax.default_backend()
+    log(f"JAX {jax.__version__}: backend {platform}, devices {jax.devices()}")
+    if device == "gpu" and platform != "gpu":
+        if os.environ.get(ALLOW_CPU_AS_GPU) == "1":
+            log(f"{ALLOW_CPU_AS_GPU}=1: this GPU rule computes on the {platform} (test "
+                f"allowance)")
+        else:
+            raise DeviceError(f"device: gpu, but JAX sees no GPU (backend {platform}, "
+                              f"CUDA_VISIBLE_DEVICES="
+                              f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}); install "
+                              f"the CUDA build of jaxlib (envs/stargrad-cuda.yaml) or set "
+                              f"device: cpu or auto")
+    return platform
+
+
+def check_library(workflow_src: Path | None, log) -> None:
+    """Fail clearly when the imported stargrad is not the workflow's own src/stargrad (an
+    installed copy would run other code than the rule's code digest describes)."""
+    import stargrad
+
+    here = Path(stargrad.__file__).resolve().parent
+    log(f"stargrad {stargrad.__version__} from {here}")
+    if workflow_src is not None and here != (Path(workflow_src) / "stargrad").resolve():
+        raise ImportError(f"this job imported stargrad from {here}, not this workflow's "
+                          f"{Path(workflow_src) / 'stargrad'}; uninstall that copy from the job's "
+                          f"environment, or install this checkout with `pip install -e`")
+
+
+@contextlib.contextmanager
+def open_log(path, append: bool = False):
+    """Yield log(msg) writing timestamped lines to `path`; an exception's traceback is logged
+    before it propagates. `append` keeps the lines of earlier attempts."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a" if append else "w") as handle:
+        def log(message: str) -> None:
+            handle.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+            handle.flush()
+        try:
+            yield log
+        except BaseException:
+            handle.write(traceback.format_exc())
+            handle.flush()
+            raise
+
+
+@contextlib.contextmanager
+def rule_job(snakemake):
+    """Set up a rule's job (see the module docstring) and yield its log function.
+
+    Reads from the job: log[0], rule, attempt, threads, params.device (rules that run JAX;
+    absent: the CPU, and JAX is not imported here) and params.gpu_memory_fraction."""
+    params = snakemake.params
+    device = getattr(params, "device", None) if hasattr(params, "device") else None
+    fraction = getattr(params, "gpu_memory_fraction", None)
+    environment = jax_environment(device or "cpu", fraction)
+    attempt = int(getattr(snakemake, "attempt", 1))
+    with open_log(snakemake.log[0], append=attempt > 1) as log:
+        log(f"rule {snakemake.rule}, attempt {attempt}: {where_it_runs(snakemake.threads)}")
+        log("environment: " + ", ".join(f"{k}={v}" for k, v in environment.items()))
+        check_library(Path(snakemake.scriptdir).parent / "src", log)
+        if device is not None:
+            check_device(device, log)
+        yield log

@@ -1,10 +1,10 @@
 """Rule attribute: mean Jacobians, top lines, window shares and fidelity of one model."""
 from pathlib import Path
 
-from stargrad.stages.attribute import attribute
-from stargrad.runlog import rule_logger
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.stages.attribute import attribute
     attribute(snakemake.params.model_dir, snakemake.input.split,
               Path(snakemake.output.jacobian).parent, chunk_size=snakemake.params.chunk_size,
               mc_samples=snakemake.params.mc_samples, seed=snakemake.params.seed,

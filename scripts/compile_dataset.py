@@ -1,8 +1,8 @@
 """Rule compile_dataset: compile every split of a dataset to <split>.fits + quarantine.csv."""
-from stargrad.compile import compile_dataset
-from stargrad.runlog import rule_logger
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.compile import compile_dataset
     compile_dataset(snakemake.input.split, snakemake.input.allstar, snakemake.input.seismic or None,
                     snakemake.params.survey_root, snakemake.output.splits,
                     snakemake.output.quarantine,

@@ -1,8 +1,8 @@
 """Rule download_spectra: fetch, verify or quarantine one dataset's spectra of a download chunk."""
-from stargrad.download import download_chunk
-from stargrad.runlog import rule_logger
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.download import download_chunk
     p = snakemake.params
     download_chunk(snakemake.input.allstar, [snakemake.input.split], int(snakemake.wildcards.chunk),
                    p.n_chunks, p.survey_root, p.base_url, snakemake.output[0], verify=p.verify,

@@ -1,7 +1,7 @@
 """Rule generative_reconstruction: test reconstruction error of every VAE/PCA model vs size."""
-from stargrad.generative_stage import reconstruction
-from stargrad.runlog import rule_logger
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.generative_stage import reconstruction
     reconstruction(snakemake.params.model_dirs, snakemake.input.test, snakemake.output.table,
                    snakemake.output.plot, log=log)

@@ -1,10 +1,10 @@
 """Rule plot_pred_vs_true: predicted against true labels of one model on the test split."""
-from stargrad.predictions import read_predictions
-from stargrad.plots import plot_pred_vs_true
-from stargrad.runlog import rule_logger
-from stargrad.tasks import make_task
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.predictions import read_predictions
+    from stargrad.plots import plot_pred_vs_true
+    from stargrad.tasks import make_task
     task = make_task(snakemake.wildcards.task, snakemake.params.task_spec)
     plot_pred_vs_true(snakemake.output[0], read_predictions(snakemake.input[0]), task.labels,
                       f"{snakemake.wildcards.model} on {task.name} (test split)", task.kind)

@@ -1,8 +1,8 @@
 """Rule predict: predict every split of a task's dataset with one trained model."""
-from stargrad.stages.predict import predict_splits
-from stargrad.runlog import rule_logger
+from stargrad.job import rule_job
 
-with rule_logger(snakemake.log[0]) as log:
+with rule_job(snakemake) as log:
+    from stargrad.stages.predict import predict_splits
     predict_splits(snakemake.params.model_dir, snakemake.input.splits, snakemake.output.splits,
                    mc_samples=snakemake.params.mc_samples, mc_splits=snakemake.params.mc_splits,
                    calibrate=snakemake.params.calibrate,

@@ -176,6 +176,35 @@ def test_interrupted_run_resumes_to_the_same_result(four_epochs, tmp_path):
                   **QUIET)
 
 
+def test_time_budget_stops_with_a_checkpoint_and_retries_resume_to_the_same_result(
+        four_epochs, tmp_path):
+    """A budget too short for two epochs: each call runs one epoch, saves and stops; calling
+    again (as Snakemake's retry does) resumes, and the fourth call returns what an
+    uninterrupted run returns, whatever checkpoint_every says."""
+    tr, va = regression_data()
+    whole, whole_hist = four_epochs
+    tight = train.TrainConfig(**{**RESUME_CFG.to_dict(), "time_budget_s": 1e-3,
+                                 "checkpoint_every": 3})
+    attempts, lines = 0, []
+    while True:
+        attempts += 1
+        try:
+            resumed, hist = train.fit(dropout_mlp(), tr, va, tight, jax.random.key(3),
+                                      checkpoint_dir=tmp_path, log=lines.append)
+            break
+        except train.TimeBudgetExceeded as stop:
+            assert "the next attempt resumes" in str(stop)
+            assert (tmp_path / train.CHECKPOINT_NAME).exists()
+        assert attempts < 10
+    assert attempts == 4
+    assert [line.split(" after epoch ")[1] for line in lines if "resuming" in line] == \
+        ["1", "2", "3"]
+    for a, b in zip(jax.tree.leaves(whole), jax.tree.leaves(resumed)):
+        np.testing.assert_array_equal(a, b)
+    columns = [c for c in whole_hist.columns if c != "seconds"]
+    np.testing.assert_array_equal(whole_hist[columns].to_numpy(), hist[columns].to_numpy())
+
+
 def test_closed_form_family_gets_one_history_row():
     tr, va = regression_data()
     model = models.build("linear", n_inputs=6, n_outputs=2)

@@ -2,12 +2,10 @@
 temporary working directory, then check every contract file."""
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import fitsio
 import numpy as np
@@ -19,31 +17,9 @@ from astropy.io import fits as afits
 from stargrad import apogee
 from stargrad.params_io import load_params
 
-from workflow_jobs import planned_jobs
+from workflow_jobs import CONFIG, REPO, planned_jobs, snakemake, workflow_copy
 
 pytestmark = pytest.mark.workflow
-REPO = Path(__file__).resolve().parents[1]
-CONFIG = REPO / "config" / "ci.yaml"
-
-
-def snakemake(workdir, *args, check=True, snakefile=REPO / "Snakefile"):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
-           "--directory", str(workdir), "--configfile", str(CONFIG), "--cores", "2", *args]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
-                             f"{proc.stderr[-8000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    """A finished CI-config run; STARGRAD_TEST_WORKDIR reuses (and updates) an earlier one."""
-    reuse = os.environ.get("STARGRAD_TEST_WORKDIR")
-    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("wf")
-    snakemake(workdir)
-    return workdir
 
 
 @pytest.fixture(scope="module")
@@ -183,20 +159,6 @@ def test_adding_a_task_to_a_model_trains_that_task_alone(run, tmp_path, config):
     assert {wc["task"] for rule, wc in jobs if rule in ("predict", "attribute")} == {new}, jobs
 
 
-def _editable_copy(tmp_path) -> Path:
-    """A copy of the workflow and library (file times kept) whose source a test may edit."""
-    copy = tmp_path / "repo"
-    copy.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
-    for name in ("Snakefile", "workflow", "scripts", "src", "config", "envs", "profiles"):
-        source = REPO / name
-        if source.is_dir():
-            shutil.copytree(source, copy / name, ignore=ignore)
-        else:
-            shutil.copy2(source, copy / name)
-    return copy
-
-
 #: (edited file, rules that must be planned, rules that may also be planned downstream of those,
 #: the models whose train jobs must be planned)
 CODE_EDITS = {
@@ -220,7 +182,7 @@ CODE_EDITS = {
 @pytest.mark.parametrize("edit", list(CODE_EDITS))
 def test_editing_library_code_reruns_exactly_the_rules_that_run_it(run, tmp_path, edit):
     path, required, downstream, trained = CODE_EDITS[edit]
-    copy = _editable_copy(tmp_path)
+    copy = workflow_copy(tmp_path)
     before = snakemake(run, "-n", snakefile=copy / "Snakefile")
     assert "Nothing to be done" in before.stdout + before.stderr, before.stdout[-3000:]
     with open(copy / path, "a") as handle:

@@ -1,16 +1,64 @@
-"""Reading Snakemake's dry-run plan in tests."""
+"""Running the real workflow from tests (a `snakemake` subprocess) and reading its plan."""
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "config" / "ci.yaml"
 
 
-def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
-    """(rule, wildcards) of every job a `snakemake -n` plans."""
-    jobs = []
+def snakemake(workdir, *args, check=True, snakefile=REPO / "Snakefile"):
+    """Run the workflow on config/ci.yaml (plus `args`) in `workdir`; the CompletedProcess."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
+           "--directory", str(workdir), "--configfile", str(CONFIG), "--cores", "2", *args]
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-8000:]}")
+    return proc
+
+
+def _job_blocks(dry_run_output: str):
+    """(rule, is local, {field: value}) of every job block a `snakemake -n` prints."""
     for block in dry_run_output.split("\n\n"):
         lines = [line.strip() for line in block.strip().splitlines()]
         head = next((line for line in lines if line.startswith(("rule ", "localrule "))), None)
         if head is None:
             continue
-        wildcards = next((line.split(":", 1)[1] for line in lines
-                          if line.startswith("wildcards:")), "")
-        pairs = (item.split("=", 1) for item in wildcards.split(",") if "=" in item)
-        jobs.append((head.split()[1].rstrip(":"), {k.strip(): v.strip() for k, v in pairs}))
-    return jobs
+        fields = dict(line.split(":", 1) for line in lines if ":" in line and line != head)
+        yield head.split()[1].rstrip(":"), head.startswith("localrule"), fields
+
+
+def _pairs(text: str) -> dict:
+    pairs = (item.split("=", 1) for item in text.split(",") if "=" in item)
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def planned_jobs(dry_run_output: str) -> list[tuple[str, dict]]:
+    """(rule, wildcards) of every job a `snakemake -n` plans."""
+    return [(rule, _pairs(fields.get("wildcards", "")))
+            for rule, _, fields in _job_blocks(dry_run_output)]
+
+
+def planned_resources(dry_run_output: str) -> list[tuple[str, bool, dict]]:
+    """(rule, runs locally, resources) of every job a `snakemake -n` plans."""
+    return [(rule, local, _pairs(fields.get("resources", "")))
+            for rule, local, fields in _job_blocks(dry_run_output)]
+
+
+def workflow_copy(tmp_path) -> Path:
+    """A copy of the workflow and library (file times kept) whose source a test may edit."""
+    copy = tmp_path / "repo"
+    copy.mkdir()
+    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("Snakefile", "workflow", "scripts", "src", "config", "envs", "profiles"):
+        source = REPO / name
+        if source.is_dir():
+            shutil.copytree(source, copy / name, ignore=ignore)
+        else:
+            shutil.copy2(source, copy / name)
+    return copy

@@ -47,10 +47,17 @@ def jax_environment(device: str, gpu_memory_fraction: float | None = None,
         environ["XLA_FLAGS"] = f"{flags} {EIGEN_FLAG}".strip()
     if device == "cpu":
         environ["JAX_PLATFORMS"] = "cpu"
-    elif gpu_memory_fraction is None:
+        return _jax_keys(environ)
+    if environ.get("JAX_PLATFORMS") == "cpu":       # inherited from a CPU context
+        del environ["JAX_PLATFORMS"]
+    if gpu_memory_fraction is None:
         environ["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"
     else:
         environ["XLA_PYTHON_CLIENT_MEM_FRACTION"] = f"{float(gpu_memory_fraction):g}"
+    return _jax_keys(environ)
+
+
+def _jax_keys(environ) -> dict:
     keys = ("XLA_FLAGS", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE",
             "XLA_PYTHON_CLIENT_MEM_FRACTION")
     return {k: environ[k] for k in keys if k in environ}
@@ -100,11 +107,11 @@ def check_library(workflow_src: Path | None, log) -> None:
 
 
 @contextlib.contextmanager
-def open_log(path, append: bool = False):
+def open_log(path):
     """Yield log(msg) writing timestamped lines to `path`; an exception's traceback is logged
-    before it propagates. `append` keeps the lines of earlier attempts."""
+    before it propagates."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a" if append else "w") as handle:
+    with open(path, "w") as handle:
         def log(message: str) -> None:
             handle.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
             handle.flush()
@@ -116,18 +123,28 @@ def open_log(path, append: bool = False):
             raise
 
 
+def walltime_s(snakemake) -> float | None:
+    """The job's walltime in seconds when it runs as a SLURM job (its `runtime` resource, in
+    minutes); None when it runs locally, where nothing stops it."""
+    runtime = getattr(snakemake.resources, "runtime", None)
+    if "SLURM_JOB_ID" not in os.environ or runtime is None:
+        return None
+    return 60.0 * float(runtime)
+
+
 @contextlib.contextmanager
 def rule_job(snakemake):
     """Set up a rule's job (see the module docstring) and yield its log function.
 
-    Reads from the job: log[0], rule, attempt, threads, params.device (rules that run JAX;
-    absent: the CPU, and JAX is not imported here) and params.gpu_memory_fraction."""
-    params = snakemake.params
-    device = getattr(params, "device", None) if hasattr(params, "device") else None
-    fraction = getattr(params, "gpu_memory_fraction", None)
+    Reads from the job: log[0], rule, threads, resources.attempt (1 if absent), params.device
+    (rules that run JAX; absent: the CPU, and JAX is not imported here) and
+    params.gpu_memory_fraction. Snakemake empties the log before a retry, so each attempt's
+    log starts with its attempt number."""
+    device = getattr(snakemake.params, "device", None)
+    fraction = getattr(snakemake.params, "gpu_memory_fraction", None)
     environment = jax_environment(device or "cpu", fraction)
-    attempt = int(getattr(snakemake, "attempt", 1))
-    with open_log(snakemake.log[0], append=attempt > 1) as log:
+    attempt = int(getattr(snakemake.resources, "attempt", 1))
+    with open_log(snakemake.log[0]) as log:
         log(f"rule {snakemake.rule}, attempt {attempt}: {where_it_runs(snakemake.threads)}")
         log("environment: " + ", ".join(f"{k}={v}" for k, v in environment.items()))
         check_library(Path(snakemake.scriptdir).parent / "src", log)

@@ -32,7 +32,14 @@ from .params_io import load_params, save_params
 BATCH_KEYS = ("x", "y", "y_err", "valid")
 CHECKPOINT_NAME = "checkpoint.npz"
 # Changing these on resume is allowed; any other config difference is an error.
-_RESUMABLE_FIELDS = ("max_epochs",)
+_RESUMABLE_FIELDS = ("max_epochs", "checkpoint_every", "time_budget_s")
+#: TrainConfig fields that steer a run but not its result (left out of config digests).
+RUN_CONTROL_FIELDS = ("checkpoint_every", "time_budget_s")
+
+
+class TimeBudgetExceeded(RuntimeError):
+    """Training stopped before its time budget ran out, its state saved in a checkpoint that
+    the next call (e.g. Snakemake's retry of the job) resumes."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,7 +48,10 @@ class TrainConfig:
 
     `early_stopping_patience=None` disables early stopping. `optimizer` is "adam" or "adamw"
     (decoupled `weight_decay`, which must be 0 for "adam"). `seed` is what callers turn into
-    the key passed to `fit` (`fit(..., key=None)` does it)."""
+    the key passed to `fit` (`fit(..., key=None)` does it). With a checkpoint directory, the
+    state is saved every `checkpoint_every` epochs, and a run that would pass `time_budget_s`
+    seconds (None: no budget) saves and stops with TimeBudgetExceeded so that a retry resumes;
+    neither changes the result."""
     learning_rate: float = 1e-3
     batch_size: int = 64
     max_epochs: int = 50
@@ -55,10 +65,13 @@ class TrainConfig:
     weight_decay: float = 0.0
     drop_last: bool = True
     seed: int = 0
+    checkpoint_every: int = 1
+    time_budget_s: float | None = None
 
     def __post_init__(self):
         for field in dataclasses.fields(self):
-            value = _coerce(field.name, getattr(self, field.name), type(field.default))
+            kind = _OPTIONAL_FIELD_TYPES.get(field.name, type(field.default))
+            value = _coerce(field.name, getattr(self, field.name), kind)
             object.__setattr__(self, field.name, value)
         checks = {
             "learning_rate": self.learning_rate > 0,
@@ -74,6 +87,8 @@ class TrainConfig:
             "adam_eps": self.adam_eps > 0,
             "weight_decay": self.weight_decay >= 0
             and (self.optimizer == "adamw" or self.weight_decay == 0),
+            "checkpoint_every": self.checkpoint_every >= 1,
+            "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
         }
         bad = [name for name, ok in checks.items() if not ok]
         if bad:
@@ -98,9 +113,13 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
+#: Types of the fields whose default is None (None stays allowed).
+_OPTIONAL_FIELD_TYPES = {"early_stopping_patience": int, "time_budget_s": float}
+
+
 def _coerce(name: str, value, kind: type):
     """Check/convert one config value to its field's type (YAML may give '1e-3' as str)."""
-    if value is None and name == "early_stopping_patience":
+    if value is None and name in _OPTIONAL_FIELD_TYPES:
         return None
     try:
         if kind is bool and isinstance(value, (bool, np.bool_)):
@@ -402,8 +421,11 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     Returns (best-validation params, history DataFrame with epoch, train_loss, valid_loss,
     learning_rate, seconds and `train_<m>`/`valid_<m>` per scalar metric of the family).
     `key` is a PRNG key (None: `jax.random.key(cfg.seed)`). With `checkpoint_dir`, the state is
-    saved there after every epoch and a rerun resumes from it, giving the same result as an
-    uninterrupted run. Families with `model.fit` are fitted in closed form (one history row)."""
+    saved there every `cfg.checkpoint_every` epochs and a rerun resumes from it, giving the
+    same result as an uninterrupted run; when the next epoch would pass `cfg.time_budget_s`
+    (seconds since this call started) the state is saved and TimeBudgetExceeded raised, after
+    at least one epoch. Families with `model.fit` are fitted in closed form (one history
+    row)."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
     train, valid = _check_batch("train", train), _check_batch("valid", valid)
@@ -449,6 +471,7 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     warm_up = ThreadPoolExecutor(max_workers=1)
     warm_up.submit(valid_eval, params)
     warm_up.shutdown(wait=False)
+    began, longest = time.monotonic(), 0.0
     while not sched["stopped"] and sched["epoch"] < cfg.max_epochs:
         epoch = sched["epoch"] + 1
         start = time.perf_counter()
@@ -467,9 +490,18 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
                    time.perf_counter() - start)
         history.append(row)
         _log_epoch(log, row, cfg.max_epochs)
-        if ckpt is not None:
+        longest = max(longest, row["seconds"])
+        out_of_time = (cfg.time_budget_s is not None and ckpt is not None and not sched["stopped"]
+                       and epoch < cfg.max_epochs
+                       and time.monotonic() - began + longest > cfg.time_budget_s)
+        if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or out_of_time):
             _save_checkpoint(ckpt, params, opt_state, best_params,
                              {**meta, "schedule": sched, "history": history})
+        if out_of_time:
+            raise TimeBudgetExceeded(
+                f"stopped after epoch {epoch} of {cfg.max_epochs}: another epoch (~{longest:.0f} "
+                f"s) would pass the time budget of {cfg.time_budget_s:g} s; {ckpt} holds the "
+                f"state and the next attempt resumes from it")
     if sched["stopped"]:
         log(f"early stopping after epoch {sched['epoch']}")
     log(f"best valid_loss {sched['best_valid']:.6g} at epoch {sched['best_epoch']}")

@@ -22,6 +22,7 @@ rule attribute:
                      category="Attribution", subcategory="{task}",
                      labels={"model": "{model}", "label": "{label}"}),
     params:
+        **jax_params("attribute"),
         model_dir=lambda wc, input: str(Path(input.params).parent),
         chunk_size=config["attribute"]["chunk_size"],
         mc_samples=config["attribute"]["mc_samples"],
@@ -35,10 +36,8 @@ rule attribute:
         "benchmarks/attribute/{model}/{task}.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=120,
-        gpu=1 if config["device"] == "gpu" else 0,
+        **job_resources("attribute", mem_mb=memory(3000, 1.5), runtime=minutes(15, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("attribute")
     script:
         "../../scripts/attribute_model.py"

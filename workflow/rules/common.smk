@@ -12,6 +12,7 @@ from stargrad.apogee import ASPCAP_LABELS  # noqa: E402
 from stargrad.codedigest import code_digest  # noqa: E402
 from stargrad.configcheck import check_config  # noqa: E402
 from stargrad.tasks import tasks_from_config  # noqa: E402
+from stargrad.train import RUN_CONTROL_FIELDS, TrainConfig  # noqa: E402
 
 
 validate(config, schema="../schemas/config.schema.yaml")
@@ -27,6 +28,56 @@ DATASETS = list(config["datasets"])
 TASKS = tasks_from_config(config)
 MODELS = config["models"]
 TRAITS = {name: models.traits(spec["family"]) for name, spec in MODELS.items()}
+
+
+# Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
+# the CUDA conda environment, the GPU partition in profiles/slurm-gpu); every other rule runs on
+# the CPU, and so does JAX in the other rules that use it (the mock survey, its truth products).
+GPU_RULES = ("train", "predict", "attribute", "generative_reconstruction",
+             "generative_latent_space", "generative_latent_regression", "generative_decoder",
+             "generative_anomalies", "generative_denoise")
+DEVICE = config["device"]
+JOBS = config["jobs"]
+
+
+def jax_params(rule):
+    """params of a job that runs JAX: its device (read by stargrad.job before JAX is imported)
+    and the GPU memory fraction."""
+    return {"device": DEVICE if rule in GPU_RULES else "cpu",
+            "gpu_memory_fraction": JOBS["gpu_memory_fraction"]}
+
+
+def job_resources(rule, **resources):
+    """`resources` of a job: the given ones, gpu=1 for GPU rules under `device: gpu`, and the
+    job's attempt (Snakemake hands it to resource callables only), which the job logs."""
+    return {"gpu": int(DEVICE == "gpu" and rule in GPU_RULES),
+            "attempt": lambda wildcards, attempt: attempt, **resources}
+
+
+def environment(rule):
+    """The conda environment of a rule: the CUDA build of JAX for GPU rules under device: gpu."""
+    cuda = DEVICE == "gpu" and rule in GPU_RULES
+    return "../../envs/stargrad-cuda.yaml" if cuda else "../../envs/stargrad.yaml"
+
+
+def memory(base_mb, per_input_mb=0.0):
+    """A `mem_mb` callable: base + per_input_mb × the job's input size in MB, times the attempt
+    (a retry after running out of memory asks for more)."""
+    return lambda wildcards, input, attempt: int(attempt * (base_mb + per_input_mb * input.size_mb))
+
+
+def train_minutes(wildcards, input, attempt):
+    """`runtime` of a train job: 20 min plus 0.05 s per epoch and MB of compiled training data
+    (68 kB a spectrum; a rate about ten times below bcnn's on 2 CPU cores, see
+    bench/bench_models.py), times the attempt. A job that runs out of it checkpoints and is
+    retried (jobs.train_retries)."""
+    epochs = TrainConfig.from_dict(MODELS[wildcards.model]["train"]).max_epochs
+    return int(attempt * (20 + epochs * input.size_mb * 0.05 / 60))
+
+
+def minutes(base, per_input_mb=0.0):
+    """A `runtime` callable (minutes): base + per_input_mb × input MB, times the attempt."""
+    return lambda wildcards, input, attempt: int(attempt * (base + per_input_mb * input.size_mb))
 
 
 wildcard_constraints:
@@ -72,20 +123,30 @@ def dataset_entries(dataset):
     return ("survey",), ("datasets", dataset)
 
 
-MODEL_KEYS = ("family", "hyper", "train")
-
-
-def model_entries(model):
-    """Config entries a trained model depends on: its family and settings, not its task list
-    (adding a task to a model trains that task alone)."""
-    return tuple(("models", model, key) for key in MODEL_KEYS)
+def model_settings(model):
+    """What a trained model depends on in its config entry: family, hyper and train, less the
+    training fields that steer a run but not its result (checkpointing, time budget); not its
+    task list, so that adding a task to a model trains that task alone."""
+    spec = MODELS[model]
+    return {"family": spec["family"], "hyper": spec["hyper"],
+            "train": {k: v for k, v in spec["train"].items() if k not in RUN_CONTROL_FIELDS}}
 
 
 def model_digest(wildcards, *sections):
-    """Digest of what a (model, task) job depends on: its dataset's entries, task, model, seed
-    and the stage's own `sections` (e.g. "predict")."""
-    return config_digest(*dataset_entries(task_dataset(wildcards)), ("tasks", wildcards.task),
-                         *model_entries(wildcards.model), ("seed",), *((s,) for s in sections))
+    """Digest of what a (model, task) job depends on: its dataset's entries, task, model
+    settings, seed and the stage's own `sections` (e.g. "predict")."""
+    return provenance.config_hash({
+        "entries": config_digest(*dataset_entries(task_dataset(wildcards)),
+                                 ("tasks", wildcards.task), ("seed",),
+                                 *((s,) for s in sections)),
+        "model": model_settings(wildcards.model)})
+
+
+def checkpoint_dir(wildcards):
+    """Where a train job keeps its checkpoints: outside its outputs, named by its code and
+    config digests so that only the same code and config resume them."""
+    code = model_code_hash("train_model.py")(wildcards)
+    return f"results/checkpoints/{wildcards.model}/{wildcards.task}/{code}-{model_digest(wildcards)}"
 
 
 def seismic_input():

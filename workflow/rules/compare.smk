@@ -1,4 +1,5 @@
-# Compare stage: per task, metrics across models and the figures people look at.
+# Compare stage: per task, metrics across models and the figures people look at. Both rules are
+# seconds long and run on the submitting host (local rules), not as cluster jobs.
 
 
 rule compare_task:

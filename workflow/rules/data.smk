@@ -44,7 +44,7 @@ rule compile_dataset:
         "benchmarks/compile/{dataset}.tsv"
     resources:
         mem_mb=2000,
-        runtime=60,
+        runtime=minutes(10, 0.02),
     conda:
         "../../envs/stargrad.yaml"
     script:

@@ -16,7 +16,7 @@ rule download_allstar:
         **FETCH,
     log:
         f"logs/download/{SURVEY_NAME}/allstar.log",
-    localrule: True
+    localrule: SAS["local_downloads"]
     retries: 2
     conda:
         "../../envs/stargrad.yaml"
@@ -45,6 +45,7 @@ rule download_spectra:
         f"logs/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.log",
     benchmark:
         f"benchmarks/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.tsv"
+    localrule: SAS["local_downloads"]
     retries: 1
     resources:
         mem_mb=1000,

@@ -36,6 +36,7 @@ rule generative_reconstruction:
                     caption="../report/generative_reconstruction.rst", category="Generative",
                     subcategory="{task}", labels={"figure": "reconstruction error vs size"}),
     params:
+        **jax_params("generative_reconstruction"),
         model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
         code=code_hash("generative_reconstruction.py", *GEN_FAMILIES),
     log:
@@ -44,10 +45,10 @@ rule generative_reconstruction:
         "benchmarks/generative/{task}/reconstruction.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("generative_reconstruction", mem_mb=memory(4000, 2.0),
+                        runtime=minutes(30, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("generative_reconstruction")
     script:
         "../../scripts/generative_reconstruction.py"
 
@@ -61,16 +62,17 @@ rule generative_latent_space:
                caption="../report/generative_latent_space.rst", category="Generative",
                subcategory="{task}", labels={"figure": "latent space of {model}"}),
     params:
+        **jax_params("generative_latent_space"),
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         code=code_hash("generative_latent_space.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/latent_space_{model}.log",
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("generative_latent_space", mem_mb=memory(3000, 2.0),
+                        runtime=minutes(15, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("generative_latent_space")
     script:
         "../../scripts/generative_latent_space.py"
 
@@ -85,6 +87,7 @@ rule generative_latent_regression:
                caption="../report/generative_latent_regression.rst", category="Generative",
                subcategory="{task}", labels={"figure": "latent regression with {model}"}),
     params:
+        **jax_params("generative_latent_regression"),
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         labels=GEN["regression_labels"],
         n_labelled=GEN["n_labelled"],
@@ -98,10 +101,10 @@ rule generative_latent_regression:
         "benchmarks/generative/{task}/latent_regression_{model}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=30,
+        **job_resources("generative_latent_regression", mem_mb=memory(4000, 2.0),
+                        runtime=minutes(30, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("generative_latent_regression")
     script:
         "../../scripts/generative_latent_regression.py"
 
@@ -119,6 +122,7 @@ rule generative_decoder:
                         category="Generative", subcategory="{task}",
                         labels={"figure": "decoder Jacobian of {model}"}),
     params:
+        **jax_params("generative_decoder"),
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_samples=GEN["n_prior_samples"],
         seed=config["seed"],
@@ -127,10 +131,10 @@ rule generative_decoder:
         "logs/generative/{task}/decoder_{model}.log",
     threads: 2
     resources:
-        mem_mb=3000,
-        runtime=15,
+        **job_resources("generative_decoder", mem_mb=memory(3000, 2.0),
+                        runtime=minutes(15, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("generative_decoder")
     script:
         "../../scripts/generative_decoder.py"
 
@@ -148,6 +152,7 @@ rule generative_anomalies:
                     caption="../report/generative_anomalies.rst", category="Generative",
                     subcategory="{task}", labels={"figure": "most anomalous spectra ({model})"}),
     params:
+        **jax_params("generative_anomalies"),
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_shown=GEN["n_anomalies_shown"],
         code=code_hash("generative_anomalies.py", *GEN_FAMILIES),
@@ -157,10 +162,10 @@ rule generative_anomalies:
         "benchmarks/generative/{task}/anomalies_{model}.tsv"
     threads: 2
     resources:
-        mem_mb=6000,
-        runtime=30,
+        **job_resources("generative_anomalies", mem_mb=memory(6000, 2.0),
+                        runtime=minutes(30, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("generative_anomalies")
     script:
         "../../scripts/generative_anomalies.py"
 
@@ -186,6 +191,7 @@ if SURVEY_SOURCE == "mock":
                          category="Generative", subcategory="{task}",
                          labels={"figure": "denoising example ({model})"}),
         params:
+            **jax_params("generative_denoise"),
             model_dirs=lambda wc, input: [str(Path(p).parent) for p in input.params],
             survey_root=lambda wc, input: str(Path(input.allstar).parent),
             code=code_hash("generative_denoise.py", *GEN_FAMILIES),
@@ -195,9 +201,9 @@ if SURVEY_SOURCE == "mock":
             "benchmarks/generative/{task}/denoising.tsv"
         threads: 2
         resources:
-            mem_mb=4000,
-            runtime=30,
+            **job_resources("generative_denoise", mem_mb=memory(4000, 2.0),
+                            runtime=minutes(30, 0.05)),
         conda:
-            "../../envs/stargrad.yaml"
+            environment("generative_denoise")
         script:
             "../../scripts/generative_denoise.py"

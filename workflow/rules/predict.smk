@@ -13,6 +13,7 @@ rule predict:
         splits=expand("results/predictions/{{model}}/{{task}}/{split}.fits", split=SPLITS),
         calibration="results/predictions/{model}/{task}/calibration.csv",
     params:
+        **jax_params("predict"),
         model_dir=lambda wc, input: str(Path(input.params).parent),
         mc_samples=config["predict"]["mc_samples"],
         mc_splits=config["predict"]["mc_splits"],
@@ -27,10 +28,8 @@ rule predict:
         "benchmarks/predict/{model}/{task}.tsv"
     threads: 2
     resources:
-        mem_mb=4000,
-        runtime=60,
-        gpu=1 if config["device"] == "gpu" else 0,
+        **job_resources("predict", mem_mb=memory(1500, 1.5), runtime=minutes(10, 0.05)),
     conda:
-        "../../envs/stargrad.yaml"
+        environment("predict")
     script:
         "../../scripts/predict_splits.py"

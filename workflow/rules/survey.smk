@@ -7,6 +7,7 @@ if SURVEY_SOURCE == "mock":
             seismic=f"{SURVEY_ROOT}/seismic.csv",
             truth=f"{SURVEY_ROOT}/truth.fits",
         params:
+            **jax_params("mock_survey"),
             mock=config["survey"]["mock"],
             config_hash=config_digest(("survey",)),
             code=code_hash("mock_survey.py"),
@@ -19,7 +20,7 @@ if SURVEY_SOURCE == "mock":
             mem_mb=4000,
             runtime=30,
         conda:
-            "../../envs/stargrad.yaml"
+            environment("mock_survey")
         script:
             "../../scripts/mock_survey.py"
 
@@ -31,6 +32,7 @@ if SURVEY_SOURCE == "mock":
         output:
             "results/truth/{dataset}/crb.fits",
         params:
+            **jax_params("truth_products"),
             survey_root=lambda wc, input: str(Path(input.truth).parent),
             max_stars=config["attribute"]["max_stars"],
             seed=config["seed"],
@@ -42,9 +44,9 @@ if SURVEY_SOURCE == "mock":
         threads: 2
         resources:
             mem_mb=4000,
-            runtime=30,
+            runtime=minutes(10, 0.1),
         conda:
-            "../../envs/stargrad.yaml"
+            environment("truth_products")
         script:
             "../../scripts/truth_products.py"
 

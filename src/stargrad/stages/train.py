@@ -1,6 +1,7 @@
 """The train rule: fit one model on one task and write its directory."""
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -24,9 +25,32 @@ def model_batch(data, task: Task, norm: Normalizer, family: str) -> dict:
     return out
 
 
+#: The job's share of its walltime kept for saving a checkpoint and writing the outputs.
+WALLTIME_MARGIN = 0.1
+
+
+def time_budget(cfg: train.TrainConfig, walltime_s: float | None) -> float | None:
+    """The training time budget (s): the config's `time_budget_s` and, for a job with a
+    walltime (a SLURM job's runtime), that walltime less a margin, whichever is shorter."""
+    budgets = [b for b in (cfg.time_budget_s,
+                           None if walltime_s is None else walltime_s * (1 - WALLTIME_MARGIN))
+               if b is not None]
+    return min(budgets) if budgets else None
+
+
 def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str, model_spec: dict,
-                seed: int, code_digest: str, config_digest: str, log=print) -> None:
-    """Train one model on one task; write params.npz, model.json, norm.json, history.csv."""
+                seed: int, code_digest: str, config_digest: str, checkpoint_dir,
+                walltime_s: float | None = None, run_control: dict | None = None,
+                log=print) -> None:
+    """Train one model on one task; write params.npz, model.json, norm.json, history.csv.
+
+    Training state is checkpointed in `checkpoint_dir`, outside the outputs (which Snakemake
+    deletes when a job fails) and named by the code and config digests, so that only a rerun
+    of the same code and config resumes it. A job that would pass its time budget saves and
+    stops (train.TimeBudgetExceeded, a non-zero exit); Snakemake's retry resumes. The
+    directory is removed once the model is written. `run_control` may hold the TrainConfig
+    fields that steer the run but not its result (train.RUN_CONTROL_FIELDS); other keys in
+    it are ignored."""
     out_dir = Path(out_dir)
     t0 = time.perf_counter()
     train_data, valid_data = load_split(train_path), load_split(valid_path)
@@ -36,10 +60,14 @@ def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str,
     norm = Normalizer.fit(train_data, task, model.input_norm)
     train_batch, valid_batch = (model_batch(d, task, norm, model_spec["family"])
                                 for d in (train_data, valid_data))
-    cfg = train.TrainConfig.from_dict({"seed": seed, **model_spec.get("train", {})})
-    # A checkpoint only resumes the code and config that wrote it: an edit starts afresh.
+    control = {k: v for k, v in (run_control or {}).items() if k in train.RUN_CONTROL_FIELDS}
+    cfg = train.TrainConfig.from_dict({"seed": seed, **model_spec.get("train", {}), **control})
+    budget = time_budget(cfg, walltime_s)
+    if budget is not None:
+        log(f"time budget {budget:.0f} s (checkpoints in {checkpoint_dir})")
+    cfg = dataclasses.replace(cfg, time_budget_s=budget)
     params, history = train.fit(model, train_batch, valid_batch, cfg, jax.random.PRNGKey(seed),
-                                checkpoint_dir=out_dir / f"checkpoint-{code_digest}-{config_digest}", log=log)
+                                checkpoint_dir=checkpoint_dir, log=log)
     pred = apply_in_chunks(model, params, valid_batch["x"], valid_batch.get("x_err"))["value"]
     valid = valid_batch["valid"]
     if pred.shape == valid.shape:   # supervised: the validation RMS per label
@@ -53,13 +81,14 @@ def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str,
     # and seed must give the same bytes).
     with atomic_path(out_dir / "history.csv") as tmp:
         history.drop(columns=["seconds"], errors="ignore").to_csv(tmp, index=False)
+    settings = {k: v for k, v in model_spec.get("train", {}).items()
+                if k not in train.RUN_CONTROL_FIELDS}
     write_json(out_dir / "model.json", {
         "model": model_name, "family": model_spec["family"], "hyper": model_spec.get("hyper", {}),
-        "train": model_spec.get("train", {}), "task": task.name, "dataset": task.dataset,
+        "train": settings, "task": task.name, "dataset": task.dataset,
         "labels": list(task.labels), "kind": task.kind, "input_norm": model.input_norm,
         "stochastic": model.stochastic, "seed": seed, "code_hash": code_digest,
         "config_hash": config_digest, "n_train": len(train_data), "n_valid": len(valid_data),
         "epochs": int(len(history)), "residual_std_normalized": residual_std.tolist()})
-    for checkpoint in out_dir.glob("checkpoint-*"):
-        shutil.rmtree(checkpoint)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log(f"trained {model_name}/{task.name} in {time.perf_counter() - t0:.1f} s")

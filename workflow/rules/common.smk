@@ -54,10 +54,14 @@ def code_hash(*modules):
     return provenance.code_hash(*modules)
 
 
+#: Other family modules a family's module imports: editing them retrains its models too.
+FAMILY_IMPORTS = {"vae": ("models/pca.py",)}
+
+
 def model_code_hash(wildcards):
     family = MODELS[wildcards.model]["family"]
     return code_hash("train.py", "losses.py", "params_io.py", "dataset.py", "pipeline.py",
-                     f"models/{family}.py")
+                     f"models/{family}.py", *FAMILY_IMPORTS.get(family, ()))
 
 
 def config_digest(*paths):

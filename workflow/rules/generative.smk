@@ -158,7 +158,8 @@ rule generative_anomalies:
     params:
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_shown=GEN["n_anomalies_shown"],
-        code=code_hash(*GEN_CODE),
+        n_folds=GEN["anomaly_folds"],
+        code=code_hash(*GEN_CODE, "train.py", "tasks.py"),
     log:
         "logs/generative/{task}/anomalies_{model}.log",
     benchmark:

@@ -9,7 +9,7 @@ import pytest
 
 from stargrad import apogee, generative, plots_generative
 from stargrad import train as training
-from stargrad.models import build
+from stargrad.models import Model, build
 from stargrad.models.vae import decode, kl_divergence
 
 P = 64
@@ -30,6 +30,20 @@ def _generate(seed: int, n: int):
     clean = 1.0 - np.einsum("nj,njp->np", depth, prof)
     noisy = clean + NOISE * rng.standard_normal(clean.shape)
     return noisy.astype(np.float32), clean.astype(np.float32), t
+
+
+def _shifted_lines(seed: int, n: int):
+    """Spectra on a curved 2-parameter manifold: 3 Gaussian lines (2 px wide) sharing a shift of
+    3·t₁ px and a depth of 0.3 + 0.15·t₂, t ∈ [-1, 1]²; noise 0.005. A shift moves flux
+    nonlinearly between pixels, so PCA needs about 4 components for what 2 parameters make.
+    Returns the noisy flux (n, P)."""
+    rng = np.random.default_rng(seed)
+    t = rng.uniform(-1.0, 1.0, (n, 2))
+    centre = np.array([12.0, 30.0, 48.0])[None, :] + 3.0 * t[:, :1]
+    depth = (0.3 + 0.15 * t[:, 1:2])[:, :, None]
+    prof = np.exp(-0.5 * ((np.arange(P)[None, None] - centre[:, :, None]) / 2.0) ** 2)
+    clean = 1.0 - (depth * prof).sum(axis=1)
+    return (clean + NOISE * rng.standard_normal(clean.shape)).astype(np.float32)
 
 
 def _batch(x, pixel_valid=None):
@@ -76,6 +90,15 @@ def vae(data):
     params, _ = training.fit(model, _batch(data["train"]), _batch(data["valid"]), cfg,
                              jax.random.key(0), log=lambda _: None)
     return model, params
+
+
+@pytest.fixture(scope="module")
+def curved():
+    """Train/valid/test spectra of `_shifted_lines`, centred on the training mean and divided
+    by one global scale (so that noise-only pixels stay small)."""
+    train, valid, test = (_shifted_lines(s, n) for s, n in ((0, 256), (1, 64), (2, 128)))
+    mean, scale = train.mean(axis=0), train.std()
+    return [((a - mean) / scale).astype(np.float32) for a in (train, valid, test)]
 
 
 @pytest.fixture(scope="module")
@@ -199,6 +222,48 @@ def test_pca_fills_masked_pixels_with_the_valid_mean():
     np.testing.assert_allclose(params["explained_variance"], [8.0, 0.0], atol=1e-5)
 
 
+# ------------------------------------------------------------------ PCA-basis VAE
+
+def test_basis_vae_starts_as_pca_of_its_latent_size(curved):
+    train = curved[0]
+    vae = build("vae", n_inputs=P, n_outputs=1, latent_dim=2, basis=8, num_hidden=(16, 8))
+    params = vae.init_data(_batch(train), jax.random.key(0))
+    pca = build("pca", n_inputs=P, n_outputs=1, n_components=2)
+    pca_params = pca.fit(_batch(train), None, None)
+    out = jax.jit(vae.apply)(params, jnp.asarray(train))
+    want = jax.jit(pca.apply)(pca_params, jnp.asarray(train))
+    np.testing.assert_allclose(out["value"], want["value"], atol=1e-4)
+    # μ is the whitened PCA scores, so the prior N(0, I) matches the training codes' spread
+    np.testing.assert_allclose(out["z_mean"] * params["frozen"]["scale"][:2], want["z"],
+                               atol=1e-4)
+    untrained = vae.init(jax.random.key(0))  # no data: the training-mean spectrum
+    assert not np.any(jax.jit(vae.apply)(untrained, jnp.asarray(train))["value"])
+    with pytest.raises(ValueError, match="basis must be 0"):
+        build("vae", n_inputs=P, n_outputs=1, latent_dim=4, basis=3)
+
+
+def test_basis_vae_beats_pca_of_equal_size_on_a_curved_manifold(curved):
+    """Two latent parameters generate the spectra; PCA-2 cannot follow the curved manifold,
+    a decoder that adds a learned nonlinear correction to PCA-2 can (about 4 components' worth)."""
+    train, valid, test = curved
+    vae = build("vae", n_inputs=P, n_outputs=1, latent_dim=2, basis=16, num_hidden=(32, 16),
+                beta=1e-3)
+    cfg = training.TrainConfig(learning_rate=3e-3, batch_size=32, max_epochs=40,
+                               early_stopping_patience=None)
+    params, _ = training.fit(vae, _batch(train), _batch(valid), cfg, jax.random.key(0),
+                             log=lambda _: None)
+    err = {}
+    for k in (2, 3):
+        pca = build("pca", n_inputs=P, n_outputs=1, n_components=k)
+        err[k] = generative.reconstruction_error(pca, pca.fit(_batch(train), None, None),
+                                                 test).mean()
+    vae_err = generative.reconstruction_error(vae, params, test)
+    assert vae_err.mean() < 0.25 * err[2] and vae_err.mean() < err[3]
+    # the loop never updates the frozen basis
+    basis = vae.init_data(_batch(train), jax.random.key(0))["frozen"]
+    jax.tree.map(np.testing.assert_array_equal, params["frozen"], basis)
+
+
 # ------------------------------------------------------------------ analyses
 
 def test_trained_vae_beats_the_mean_spectrum(data, vae):
@@ -250,6 +315,74 @@ def test_anomaly_score_ranks_tilted_continua_high(data, vae, pca):
     assert set(ranking["index"][:5]) == set(odd)
     assert list(ranking["rank"][:3]) == [1, 2, 3]
     assert np.all(np.diff(ranking["score"]) <= 0)
+
+
+def test_folds_are_balanced_and_drawn_from_the_key():
+    folds = generative.fold_of(23, 5, jax.random.key(0))
+    assert sorted(np.bincount(folds)) == [4, 4, 5, 5, 5]
+    np.testing.assert_array_equal(folds, generative.fold_of(23, 5, jax.random.key(0)))
+    assert not np.array_equal(folds, generative.fold_of(23, 5, jax.random.key(1)))
+    with pytest.raises(ValueError, match="n_folds"):
+        generative.fold_of(3, 4, jax.random.key(0))
+
+
+def test_cross_fitted_scores_find_odd_spectra_in_the_training_set(curved):
+    """Three odd spectra, each with a feature of its own, sit among 256 training spectra. PCA-8
+    fitted on all of them spends spare components on those features, so in-sample they look
+    ordinary; each cross-fitted model has not seen its odd spectrum, which then ranks first."""
+    train, valid, _ = curved
+    x = train.copy()
+    odd = np.array([17, 90, 201])
+    pix = np.arange(P)
+    x[odd[0]] += 4.0 * np.exp(-0.5 * ((pix - 5.0) / 1.5) ** 2)      # an emission line
+    x[odd[1]] += np.linspace(-2.0, 2.0, P)                           # a continuum tilt
+    x[odd[2]] -= 3.0 * np.exp(-0.5 * ((pix - 40.0) / 4.0) ** 2)      # a broad depression
+    pca = build("pca", n_inputs=P, n_outputs=1, n_components=8)
+    in_sample = generative.anomaly_score(pca, pca.fit(_batch(x), None, None), x)
+    in_sample_ranks = generative.rank_anomalies(in_sample)["index"].tolist()
+    assert min(in_sample_ranks.index(i) for i in odd) > len(x) // 4  # hidden in-sample
+
+    cfg = training.TrainConfig()
+    folds, fold_params = generative.cross_fit(pca, _batch(x), _batch(valid), cfg,
+                                              jax.random.key(3), n_folds=4, log=lambda _: None)
+    assert len(fold_params) == 4 and sorted(np.bincount(folds)) == [64] * 4
+    scores = generative.cross_fitted_anomaly_score(pca, folds, fold_params, x)
+    assert set(generative.rank_anomalies(scores)["index"][:3]) == set(odd)
+    # star i is scored by the model fitted without its fold
+    i = odd[1]
+    rest = folds != folds[i]
+    refit = pca.fit(_batch(x[rest]), None, None)
+    assert scores[i] == pytest.approx(generative.anomaly_score(pca, refit, x[i:i + 1])[0],
+                                      rel=1e-5)
+    with pytest.raises(ValueError, match="folds must lie in"):
+        generative.cross_fitted_anomaly_score(pca, folds, fold_params[:3], x)
+
+
+def test_cross_fit_refits_data_derived_constants_and_the_loop_keeps_them():
+    """A model whose `init_data` takes the training mean as a frozen constant (as the
+    PCA-basis VAE takes its basis): each fold's fit derives it from that fold's stars only,
+    and training never moves it."""
+    def init_data(batch, key):
+        return {"frozen": {"mean": jnp.mean(batch["x"], axis=0)}, "shift": jnp.zeros(P)}
+
+    def apply(params, x, key=None, train=False, x_err=None):
+        return {"value": params["frozen"]["mean"] + params["shift"] + 0.0 * x}
+
+    def loss(params, batch, key):
+        mse = jnp.mean((apply(params, batch["x"])["value"] - batch["x"]) ** 2)
+        return mse, {"mse": mse}
+
+    model = Model(init=lambda key: init_data({"x": jnp.zeros((1, P))}, key), apply=apply,
+                  loss=loss, init_data=init_data)
+    x = np.random.default_rng(0).normal(size=(40, P)).astype(np.float32)
+    cfg = training.TrainConfig(learning_rate=0.1, batch_size=10, max_epochs=3,
+                               optimizer="adamw", weight_decay=0.5)
+    folds, fold_params = generative.cross_fit(model, _batch(x), _batch(x[:8]), cfg,
+                                              jax.random.key(0), n_folds=2, log=lambda _: None)
+    for k, params in enumerate(fold_params):
+        np.testing.assert_allclose(params["frozen"]["mean"], x[folds != k].mean(axis=0),
+                                   rtol=1e-5, atol=1e-6)
+        assert np.abs(params["shift"]).max() > 0  # the rest did train
 
 
 def test_decoder_jacobian_matches_finite_differences():

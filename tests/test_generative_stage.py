@@ -20,6 +20,14 @@ PCA_SIZES = (1, 2, 4)
 QUIET = dict(log=lambda _: None)
 
 
+def _compile(split_csv, survey_root, data) -> list:
+    splits = [data / f"{s}.fits" for s in SPLITS]
+    compile_dataset(split_csv, survey_root / survey.ALLSTAR_NAME,
+                    survey_root / survey.SEISMIC_NAME, survey_root, splits,
+                    data / "quarantine.csv", **QUIET)
+    return splits
+
+
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     """A 40-star mock (4 planted anomalies) compiled into 24/6/10 train/valid/test stars, three
@@ -33,11 +41,7 @@ def world(tmp_path_factory):
     pd.DataFrame({"APOGEE_ID": truth["APOGEE_ID"],
                   "split": ["train"] * 24 + ["valid"] * 6 + ["test"] * 10}) \
         .to_csv(root / "split.csv", index=False)
-    data = root / "data"
-    splits = [data / f"{s}.fits" for s in SPLITS]
-    compile_dataset(root / "split.csv", survey_root / survey.ALLSTAR_NAME,
-                    survey_root / survey.SEISMIC_NAME, survey_root, splits,
-                    data / "quarantine.csv", **QUIET)
+    splits = _compile(root / "split.csv", survey_root, root / "data")
     specs = {f"pca_{k}": {"family": "pca", "hyper": {"n_components": k}} for k in PCA_SIZES}
     specs["vae_2"] = {"family": "vae", "hyper": {"latent_dim": 2, "num_hidden": [16, 8],
                                                  "beta": 1e-3},
@@ -80,6 +84,38 @@ def test_planted_anomalies_rank_above_median(world, tmp_path):
     planted = table[table["planted"] != ""]
     assert len(planted) == 4 and (planted["rank"] <= 20).all()
     assert (tmp_path / "a.png").stat().st_size > 0
+
+
+@pytest.fixture(scope="module")
+def odd_world(world):
+    """The same 40 stars split with one planted anomaly of each kind in the training split
+    (and two in the test split), and PCA-4 trained there."""
+    # "" < "binary" < "continuum": 36 normal stars, then binary, binary, continuum, continuum
+    ids = pd.read_csv(world["root"] / "split.csv")["APOGEE_ID"].to_numpy()
+    order = np.r_[ids[:22], ids[[36, 38]], ids[22:36], ids[[37, 39]]]
+    root = world["root"] / "odd"
+    root.mkdir()
+    pd.DataFrame({"APOGEE_ID": order, "split": ["train"] * 24 + ["valid"] * 6 + ["test"] * 10}) \
+        .to_csv(root / "split.csv", index=False)
+    splits = _compile(root / "split.csv", world["survey"], root / "data")
+    train_model(splits[0], splits[1], root / "pca_4", task=TASK, model_name="pca_4",
+                model_spec={"family": "pca", "hyper": {"n_components": 4}}, seed=0,
+                code_digest="test", config_digest="test", **QUIET)
+    return {"splits": splits, "model": root / "pca_4"}
+
+
+def test_planted_anomalies_in_the_training_split_are_found(world, odd_world, tmp_path):
+    """Scored in-sample, the two planted in the training split rank last (39th and 40th of 40):
+    PCA-4 fitted on 24 stars spends components on them. Cross-fitted (6 folds of 4 stars), each
+    scores over twice the training split's median and ranks in the top half."""
+    table = stage.anomalies(odd_world["model"], odd_world["splits"], tmp_path / "a.csv",
+                            tmp_path / "a.png", truth_path=world["truth"], n_shown=3, n_folds=6,
+                            **QUIET)
+    planted = table[table["planted"] != ""]
+    assert sorted(planted["split"]) == ["test", "test", "train", "train"]
+    in_train = planted[planted["split"] == "train"]
+    assert (in_train["rank"] <= 20).all()
+    assert (in_train["score"] > 2 * table.loc[table["split"] == "train", "score"].median()).all()
 
 
 def test_model_flux_is_the_noiseless_spectrum(world):

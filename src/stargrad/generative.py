@@ -126,6 +126,59 @@ def anomaly_score(model, params, x, pixel_valid=None, error=None) -> np.ndarray:
     return _masked_mean(sq, valid)
 
 
+def fold_of(n: int, n_folds: int, key) -> np.ndarray:
+    """(n,) fold index in [0, n_folds) of each of n stars: a random permutation drawn from `key`
+    dealt round-robin, so that fold sizes differ by at most one."""
+    if not isinstance(n_folds, int) or isinstance(n_folds, bool) or not 2 <= n_folds <= n:
+        raise ValueError(f"n_folds must be an integer in [2, {n}] (the number of stars), "
+                         f"got {n_folds!r}")
+    folds = np.empty(n, dtype=int)
+    folds[np.asarray(jax.random.permutation(key, n))] = np.arange(n) % n_folds
+    return folds
+
+
+def cross_fit(model, train, valid, cfg: training.TrainConfig, key, *, n_folds: int = 5,
+              log=print) -> tuple[np.ndarray, list]:
+    """K-fold fits of `model` on the batch dict `train`: (fold (N,) of each training star,
+    [params fitted without fold k for k < n_folds]).
+
+    Each fit is `train.fit` on the other folds (closed form, or the gradient loop with `cfg` and
+    early stopping on `valid`), so a data-derived initialisation (`init_data`) is refitted too.
+    `key` draws the folds and each fit's key."""
+    n = len(train["x"])
+    fold_key, fit_key = jax.random.split(key)
+    folds = fold_of(n, n_folds, fold_key)
+    fold_params = []
+    for k in range(n_folds):
+        keep = folds != k
+        log(f"cross_fit: fold {k + 1}/{n_folds}, fitting on {int(keep.sum())} of {n} stars")
+        params, _ = training.fit(model, {name: a[keep] for name, a in train.items()}, valid,
+                                 cfg, jax.random.fold_in(fit_key, k), log=log)
+        fold_params.append(params)
+    return folds, fold_params
+
+
+def cross_fitted_anomaly_score(model, folds, fold_params, x, pixel_valid=None,
+                               error=None) -> np.ndarray:
+    """`anomaly_score` of each star by the model that did not see it: star i by
+    `fold_params[folds[i]]` (the output of `cross_fit` on these stars, in this order)."""
+    folds = np.asarray(folds)
+    x = _spectra("x", x)
+    if folds.shape != (len(x),):
+        raise ValueError(f"folds must have shape ({len(x)},), got {folds.shape}")
+    if len(x) and not 0 <= folds.min() <= folds.max() < len(fold_params):
+        raise ValueError(f"folds must lie in [0, {len(fold_params)}) (one params per fold), "
+                         f"got {folds.min()}..{folds.max()}")
+    scores = np.empty(len(x))
+    for k, params in enumerate(fold_params):
+        rows = folds == k
+        if rows.any():
+            scores[rows] = anomaly_score(
+                model, params, x[rows], None if pixel_valid is None else pixel_valid[rows],
+                None if error is None else np.asarray(error)[rows])
+    return scores
+
+
 def rank_anomalies(scores, ids=None, top: int | None = None) -> pd.DataFrame:
     """Stars ordered by decreasing anomaly score: rank (1 = most anomalous), index, id, score."""
     scores = np.asarray(scores, dtype=float)
@@ -153,7 +206,7 @@ def latent_dim_of(params) -> int:
     """Latent dimension of VAE parameters or number of PCA components."""
     if "components" in params:
         return int(params["components"].shape[0])
-    return int(params["decoder"]["dense"][0]["w"].shape[0])
+    return int(params["encoder"]["log_var"]["b"].shape[0])
 
 
 def decoder_jacobian(params, z0, n_pixels: int = N_PIX_GAPLESS) -> np.ndarray:

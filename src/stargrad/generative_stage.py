@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 
 from . import apogee, generative, plots_generative, survey
-from .dataset import Normalizer, SplitData, load_split
+from .dataset import Normalizer, SplitData, batch, load_split
 from .mock.writer import read_truth
 from .trained import load_trained
 from .provenance import atomic_path
 from .select import unique_stars
+from .tasks import Task
 from .train import TrainConfig
 
 LATENT_LABELS = ("teff", "logg", "Fe", "evstate")
@@ -208,27 +209,52 @@ def decoder_plots(model_dir, split_path, prior_png, jacobian_png, *, n_samples: 
 
 # ---------------------------------------------------------------------------- anomalies
 
-def anomalies(model_dir, split_paths, out_csv, out_png, *, truth_path=None, n_shown: int,
-              log=print) -> pd.DataFrame:
-    """Rank every star of the compiled splits by reduced χ² of its reconstruction; mark the
-    mock's planted anomalies (truth `anomaly`: continuum, binary); plot the top `n_shown`.
+def _cross_fit_train(model, norm: Normalizer, meta: dict, splits: dict, n_folds: int, log):
+    """(fold of each training star, per-fold params): the model refitted `n_folds` times the way
+    it was trained (its training config and seed; early stopping on the valid split)."""
+    if "valid" not in splits:
+        raise ValueError("cross-fitting the training split needs the valid split")
+    task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
+    cfg = TrainConfig.from_dict({"seed": meta["seed"], **meta.get("train", {})})
+    return generative.cross_fit(model, batch(splits["train"], task, norm),
+                                batch(splits["valid"], task, norm), cfg,
+                                jax.random.PRNGKey(meta["seed"]), n_folds=n_folds, log=log)
 
-    Columns: APOGEE_ID, split, score, rank (1 = most anomalous), planted ('' if none)."""
+
+def anomalies(model_dir, split_paths, out_csv, out_png, *, truth_path=None, n_shown: int,
+              n_folds: int = 5, log=print) -> pd.DataFrame:
+    """Rank every star of the compiled splits by reduced χ² of its reconstruction by a model
+    that did not see it; mark the mock's planted anomalies (truth `anomaly`: continuum,
+    binary); plot the top `n_shown` with the reconstructions that scored them.
+
+    Stars of the split named "train" are scored by K-fold cross-fitting (`n_folds` refits, see
+    `generative.cross_fit`; early stopping on the "valid" split; the input normalization stays
+    the trained model's), those of the other splits by the trained model. In-sample scores rank
+    low exactly the odd spectra a model spent capacity on (a PCA component, say). Fitted on
+    (K − 1)/K of the stars, the fold models reconstruct a little worse than the trained one, so
+    training-split scores run slightly high. Columns: APOGEE_ID, split, score, rank
+    (1 = most anomalous), planted ('' if none)."""
     model, params, norm, meta = _load_models([model_dir])[0]
-    ids, names, scores, flux, masks = [], [], [], [], []
-    for path in split_paths:
-        data = load_split(path)
-        if not len(data):
-            continue
+    splits = {Path(p).stem: load_split(p) for p in split_paths}
+    splits = {name: data for name, data in splits.items() if len(data)}
+    if not splits:
+        raise ValueError(f"no spectra in {list(map(str, split_paths))}")
+    ids, names, scores, scorers, flux, masks = [], [], [], [], [], []
+    for name, data in splits.items():
         x, valid = _inputs(norm, data)
-        scores.append(generative.anomaly_score(model, params, x, valid,
-                                               error=data.error / norm.input_std))
+        error = data.error / norm.input_std
+        if name == "train":
+            folds, fold_params = _cross_fit_train(model, norm, meta, splits, n_folds, log)
+            scores.append(generative.cross_fitted_anomaly_score(model, folds, fold_params, x,
+                                                                valid, error))
+            scorers += [fold_params[k] for k in folds]
+        else:
+            scores.append(generative.anomaly_score(model, params, x, valid, error=error))
+            scorers += [params] * len(data)
         ids.append(data.ids)
-        names.append(np.full(len(data), Path(path).stem))
+        names.append(np.full(len(data), name))
         flux.append(data.flux)
         masks.append(data.mask)
-    if not scores:
-        raise ValueError(f"no spectra in {list(map(str, split_paths))}")
     ids, scores = np.concatenate(ids), np.concatenate(scores)
     ranking = generative.rank_anomalies(scores, ids)
     planted = (read_truth(truth_path).set_index("APOGEE_ID")["anomaly"].reindex(ids).fillna("")
@@ -240,12 +266,14 @@ def anomalies(model_dir, split_paths, out_csv, out_png, *, truth_path=None, n_sh
     _write_csv(out_csv, table)
     marked = table[table["planted"] != ""]
     log(f"{meta['model']}: {len(table)} stars scored; planted anomalies' ranks: "
-        + (", ".join(f"{r.APOGEE_ID} ({r.planted}) #{r.rank}" for r in marked.itertuples())
-           or "none"))
+        + (", ".join(f"{r.APOGEE_ID} ({r.planted}, {r.split}) #{r.rank}"
+                     for r in marked.itertuples()) or "none"))
     top = ranking.head(n_shown)
     flux, masks = np.concatenate(flux)[top["index"]], np.concatenate(masks)[top["index"]]
-    recon = generative.reconstruct(model, params, (flux - norm.input_mean) / norm.input_std,
-                                   ~masks)["value"]
+    x = (flux - norm.input_mean) / norm.input_std
+    recon = np.concatenate([generative.reconstruct(model, scorers[i], x[j:j + 1],
+                                                   ~masks[j:j + 1])["value"]
+                            for j, i in enumerate(top["index"])])
     shown = top.assign(index=np.arange(len(top)),
                        id=[f"{i} ({p})" if p else i for i, p in zip(top["id"], planted[top["index"]])])
     plots_generative.plot_anomalies(out_png, np.where(masks, np.nan, flux),

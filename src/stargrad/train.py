@@ -8,7 +8,11 @@ Families with a closed-form `Model.fit` (ridge, KNN, PCA) bypass the loop.
 Calling conventions for family authors:
 - training steps call `model.loss(params, batch, key)` with a fresh key per step;
 - validation calls `model.loss(params, batch, None)`: `key=None` means deterministic
-  (dropout off), so the validation loss is the same every time it is computed.
+  (dropout off), so the validation loss is the same every time it is computed;
+- a family with `model.init_data` gets its initial parameters from `init_data(train, key)`
+  (the training batch dict) instead of `init(key)`: data-derived constants such as a PCA basis;
+- a top-level `"frozen"` entry of a params dict is never updated (its updates are zeroed
+  after the optimizer, weight decay included): constants the loss reads but does not train.
 """
 from __future__ import annotations
 
@@ -31,6 +35,7 @@ from .params_io import load_params, save_params
 
 BATCH_KEYS = ("x", "y", "y_err", "valid")
 CHECKPOINT_NAME = "checkpoint.npz"
+FROZEN = "frozen"
 # Changing these on resume is allowed; any other config difference is an error.
 _RESUMABLE_FIELDS = ("max_epochs", "checkpoint_every", "time_budget_s")
 #: TrainConfig fields that steer a run but not its result (left out of config digests).
@@ -276,6 +281,13 @@ def _with_learning_rate(opt_state, lr: float):
     return opt_state._replace(hyperparams=hyper)
 
 
+def _hold_frozen(updates):
+    """`updates` with its top-level FROZEN entry (if any) set to zero."""
+    if isinstance(updates, Mapping) and FROZEN in updates:
+        return {**updates, FROZEN: jax.tree.map(jnp.zeros_like, updates[FROZEN])}
+    return updates
+
+
 def _make_epoch(model, tx, data: dict, batch_size: int, drop_last: bool):
     """Return `epoch(params, opt_state, key) -> (params, opt_state, loss, metrics)`.
 
@@ -289,7 +301,7 @@ def _make_epoch(model, tx, data: dict, batch_size: int, drop_last: bool):
     def step(params, opt_state, batch, key):
         (loss, metrics), grads = grad_fn(params, batch, key)
         updates, opt_state = tx.update(grads, opt_state, params)
-        return optax.apply_updates(params, updates), opt_state, loss, metrics
+        return optax.apply_updates(params, _hold_frozen(updates)), opt_state, loss, metrics
 
     @jax.jit
     def scan_epoch(params, opt_state, data, idx, keys):
@@ -450,7 +462,8 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
         log(f"train has {n_train} stars, fewer than batch_size={cfg.batch_size}: "
             f"one batch of {n_train} per epoch")
     tx = _optimizer(cfg)
-    params = model.init(init_key)
+    params = (model.init(init_key) if model.init_data is None
+              else model.init_data(train, init_key))
     first = {k: a[:batch_size] for k, a in train.items()}
     _check_loss_output(model, params, first, init_key)
     opt_state = tx.init(params)

@@ -155,6 +155,7 @@ rule generative_anomalies:
         **jax_params("generative_anomalies"),
         model_dir=lambda wc, input: str(Path(input.model[0]).parent),
         n_shown=GEN["n_anomalies_shown"],
+        n_folds=GEN["anomaly_folds"],
         code=code_hash("generative_anomalies.py", *GEN_FAMILIES),
     log:
         "logs/generative/{task}/anomalies_{model}.log",

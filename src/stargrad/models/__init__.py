@@ -25,6 +25,7 @@ class Model(NamedTuple):
     fit: Callable | None = None
     stochastic: bool = False
     input_norm: str = "mean"
+    init_data: Callable | None = None
 
 
 @lru_cache(maxsize=1)

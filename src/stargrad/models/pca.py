@@ -3,15 +3,45 @@
 `fit` takes the per-pixel mean over valid pixels, replaces masked pixels by it, and computes the
 principal components by SVD of the centred training spectra (in JAX). `apply` projects onto the
 first `n_components` components: "z" (and "z_mean") are the scores, "value" the reconstruction.
+The masked-pixel helpers here (`pixel_valid_of`, `fill_masked`, `masked_mse`) are shared with
+the VAE, whose dense variant is built on `fit_components`.
 """
 from __future__ import annotations
 
 import jax.numpy as jnp
 
 from . import Model, Traits
-from .vae import check_input_norm, fill_masked, masked_mse, pixel_valid_of
 
 TRAITS = Traits(supervised=False)
+
+
+def check_input_norm(family: str, input_norm: str) -> None:
+    if input_norm not in ("standard", "mean", "none"):
+        raise ValueError(f"{family}: input_norm must be 'standard', 'mean' or 'none', "
+                         f"got {input_norm!r}")
+
+
+def pixel_valid_of(batch) -> jnp.ndarray:
+    """The batch's (B, P) bool good-pixel mask; all True when it has no `pixel_valid`."""
+    x = batch["x"]
+    valid = batch.get("pixel_valid")
+    if valid is None:
+        return jnp.ones(x.shape, dtype=bool)
+    if valid.shape != x.shape:
+        raise ValueError(f"batch['pixel_valid'] has shape {valid.shape}, expected x's {x.shape}")
+    return jnp.asarray(valid, dtype=bool)
+
+
+def fill_masked(x, pixel_valid):
+    """Set masked pixels to 0, the training mean after input normalization."""
+    return jnp.where(pixel_valid, x, 0.0)
+
+
+def masked_mse(recon, x, pixel_valid):
+    """Per-star mean squared error over valid pixels (0 for a star without valid pixels)."""
+    sq = jnp.where(pixel_valid, (recon - fill_masked(x, pixel_valid)) ** 2, 0.0)
+    n_valid = jnp.sum(pixel_valid, axis=-1)
+    return jnp.sum(sq, axis=-1) / jnp.maximum(n_valid, 1)
 
 
 def fit_components(x, pixel_valid, n_components: int) -> dict:

@@ -1,8 +1,23 @@
-"""Convolutional variational autoencoder of spectra, after astroNN's ApogeeCVAE.
+"""Variational autoencoders of spectra: a convolutional one after astroNN's ApogeeCVAE
+(hyper `basis` = 0) and a dense one on a PCA basis of the training spectra (`basis` = K > 0).
 
-Encoder: Conv1D(2, 8) → Conv1D(4, 8) → MaxPool(4) → Dense(128) → Dense(64) → (μ, log σ²),
-ReLU throughout, linear heads. Decoder: Dense(64) → Dense(L·4) → reshape (L, 4) →
-nearest-neighbour upsampling to P pixels → Conv1D(4, 8) → Conv1D(2, 8) → Conv1D(1, 8) linear.
+PCA-basis VAE. With V (K, P) the training spectra's first K principal components, m their mean
+and λ the explained variances, the encoder reads the whitened scores s = (x − m)Vᵀ/√λ:
+μ = sA + MLP_μ(s), log σ² = MLP_σ(s); the decoder returns
+x̂ = m + ((zB + MLP_c(z)) ⊙ √λ) V, a linear map of z plus a learned nonlinear correction, in
+the basis. A and B start as the identity on the first d = latent_dim components and the MLPs'
+output layers at zero, so the initial model *is* PCA with d components (μ = its whitened
+scores, which the N(0, I) prior fits) and training only has to learn the nonlinear part. PCA-d
+being a special case, training starts from its reconstruction and lowers the loss from there;
+started from random A and B instead, the same network ended above PCA-8 at d = 8 on the mock.
+m, V, √λ are data-derived constants, fitted by the Model's `init_data` from the training batch
+and kept under params["frozen"], which the training loop never updates. Apart from two
+(B, K) × (K, P) products everything runs in K dimensions: a step costs ~2·2BKP flops, a small
+fraction of the convolutional VAE's.
+
+Convolutional VAE. Encoder: Conv1D(2, 8) → Conv1D(4, 8) → MaxPool(4) → Dense(128) → Dense(64)
+→ (μ, log σ²), ReLU throughout, linear heads. Decoder: Dense(64) → Dense(L·4) → reshape (L, 4)
+→ nearest-neighbour upsampling to P pixels → Conv1D(4, 8) → Conv1D(2, 8) → Conv1D(1, 8) linear.
 
 Design choice (hyper `upsample`, default 4): astroNN's decoder expands Dense(64) straight to
 7514·4 values (1.9 M weights, the largest layer of the model). That layer's output lies in a
@@ -22,9 +37,9 @@ stuck at the mean spectrum, against 0 of 12 standardized).
 Masked pixels (batch key `pixel_valid` False) are set to 0 — the training mean — before
 encoding and contribute nothing to the reconstruction error.
 
-β: the loss is mean-over-pixels MSE + β·KL (astroNN's form). Matching a Gaussian likelihood of
-per-pixel residual variance s² needs β ≈ 2s²/P (≈1e-4 for P = 7514); β = 1 (the default)
-weighs the KL so heavily that the latent code is typically unused (posterior collapse).
+β (both): the loss is mean-over-pixels MSE + β·KL (astroNN's form). Matching a Gaussian
+likelihood of per-pixel residual variance s² needs β ≈ 2s²/P (≈1e-4 for P = 7514); β = 1 (the
+default) weighs the KL so heavily that the latent code is typically unused (posterior collapse).
 """
 from __future__ import annotations
 
@@ -34,6 +49,7 @@ import jax
 import jax.numpy as jnp
 
 from . import Model, Traits
+from .pca import check_input_norm, fill_masked, fit_components, masked_mse, pixel_valid_of
 
 TRAITS = Traits(supervised=False)
 
@@ -121,8 +137,7 @@ def init_params(key, *, n_inputs: int, latent_dim: int = 2, num_filters=(2, 4),
             "decoder": {"dense": dec_dense, "conv": dec_conv}}
 
 
-def encode(params, x, pool_length: int = 4):
-    """(B, P) normalized flux -> (z_mean, z_log_var), each (B, latent_dim)."""
+def _encode_conv(params, x, pool_length: int):
     enc = params["encoder"]
     h = x[..., None]
     for layer in enc["conv"]:
@@ -135,8 +150,7 @@ def encode(params, x, pool_length: int = 4):
     return _dense(h, enc["mu"]), _dense(h, enc["log_var"])
 
 
-def decode(params, z, n_pixels: int):
-    """(B, latent_dim) latent vectors -> (B, n_pixels) normalized flux."""
+def _decode_conv(params, z, n_pixels: int):
     dec = params["decoder"]
     h = z
     for layer in dec["dense"]:
@@ -150,45 +164,96 @@ def decode(params, z, n_pixels: int):
     return _conv(h, dec["conv"][-1])[..., 0]
 
 
+# ---------------------------------------------------------------------------- PCA-basis VAE
+
+def fit_basis(x, pixel_valid, n_components: int) -> dict:
+    """The frozen PCA basis of training spectra: mean (P,), components (K, P, orthonormal rows)
+    and scale (K,) = √(explained variance), floored at 1e-6 of the first (rank-deficient data)."""
+    pca = fit_components(x, pixel_valid, n_components)
+    scale = jnp.sqrt(pca["explained_variance"])
+    return {"mean": pca["mean"], "components": pca["components"],
+            "scale": jnp.maximum(scale, 1e-6 * scale[0])}
+
+
+def init_basis_params(key, basis: dict, *, latent_dim: int = 2, num_hidden=(128, 64)) -> dict:
+    """Initial parameters of the PCA-basis VAE on `basis` (K components; see `fit_basis`).
+
+    The linear paths start as PCA with `latent_dim` components: μ = the first d whitened
+    scores, decoded coefficients = z on the first d components. The nonlinear corrections'
+    output layers and the log σ² head start at zero (log σ² = INITIAL_LOG_VAR), so the initial
+    model reconstructs exactly as PCA-d; hidden layers are He-normal."""
+    n_basis = basis["components"].shape[0]
+    if latent_dim > n_basis:
+        raise ValueError(f"vae: latent_dim ({latent_dim}) exceeds basis ({n_basis})")
+    enc_widths = (n_basis,) + tuple(num_hidden)
+    dec_widths = (latent_dim,) + tuple(reversed(num_hidden))
+    layers = _he_layers(key, list(zip(enc_widths[:-1], enc_widths[1:]))
+                        + list(zip(dec_widths[:-1], dec_widths[1:])))
+    eye = jnp.eye(n_basis, latent_dim)
+    log_var = _zero_layer(num_hidden[-1], latent_dim)
+    log_var["b"] = jnp.full(latent_dim, INITIAL_LOG_VAR)
+    return {"frozen": basis,
+            "encoder": {"linear": eye, "dense": layers[:len(num_hidden)],
+                        "mu": _zero_layer(num_hidden[-1], latent_dim), "log_var": log_var},
+            "decoder": {"linear": eye.T, "dense": layers[len(num_hidden):],
+                        "out": _zero_layer(num_hidden[0], n_basis)}}
+
+
+def _zero_layer(n_in: int, n_out: int) -> dict:
+    return {"w": jnp.zeros((n_in, n_out)), "b": jnp.zeros(n_out)}
+
+
+def _mlp(h, layers):
+    for layer in layers:
+        h = jax.nn.relu(_dense(h, layer))
+    return h
+
+
+def _encode_basis(params, x):
+    basis = jax.lax.stop_gradient(params["frozen"])
+    scores = (x - basis["mean"]) @ basis["components"].T / basis["scale"]
+    enc = params["encoder"]
+    h = _mlp(scores, enc["dense"])
+    return scores @ enc["linear"] + _dense(h, enc["mu"]), _dense(h, enc["log_var"])
+
+
+def _decode_basis(params, z):
+    basis = jax.lax.stop_gradient(params["frozen"])
+    dec = params["decoder"]
+    coeff = z @ dec["linear"] + _dense(_mlp(z, dec["dense"]), dec["out"])
+    return basis["mean"] + (coeff * basis["scale"]) @ basis["components"]
+
+
+# ---------------------------------------------------------------------------- both
+
+def encode(params, x, pool_length: int = 4):
+    """(B, P) normalized flux -> (z_mean, z_log_var), each (B, latent_dim)."""
+    if "frozen" in params:
+        return _encode_basis(params, x)
+    return _encode_conv(params, x, pool_length)
+
+
+def decode(params, z, n_pixels: int):
+    """(B, latent_dim) latent vectors -> (B, n_pixels) normalized flux."""
+    if "frozen" in params:
+        return _decode_basis(params, z)
+    return _decode_conv(params, z, n_pixels)
+
+
 def kl_divergence(z_mean, z_log_var):
     """KL(N(μ, σ²) ‖ N(0, I)) per star, summed over latent dimensions (nats)."""
     return -0.5 * jnp.sum(1.0 + z_log_var - z_mean ** 2 - jnp.exp(z_log_var), axis=-1)
 
 
-def check_input_norm(family: str, input_norm: str) -> None:
-    if input_norm not in ("standard", "mean", "none"):
-        raise ValueError(f"{family}: input_norm must be 'standard', 'mean' or 'none', "
-                         f"got {input_norm!r}")
-
-
-def pixel_valid_of(batch) -> jnp.ndarray:
-    """The batch's (B, P) bool good-pixel mask; all True when it has no `pixel_valid`."""
-    x = batch["x"]
-    valid = batch.get("pixel_valid")
-    if valid is None:
-        return jnp.ones(x.shape, dtype=bool)
-    if valid.shape != x.shape:
-        raise ValueError(f"batch['pixel_valid'] has shape {valid.shape}, expected x's {x.shape}")
-    return jnp.asarray(valid, dtype=bool)
-
-
-def fill_masked(x, pixel_valid):
-    """Set masked pixels to 0, the training mean after input normalization."""
-    return jnp.where(pixel_valid, x, 0.0)
-
-
-def masked_mse(recon, x, pixel_valid):
-    """Per-star mean squared error over valid pixels (0 for a star without valid pixels)."""
-    sq = jnp.where(pixel_valid, (recon - fill_masked(x, pixel_valid)) ** 2, 0.0)
-    n_valid = jnp.sum(pixel_valid, axis=-1)
-    return jnp.sum(sq, axis=-1) / jnp.maximum(n_valid, 1)
-
-
 def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regression",
-          latent_dim: int = 2, beta: float = 1.0, num_filters=(2, 4), filter_len: int = 8,
-          pool_length: int = 4, num_hidden=(128, 64), upsample: int = 4,
+          latent_dim: int = 2, beta: float = 1.0, basis: int = 0, num_filters=(2, 4),
+          filter_len: int = 8, pool_length: int = 4, num_hidden=(128, 64), upsample: int = 4,
           input_norm: str = "standard") -> Model:
-    """Convolutional VAE Model over `n_inputs` pixels; `n_outputs` and `kind` are ignored."""
+    """VAE Model over `n_inputs` pixels; `n_outputs` and `kind` are ignored.
+
+    `basis` = 0: the convolutional VAE; `basis` = K > 0: the dense VAE on the training
+    spectra's first K principal components (`num_filters`, `filter_len`, `pool_length` and
+    `upsample` unused), whose `init_data` fits that basis."""
     del n_outputs, kind  # unsupervised: the target is the spectrum itself
     check_input_norm("vae", input_norm)
     for name, value in (("n_inputs", n_inputs), ("latent_dim", latent_dim),
@@ -202,12 +267,33 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
                          f"exceed n_inputs ({n_inputs})")
     if not beta >= 0:
         raise ValueError(f"vae: beta must be >= 0, got {beta!r}")
-    arch = dict(latent_dim=latent_dim, num_filters=num_filters, filter_len=filter_len,
-                pool_length=pool_length, num_hidden=num_hidden, upsample=upsample)
+    if not (isinstance(basis, int) and not isinstance(basis, bool)
+            and (basis == 0 or latent_dim <= basis <= n_inputs)):
+        raise ValueError(f"vae: basis must be 0 (convolutional) or an integer in "
+                         f"[latent_dim, n_inputs] = [{latent_dim}, {n_inputs}], got {basis!r}")
+    init_data = None
+    if basis:
+        def basis_params(key, frame):
+            return init_basis_params(key, frame, latent_dim=latent_dim, num_hidden=num_hidden)
 
-    @jax.jit  # one compilation instead of eager per-op compiles (seconds on CPU)
-    def init(key):
-        return init_params(key, n_inputs=n_inputs, **arch)
+        @jax.jit
+        def init(key):
+            # Without data: a zero basis of unit scale, i.e. the training-mean spectrum.
+            return basis_params(key, {"mean": jnp.zeros(n_inputs),
+                                      "components": jnp.zeros((basis, n_inputs)),
+                                      "scale": jnp.ones(basis)})
+
+        @jax.jit
+        def init_data(train_batch, key):
+            return basis_params(key, fit_basis(jnp.asarray(train_batch["x"]),
+                                               pixel_valid_of(train_batch), basis))
+    else:
+        arch = dict(latent_dim=latent_dim, num_filters=num_filters, filter_len=filter_len,
+                    pool_length=pool_length, num_hidden=num_hidden, upsample=upsample)
+
+        @jax.jit  # one compilation instead of eager per-op compiles (seconds on CPU)
+        def init(key):
+            return init_params(key, n_inputs=n_inputs, **arch)
 
     def apply(params, x, key=None, train=False, x_err=None):
         del train  # no dropout: train and inference passes are the same
@@ -227,4 +313,5 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
         kl = jnp.mean(kl_divergence(out["z_mean"], out["z_log_var"]))
         return recon + beta * kl, {"recon": recon, "kl": kl}
 
-    return Model(init=init, apply=apply, loss=loss, stochastic=False, input_norm=input_norm)
+    return Model(init=init, apply=apply, loss=loss, stochastic=False, input_norm=input_norm,
+                 init_data=init_data)

@@ -39,12 +39,12 @@ def time_budget(cfg: train.TrainConfig, walltime_s: float | None) -> float | Non
 
 
 def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str, model_spec: dict,
-                seed: int, code_digest: str, config_digest: str, checkpoint_dir,
+                seed: int, code_digest: str, config_digest: str, checkpoint_dir=None,
                 walltime_s: float | None = None, run_control: dict | None = None,
                 log=print) -> None:
     """Train one model on one task; write params.npz, model.json, norm.json, history.csv.
 
-    Training state is checkpointed in `checkpoint_dir`, outside the outputs (which Snakemake
+    Training state is checkpointed in `checkpoint_dir` (None: no checkpoints), outside the outputs (which Snakemake
     deletes when a job fails) and named by the code and config digests, so that only a rerun
     of the same code and config resumes it. A job that would pass its time budget saves and
     stops (train.TimeBudgetExceeded, a non-zero exit); Snakemake's retry resumes. The
@@ -90,5 +90,6 @@ def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str,
         "stochastic": model.stochastic, "seed": seed, "code_hash": code_digest,
         "config_hash": config_digest, "n_train": len(train_data), "n_valid": len(valid_data),
         "epochs": int(len(history)), "residual_std_normalized": residual_std.tolist()})
-    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+    if checkpoint_dir is not None:
+        shutil.rmtree(checkpoint_dir, ignore_errors=True)
     log(f"trained {model_name}/{task.name} in {time.perf_counter() - t0:.1f} s")

@@ -69,6 +69,7 @@ Regression only.
 """
 from __future__ import annotations
 
+import time
 from functools import partial
 from typing import NamedTuple
 
@@ -420,17 +421,27 @@ def _curvature(q, n_labels: int, order: int):
     return q[_derivative_index(n_labels)] * (1.0 + jnp.eye(n_labels, dtype=q.dtype))
 
 
-def _objective(form: ChiSquare, labels, prior_prec, order: int):
-    """(χ² + |ℓ|²/τ², its Gauss-Newton matrix H = DᵀMD + I/τ², the residual curvature S with
-    ½∇²(χ² + |ℓ|²/τ²) = H + S, and g = −½∇(χ² + |ℓ|²/τ²) = Dᵀ(h − MΔv) − ℓ/τ²)."""
-    n_labels = labels.shape[0]
+def _value_and_step(form: ChiSquare, labels, prior_prec, order: int):
+    """(χ² + |ℓ|²/τ², q = MΔv − h, g = −½∇(χ² + |ℓ|²/τ²) = −Dᵀq − ℓ/τ²): O(T²)."""
     dv = label_vector(labels, order) - form.v_ref
     q = form.m @ dv - form.h
     chi2 = form.c + dv @ (q - form.h)
+    g = -label_jacobian(labels, order).T @ q - prior_prec * labels
+    return chi2 + prior_prec * jnp.sum(labels * labels), q, g
+
+
+def _gauss_newton_matrix(form: ChiSquare, labels, prior_prec, order: int):
+    """H = DᵀMD + I/τ² (K, K), the Gauss-Newton matrix AᵀC⁻¹A + I/τ²: O(T²K)."""
     d = label_jacobian(labels, order)
-    h = d.T @ (form.m @ d) + prior_prec * jnp.eye(n_labels, dtype=d.dtype)
-    g = -d.T @ q - prior_prec * labels
-    return chi2 + prior_prec * jnp.sum(labels * labels), h, _curvature(q, n_labels, order), g
+    return d.T @ (form.m @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
+
+
+def _objective(form: ChiSquare, labels, prior_prec, order: int):
+    """(χ² + |ℓ|²/τ², its Gauss-Newton matrix H, the residual curvature S with ½∇²(χ² +
+    |ℓ|²/τ²) = H + S, and g = −½∇(χ² + |ℓ|²/τ²) = Dᵀ(h − MΔv) − ℓ/τ²)."""
+    obj, q, g = _value_and_step(form, labels, prior_prec, order)
+    h = _gauss_newton_matrix(form, labels, prior_prec, order)
+    return obj, h, _curvature(q, labels.shape[0], order), g
 
 
 def _scaled_solve(h, g, free, damping=0.0, scale=None):
@@ -656,10 +667,12 @@ def _parameters(labels, flux_t, var_t, theta, s2, flux_var, *, scatter: bool, sc
 def train_cannon(batch: dict, *, order: int = 2, scatter: bool = True, scatter_iter: int = 1,
                  missing_labels: str = "infer", l1: float = 0.0, l1_iter: int = 200,
                  pixel_chunk: int = 256, n_iter: int = 8, n_polish: int = 4,
-                 prior_std: float = 10.0, n_prototypes: int = 256):
+                 prior_std: float = 10.0, n_prototypes: int = 256, log=None):
     """Fit the Cannon to a training batch (x, y, valid; optional x_err, pixel_valid). Returns
     (params, the training labels (N, K) it used: the catalogue's, with missing labels inferred
-    by the test step under "infer"; the complete stars' only under "drop")."""
+    by the test step under "infer"; the complete stars' only under "drop"). `log`, if given,
+    receives one line per stage with its wall time."""
+    clock = _Stopwatch(log)
     x = np.asarray(batch["x"], np.float32)
     y = np.asarray(batch["y"], np.float64)
     ok = np.asarray(batch["valid"], bool)
@@ -678,19 +691,37 @@ def train_cannon(batch: dict, *, order: int = 2, scatter: bool = True, scatter_i
     if missing_labels == "infer" and not complete.all():
         theta, s2 = fit_pixels(y[keep], flux_t[:, keep], var_t[:, keep], order=order,
                                scatter_iter=0, **opts)
+        clock(f"fit on the {len(keep)} stars with every label")
         params = _parameters(y[keep], flux_t[:, keep], var_t[:, keep], theta, s2,
                              flux_var[keep], scatter=scatter, scatter_iter=0, chunk=pixel_chunk,
                              n_prototypes=n_prototypes)
+        clock("order-1 model")
         y = infer_missing(params, x, flux_var, y, ok, order=order, n_iter=n_iter,
                           n_polish=n_polish, prior_std=prior_std)
+        clock(f"missing labels of {len(y) - len(keep)} stars")
         keep = np.arange(len(y))
         scatter_iter = max(scatter_iter - 1, 0)    # the fit on complete stars was the first
     labels, flux_t, var_t, flux_var = y[keep], flux_t[:, keep], var_t[:, keep], flux_var[keep]
     theta, s2 = fit_pixels(labels, flux_t, var_t, order=order, scatter_iter=scatter_iter,
                            scatter2=s2, **opts)
+    clock(f"fit on {len(keep)} stars ({scatter_iter + 1} solve(s) per pixel)")
     params = _parameters(labels, flux_t, var_t, theta, s2, flux_var, scatter=scatter,
                          scatter_iter=scatter_iter, chunk=pixel_chunk, n_prototypes=n_prototypes)
+    clock("order-1 model")
     return params, labels
+
+
+class _Stopwatch:
+    """Calls `log(f"{what}: {seconds since the last call} s")`; does nothing without `log`."""
+
+    def __init__(self, log):
+        self.log, self.last = log, time.perf_counter()
+
+    def __call__(self, what: str) -> None:
+        if self.log is not None:
+            now = time.perf_counter()
+            self.log(f"cannon: {what}: {now - self.last:.1f} s")
+            self.last = now
 
 
 @partial(jax.jit, static_argnames=("order", "n_iter", "n_polish", "prior_std"))

@@ -352,8 +352,9 @@ def fit_pixels(labels, flux_t, flux_var_t, *, order: int, scatter: bool, scatter
 # h = ΘᵀC⁻¹r_ref (T,) and c = r_refᵀC⁻¹r_ref — one matrix product over all stars of a batch —
 # and each iteration then costs O(T²) instead of O(P K²). Gradient and Gauss-Newton matrix
 # follow with D = ∂v/∂ℓ (T, K): ∇½χ² = −Dᵀ(h − MΔv), AᵀC⁻¹A = DᵀMD. The reference is the
-# order-1 estimate, which keeps the three terms of the order of χ² itself (no cancellation in
-# float32) near the solution.
+# order-1 estimate for the search and the search's result for the last (Newton) iterations:
+# near the reference the three terms are of the order of χ² itself, so float32 rounding stays
+# far below the differences the iterations compare.
 
 class ChiSquare(NamedTuple):
     """χ²(ℓ) = c − 2 Δvᵀh + Δvᵀ m Δv of one star, Δv = v(ℓ) − v_ref."""
@@ -445,8 +446,8 @@ def _objective(form: ChiSquare, labels, prior_prec, order: int):
 
 
 def _scaled_solve(h, g, free, damping=0.0, scale=None):
-    """δ solving (H_ff + λ diag S_ff) δ_f = g_f with δ = 0 at fixed labels (free False); `scale`
-    (default H) gives the Jacobi scaling and Marquardt's damping (labels differ by orders of
+    """δ solving (H_ff + λ diag(scale)_ff) δ_f = g_f with δ = 0 at fixed labels (free False);
+    `scale` (default H) also sets the Jacobi scaling of the solve (labels differ by orders of
     magnitude in how well the flux constrains them)."""
     scale = h if scale is None else scale
     d = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(scale)), 1e-30))
@@ -568,7 +569,8 @@ def _weights(params, x, x_err):
 
 
 def test_step(params, x, x_err=None, *, order: int, n_iter: int, n_polish: int,
-              prior_std: float, implicit: bool = True, known=None, free=None, star_chunk: int = 256) -> dict:
+              prior_std: float, implicit: bool = True, known=None, free=None,
+              star_chunk: int = 256) -> dict:
     """The labels of stars (B, P) of normalized flux: dict of value, log_var (B, K) and chi2,
     chi2_red (B,) (module docstring). x_err (B, P): flux errors, +inf at masked pixels (None:
     the training median per pixel). With `known`/`free` (B, K) only the free labels move,
@@ -795,13 +797,16 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", order: int
 
     order: 1 or 2, the degree of the label vector. l1: Casey+2016's Λ (units of ½χ² per unit
     coefficient) on the non-constant coefficients, 0 for none; l1_iter: its ADMM iterations.
-    scatter: fit the intrinsic scatter s_p (else 0); scatter_iter: scatter-and-refit rounds after
-    the first fit. missing_labels: "infer" or "drop" (module docstring). n_iter: Levenberg-
-    Marquardt iterations per starting point of the test step. prior_std: τ, the width of the
-    labels' weak prior (standardized units). implicit: differentiate the test step implicitly
-    (False: through its iterations). pixel_chunk: pixels per batch of normal equations in `fit`
-    (memory ~ pixel_chunk × T² floats); star_chunk: stars solved at once by `apply` (memory
-    ~ 2 × star_chunk × P × K floats)."""
+    scatter: fit the intrinsic scatter s_p (else 0); scatter_iter: scatter-and-refit rounds
+    after the first fit (the refit on every star after inferring missing labels is one).
+    missing_labels: "infer" or "drop" (module docstring). Test step: n_iter Gauss-Newton
+    iterations from each of the two starting points, n_polish Newton iterations from the
+    better, n_prototypes training label vectors (the mean included) to pick the second start
+    from; prior_std: τ, the width of the labels' weak prior (standardized units); implicit:
+    differentiate the labels implicitly (False: through the iterations). pixel_chunk: pixels
+    per batch of normal equations in `fit` (memory ~ pixel_chunk × T² floats); star_chunk:
+    stars solved at once by `apply` (memory ~ star_chunk × T² floats). `fit` is deterministic
+    and uses neither the validation batch nor the key."""
     if kind != "regression":
         raise ValueError(f"cannon: kind must be 'regression' (the Cannon models the flux as a "
                          f"polynomial in continuous labels), got {kind!r}")

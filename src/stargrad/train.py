@@ -34,6 +34,8 @@ from jax import lax
 from .params_io import load_params, save_params
 
 BATCH_KEYS = ("x", "y", "y_err", "valid")
+#: Optional (B, P) flux errors, normalized like x; +inf marks a masked pixel (no information).
+FLUX_ERROR_KEY = "x_err"
 CHECKPOINT_NAME = "checkpoint.npz"
 FROZEN = "frozen"
 # Changing these on resume is allowed; any other config difference is an error.
@@ -143,7 +145,8 @@ def _coerce(name: str, value, kind: type):
 # ---------------------------------------------------------------- input checks
 
 def _check_batch(which: str, batch) -> dict:
-    """Validate a batch dict of numpy arrays; return it with float32 x/y/y_err."""
+    """Validate a batch dict of numpy arrays; return it with float32 x/y/y_err (and x_err, which
+    may hold +inf at masked pixels but no NaN or −inf)."""
     if not isinstance(batch, Mapping):
         raise TypeError(f"{which} must be a dict of arrays, got {type(batch).__name__}")
     missing = [k for k in BATCH_KEYS if k not in batch]
@@ -157,9 +160,9 @@ def _check_batch(which: str, batch) -> dict:
             raise ValueError(f"{label} must have a leading star axis, got a scalar")
         if name == "valid" and arr.dtype != bool:
             raise TypeError(f"{label} must be bool, got {arr.dtype}")
-        if name in ("x", "x_err", "y", "y_err"):
+        if name in ("x", "y", "y_err", FLUX_ERROR_KEY):
             if arr.ndim != 2:
-                axis = "pixels" if name in ("x", "x_err") else "labels"
+                axis = "pixels" if name in ("x", FLUX_ERROR_KEY) else "labels"
                 raise ValueError(f"{label} must be 2-D (stars, {axis}), got shape {arr.shape}")
             if arr.dtype.kind not in "fiu":
                 raise TypeError(f"{label} must be numeric, got {arr.dtype}")
@@ -167,11 +170,12 @@ def _check_batch(which: str, batch) -> dict:
         elif arr.dtype.kind not in "fiub":
             raise TypeError(f"{label} must be numeric or bool, got {arr.dtype}")
         if arr.dtype.kind == "f":
-            # x_err is +inf at masked pixels (no information); nothing else may be non-finite
-            ok = ~np.isnan(arr) & (arr > 0) if name == "x_err" else np.isfinite(arr)
-            bad = int(np.size(arr) - np.count_nonzero(ok))
+            # x_err is +inf at masked pixels (no information), else positive; nothing else may
+            # be non-finite
+            allowed = arr > 0 if name == FLUX_ERROR_KEY else np.isfinite(arr)
+            bad = int(np.size(arr) - np.count_nonzero(allowed))
             if bad:
-                what = "NaN or non-positive" if name == "x_err" else "NaN/inf"
+                what = "NaN/-inf or non-positive" if name == FLUX_ERROR_KEY else "NaN/inf"
                 raise ValueError(f"{label} has {bad} {what} values")
         out[name] = arr
     n_stars, n_labels = out["y"].shape
@@ -181,6 +185,9 @@ def _check_batch(which: str, batch) -> dict:
         if arr.shape[0] != n_stars:
             raise ValueError(f"{which}[{name!r}] has {arr.shape[0]} stars, "
                              f"{which}['y'] has {n_stars}")
+    if FLUX_ERROR_KEY in out and out[FLUX_ERROR_KEY].shape != out["x"].shape:
+        raise ValueError(f"{which}[{FLUX_ERROR_KEY!r}] has shape {out[FLUX_ERROR_KEY].shape}, "
+                         f"expected {out['x'].shape} like {which}['x']")
     for name in ("y_err", "valid"):
         if out[name].shape != (n_stars, n_labels):
             raise ValueError(f"{which}[{name!r}] has shape {out[name].shape}, "

@@ -123,6 +123,37 @@ def test_early_stopping_restores_best_params():
     assert float(same["w"]) == float(params["w"])
 
 
+@pytest.mark.parametrize("momentum", [0.0, 0.9])
+def test_sgd_steps_are_plain_gradient_descent(momentum):
+    """One batch per epoch on the scalar model: loss (w - 3)², gradient 2(w - 3). Plain SGD
+    moves w by -lr·g; heavy-ball momentum accumulates v ← μ v + g, w ← w - lr·v."""
+    lr, epochs = 0.1, 3
+    cfg = train.TrainConfig(optimizer="sgd", learning_rate=lr, momentum=momentum,
+                            batch_size=10, max_epochs=epochs, early_stopping_patience=None,
+                            plateau_patience=10)
+    params, _ = train.fit(scalar_model(0.0), constant_batch(10, 3.0), constant_batch(5, 3.0),
+                          cfg, jax.random.key(0), **QUIET)
+    w, v = 0.0, 0.0
+    for _ in range(epochs):
+        v = momentum * v + 2 * (w - 3.0)
+        w -= lr * v
+    assert float(params["w"]) == pytest.approx(w, rel=1e-6)
+    with pytest.raises(ValueError, match="momentum"):
+        train.TrainConfig(optimizer="adam", momentum=0.9)
+
+
+def test_class_accuracy_is_the_recall_of_each_class():
+    prob = jnp.array([[0.9], [0.2], [0.7], [0.4], [0.6]])
+    y = jnp.array([[1.0], [1.0], [0.0], [0.0], [1.0]])
+    valid = jnp.array([[True], [True], [True], [True], [False]])
+    _, metrics = losses.label_loss({"value": prob, "logit": jnp.log(prob / (1 - prob))},
+                                   {"y": y, "valid": valid}, "classification")
+    assert float(metrics["accuracy_1"]) == pytest.approx(0.5)     # 1 of the 2 valid class-1
+    assert float(metrics["accuracy_0"]) == pytest.approx(0.5)     # 1 of the 2 class-0
+    # the overall metric is a per-star mean in which a star without a label counts 0 (2 / 5)
+    assert float(metrics["accuracy"]) == pytest.approx(0.4)
+
+
 def test_drop_last_skips_the_partial_batch():
     # Adam's first steps move w by ~lr each: 70 stars in batches of 32 -> 2 or 3 steps
     cfg = dict(learning_rate=0.1, batch_size=32, max_epochs=1)

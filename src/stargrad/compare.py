@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fitsio
 import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
 
-from .apogee import is_missing
+from .apogee import ASPCAP_LABELS, is_missing
 from .attribution.files import read_jacobian_fits
 from .attribution.similarity import similarity_matrix
 from .predictions import read_predictions
@@ -123,8 +124,11 @@ def compare_task(prediction_paths, crb_path, attribution_dirs: dict, task, out: 
         card.to_csv(tmp, index=False, float_format="%.6g")
     rank = ranking(card, task.kind)
     plot_ranking(out["ranking"], rank, f"{task.name}: models ranked on the test split")
-    compare_attribution({m: Path(d) / "jacobian.fits" for m, d in attribution_dirs.items()},
-                        out["similarity"], out["comparison_plots"], list(task.labels))
+    jacs = {m: read_jacobian_fits(Path(d) / "jacobian.fits")["mean_jacobian"]
+            for m, d in sorted(attribution_dirs.items())}
+    if crb_path and jacs:
+        jacs[EFFICIENT] = efficient_weights_for(crb_path, list(task.labels))
+    compare_attribution(jacs, out["similarity"], out["comparison_plots"], list(task.labels))
     log(f"{task.name}: {len(metrics)} metric rows for {len(predictions)} prediction files; "
         f"ranking: {', '.join(f'{r.model} {r.score:.3g}' for r in rank.itertuples())}")
 
@@ -180,16 +184,29 @@ def ranking(card: pd.DataFrame, kind: str) -> pd.DataFrame:
     return score.sort_values().reset_index().assign(metric=metric)
 
 
-def compare_attribution(jacobian_paths: dict[str, str], out_csv, plot_dir, labels) -> None:
-    """Cosine similarity of the models' mean Jacobians per label, and one side-by-side
-    figure per label."""
-    jacs = {m: read_jacobian_fits(p)["mean_jacobian"] for m, p in sorted(jacobian_paths.items())}
+#: The mock's efficient estimator, compared with the models' Jacobians under this name.
+EFFICIENT = "efficient_estimator"
+
+
+def efficient_weights_for(crb_path, labels) -> np.ndarray:
+    """The mock's mean efficient-estimator weights (d label / d flux) of `labels`, (K, 7514);
+    NaN rows for labels it has none of (seismic labels)."""
+    weights = fitsio.read(str(crb_path), ext="EFFICIENT_WEIGHTS").astype(float)
+    row = {label: k for k, label in enumerate(ASPCAP_LABELS)}
+    return np.array([weights[row[label]] if label in row else np.full(weights.shape[1], np.nan)
+                     for label in labels])
+
+
+def compare_attribution(jacs: dict[str, np.ndarray], out_csv, plot_dir, labels) -> None:
+    """Cosine similarity of the mean Jacobians (K, 7514) of every pair of models (and of the
+    mock's efficient estimator, when given as a model) per label, and one side-by-side figure
+    per label."""
     with atomic_path(out_csv) as tmp:
         (similarity_matrix(jacs, labels) if jacs else
          pd.DataFrame(columns=["label", "model_a", "model_b", "cosine"])).to_csv(
             tmp, index=False, float_format="%.6g")
     Path(plot_dir).mkdir(parents=True, exist_ok=True)
     for k, label in enumerate(labels):
-        if jacs:
-            plot_jacobian_comparison(Path(plot_dir) / f"{label}.png",
-                                     {m: j[k] for m, j in jacs.items()}, label)
+        shown = {m: j[k] for m, j in jacs.items() if np.all(np.isfinite(j[k]))}
+        if shown:
+            plot_jacobian_comparison(Path(plot_dir) / f"{label}.png", shown, label)

@@ -39,15 +39,26 @@ def masked_accuracy(prob, y, valid):
     return per_star_mean(hit.astype(jnp.float32), valid)
 
 
+def class_accuracy(prob, y, valid, cls: int):
+    """Fraction of the batch's valid labels of class `cls` (0 or 1) predicted as that class
+    (`prob > 0.5` for class 1): the per-class accuracy (recall); 0 if the batch has none."""
+    of_class = valid & ((y > 0.5) == bool(cls))
+    hit = of_class & ((prob > 0.5) == bool(cls))
+    return hit.sum() / jnp.maximum(of_class.sum(), 1)
+
+
 def label_loss(out, batch, kind: str):
     """Loss and metrics of point predictions `out` (an `apply` dict) against a batch.
 
     Regression: masked MSE of `out["value"]`; classification: masked BCE of `out["logit"]`,
-    with the accuracy of `out["value"]` as a metric."""
+    with the accuracy of `out["value"]` overall and per class (`accuracy_0`, `accuracy_1`) as
+    metrics."""
     y, valid = batch["y"], batch["valid"]
     if kind == "classification":
         bce = masked_bce_with_logits(out["logit"], y, valid)
-        return bce, {"bce": bce, "accuracy": masked_accuracy(out["value"], y, valid)}
+        return bce, {"bce": bce, "accuracy": masked_accuracy(out["value"], y, valid),
+                     **{f"accuracy_{c}": class_accuracy(out["value"], y, valid, c)
+                        for c in (0, 1)}}
     mse = masked_mse(out["value"], y, valid)
     return mse, {"mse": mse}
 

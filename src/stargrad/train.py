@@ -34,6 +34,7 @@ from jax import lax
 from .params_io import load_params, save_params
 
 BATCH_KEYS = ("x", "y", "y_err", "valid")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 #: Optional (B, P) flux errors, normalized like x; +inf marks a masked pixel (no information).
 FLUX_ERROR_KEY = "x_err"
 CHECKPOINT_NAME = "checkpoint.npz"
@@ -53,8 +54,10 @@ class TimeBudgetExceeded(RuntimeError):
 class TrainConfig:
     """Optimizer, batching and schedule settings (defaults follow astroNN's callbacks).
 
-    `early_stopping_patience=None` disables early stopping. `optimizer` is "adam" or "adamw"
-    (decoupled `weight_decay`, which must be 0 for "adam"). `seed` is what callers turn into
+    `early_stopping_patience=None` disables early stopping. `optimizer` is "adam", "adamw"
+    (decoupled `weight_decay`, which must be 0 otherwise) or "sgd" (plain stochastic gradient
+    descent, with heavy-ball `momentum` in [0, 1), which must be 0 otherwise; the seed
+    notebooks' optimiser). `seed` is what callers turn into
     the key passed to `fit` (`fit(..., key=None)` does it). With a checkpoint directory, the
     state is saved every `checkpoint_every` epochs, and a run that would pass `time_budget_s`
     seconds (None: no budget) saves and stops with TimeBudgetExceeded so that a retry resumes;
@@ -70,6 +73,7 @@ class TrainConfig:
     optimizer: str = "adam"
     adam_eps: float = 1e-7
     weight_decay: float = 0.0
+    momentum: float = 0.0
     drop_last: bool = True
     seed: int = 0
     checkpoint_every: int = 1
@@ -90,10 +94,11 @@ class TrainConfig:
             "plateau_patience": self.plateau_patience >= 1,
             "plateau_min_delta": self.plateau_min_delta >= 0,
             "min_learning_rate": self.min_learning_rate >= 0,
-            "optimizer": self.optimizer in ("adam", "adamw"),
+            "optimizer": self.optimizer in OPTIMIZERS,
             "adam_eps": self.adam_eps > 0,
             "weight_decay": self.weight_decay >= 0
             and (self.optimizer == "adamw" or self.weight_decay == 0),
+            "momentum": 0 <= self.momentum < 1 and (self.optimizer == "sgd" or self.momentum == 0),
             "checkpoint_every": self.checkpoint_every >= 1,
             "time_budget_s": self.time_budget_s is None or self.time_budget_s > 0,
         }
@@ -101,8 +106,9 @@ class TrainConfig:
         if bad:
             name = bad[0]
             hint = {"plateau_factor": "must be in (0, 1)",
-                    "optimizer": "must be 'adam' or 'adamw'",
+                    "optimizer": f"must be one of {', '.join(OPTIMIZERS)}",
                     "weight_decay": "must be >= 0, and 0 unless optimizer is 'adamw'",
+                    "momentum": "must be in [0, 1), and 0 unless optimizer is 'sgd'",
                     "early_stopping_patience": "must be >= 1 or None"}.get(name, "out of range")
             raise ValueError(f"TrainConfig.{name} = {getattr(self, name)!r}: {hint}")
 
@@ -277,6 +283,9 @@ def make_evaluator(model, data: dict, batch_size: int):
 # ---------------------------------------------------------------- training
 
 def _optimizer(cfg: TrainConfig):
+    if cfg.optimizer == "sgd":
+        return optax.inject_hyperparams(optax.sgd)(learning_rate=cfg.learning_rate,
+                                                   momentum=cfg.momentum or None)
     if cfg.optimizer == "adamw":
         return optax.inject_hyperparams(optax.adamw)(
             learning_rate=cfg.learning_rate, eps=cfg.adam_eps, weight_decay=cfg.weight_decay)

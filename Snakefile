@@ -25,6 +25,7 @@ include: "workflow/rules/train.smk"
 include: "workflow/rules/predict.smk"
 include: "workflow/rules/attribute.smk"
 include: "workflow/rules/compare.smk"
+include: "workflow/rules/catalogue.smk"
 include: "workflow/rules/generative.smk"
 
 

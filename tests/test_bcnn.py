@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from stargrad import apogee, layers, models, train
-from stargrad.mc import _moments, mc_predict
+from stargrad.mc import _moments, mc_predict, star_seeds
 from stargrad.models import bcnn
 
 
@@ -340,28 +340,45 @@ def small():
 
 
 def test_mc_predict_matches_explicit_samples(small):
+    """Sample s of star j is one forward pass of that star alone with the row key
+    fold_in(split(key, S)[s], seed_j), seed_j from the star's ID; so a star's result does not
+    depend on the batch size or on the other stars."""
     model, params, x = small
     key = jax.random.key(9)
-    out = mc_predict(model, params, x, key, mc_samples=7, batch_size=3)
+    ids = [f"2M{i:08d}" for i in range(len(x))]
+    out = mc_predict(model, params, x, key, mc_samples=7, batch_size=3, ids=ids)
     assert set(out) == {"value", "std_model", "std_predictive", "std_total"}
     apply = jax.jit(model.apply)
     assert all(v.shape == (5, 3) for v in out.values())
-    for chunk, rows in enumerate((slice(0, 3), slice(3, 5))):
-        xb = np.concatenate([x[rows], np.zeros((3 - len(x[rows]), 32), np.float32)])
-        keys = jax.random.split(jax.random.fold_in(key, chunk), 7)
-        samples = [apply(params, jnp.asarray(xb), k) for k in keys]
-        v = np.stack([np.asarray(s["value"]) for s in samples])[:, :len(x[rows])]
-        s = np.stack([np.asarray(s["log_var"]) for s in samples])[:, :len(x[rows])]
-        np.testing.assert_allclose(out["value"][rows], v.mean(0), rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(out["std_model"][rows], v.std(0), rtol=1e-4, atol=1e-6)
-        np.testing.assert_allclose(out["std_predictive"][rows], np.sqrt(np.exp(s.mean(0))),
+    per_sample = jax.random.split(key, 7)
+    for j, seed in enumerate(star_seeds(ids)):
+        samples = [apply(params, jnp.asarray(x[j:j + 1]), jax.random.fold_in(k, seed)[None])
+                   for k in per_sample]
+        v = np.stack([np.asarray(s["value"])[0] for s in samples])
+        s = np.stack([np.asarray(s["log_var"])[0] for s in samples])
+        np.testing.assert_allclose(out["value"][j], v.mean(0), rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(out["std_model"][j], v.std(0), rtol=1e-4, atol=1e-6)
+        np.testing.assert_allclose(out["std_predictive"][j], np.sqrt(np.exp(s.mean(0))),
                                    rtol=1e-5)
     np.testing.assert_allclose(out["std_total"] ** 2,
                                out["std_model"] ** 2 + out["std_predictive"] ** 2, rtol=1e-5)
-    again = mc_predict(model, params, x, key, mc_samples=7, batch_size=3)
+    order = np.array([3, 0, 4, 1, 2])
+    moved = mc_predict(model, params, x[order], key, mc_samples=7, batch_size=2,
+                       ids=[ids[i] for i in order])
     for name in out:
-        np.testing.assert_array_equal(out[name], again[name])
+        np.testing.assert_allclose(moved[name], out[name][order], rtol=1e-5, atol=1e-7)
     assert np.all(out["std_model"] > 0)
+
+
+def test_row_keys_give_each_row_its_own_mask():
+    keys = jax.random.split(jax.random.key(3), 4)
+    masks = np.asarray(layers.keep_mask(keys, (4, 5000), 0.3, salt=2))
+    np.testing.assert_allclose(masks.mean(axis=1), 0.7, atol=0.03)
+    alone = np.asarray(layers.keep_mask(keys[2:3], (1, 5000), 0.3, salt=2))
+    np.testing.assert_array_equal(masks[2], alone[0])       # a row's mask ignores the others
+    assert (masks[0] != masks[1]).mean() > 0.3
+    with pytest.raises(ValueError, match="row keys"):
+        layers.keep_mask(keys, (3, 10), 0.3, salt=2)
 
 
 def test_mc_deterministic_mode_and_shared_key(small):

@@ -78,10 +78,12 @@ def test_calibration_scales_are_the_valid_z_spread():
     y = rng.standard_normal((n, 3))
     std_total = np.exp(rng.uniform(-1, 0, (n, 3)))
     value = y + std_total * rng.standard_normal((n, 3)) * np.array([2.0, 0.5, 1.0])
-    valid = np.ones((n, 3), bool)
-    valid[:, 2] = False
-    valid[:5, 2] = True
-    scales, used = calibration_scales({"value": value, "std_total": std_total}, y, valid)
+    truth = y.copy()
+    truth[5:, 2] = np.nan                     # missing (NaN or -9999) labels are left out
+    truth[5::2, 2] = -9999.0
+    table = pd.DataFrame({**{f"l{k}": value[:, k] for k in range(3)},
+                          **{f"l{k}_std_total": std_total[:, k] for k in range(3)}})
+    scales, used = calibration_scales(table, truth, ["l0", "l1", "l2"])
     assert list(used) == [n, n, 5]
     z = (value - y) / std_total
     np.testing.assert_allclose(scales[:2], [mad_std(z[:, 0]), mad_std(z[:, 1])], rtol=1e-12)

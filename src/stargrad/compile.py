@@ -11,6 +11,7 @@ import pandas as pd
 
 from . import apogee, continuum, survey
 from .apogee import MAGIC_NUMBER, is_missing
+from .download import manifest_skips
 from .provenance import atomic_path
 from .select import unique_stars
 
@@ -207,11 +208,7 @@ def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_path
     if unknown:
         raise ValueError(f"{split_csv}: {len(unknown)} stars are not in {allstar_path}, "
                          f"e.g. {sorted(unknown)[:3]}")
-    skip = {}
-    for manifest in manifests:
-        rows = pd.read_csv(manifest, dtype={"APOGEE_ID": str}, keep_default_na=False)
-        bad = rows[rows["status"] != "ok"]
-        skip.update(zip(bad["APOGEE_ID"], bad["reason"]))
+    skip = manifest_skips(manifests)
     quarantine = []
     for out_path in out_paths:
         name = Path(out_path).stem

@@ -63,6 +63,9 @@ def check_config(config: dict) -> None:
         tasks = tasks_from_config(config)
     except ValueError as exc:
         raise ConfigError(f"config: tasks: {exc}") from None
+    if "all" in config["datasets"]:
+        raise ConfigError("config: datasets.all: 'all' is reserved (the download set of every "
+                          "allStar star); name the dataset otherwise")
     for name, task in tasks.items():
         if task.dataset not in config["datasets"]:
             raise ConfigError(f"config: tasks.{name}.dataset: unknown dataset {task.dataset!r} "
@@ -79,3 +82,12 @@ def check_config(config: dict) -> None:
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     _check_generative(config, tasks)
+    for name, cat_tasks in config["catalogue"]["models"].items():
+        spec = config["models"].get(name)
+        if spec is None or not models.traits(spec["family"]).supervised:
+            raise ConfigError(f"config: catalogue.models.{name}: not a supervised model of "
+                              f"config.models")
+        untrained = [t for t in cat_tasks if t not in spec["tasks"]]
+        if untrained:
+            raise ConfigError(f"config: catalogue.models.{name}: {name} is not trained on "
+                              f"{untrained} (its tasks are {spec['tasks']})")

@@ -101,14 +101,15 @@ class Normalizer:
         return cls(input_mode, mean.astype(np.float32), std.astype(np.float32), task.labels,
                    np.array(lmean), np.array(lstd))
 
-    def inputs(self, data: SplitData) -> np.ndarray:
-        """Normalized flux; bad pixels are set to the training mean (i.e. 0 after centring)."""
-        x = (data.flux - self.input_mean) / self.input_std
-        return np.where(data.mask, 0.0, x).astype(np.float32)
+    def inputs(self, flux: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Normalized (N, 7514) flux; bad pixels (`mask` True) are set to the training mean
+        (i.e. 0 after centring)."""
+        x = (flux - self.input_mean) / self.input_std
+        return np.where(mask, 0.0, x).astype(np.float32)
 
-    def input_errors(self, data: SplitData) -> np.ndarray:
+    def input_errors(self, error: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Flux errors in the units of `inputs`; +inf at masked pixels (no information)."""
-        return np.where(data.mask, np.inf, data.error / self.input_std).astype(np.float32)
+        return np.where(mask, np.inf, error / self.input_std).astype(np.float32)
 
     def to_json(self) -> dict:
         return {"input_mode": self.input_mode, "input_mean": self.input_mean.tolist(),
@@ -143,7 +144,8 @@ def batch(data: SplitData, task: Task, norm: Normalizer) -> dict:
     y_norm, valid = normalized_labels(task_labels(data, task), norm)
     err = np.stack([data.labels[f"{l}_err"].to_numpy(dtype=float) for l in task.labels], axis=1)
     err_norm = np.where(valid & ~is_missing(err), np.abs(err) / norm.label_std, 0.0)
-    return {"x": norm.inputs(data), "x_err": norm.input_errors(data), "y": y_norm,
+    return {"x": norm.inputs(data.flux, data.mask),
+            "x_err": norm.input_errors(data.error, data.mask), "y": y_norm,
             "y_err": err_norm.astype(np.float32), "valid": valid, "pixel_valid": ~data.mask}
 
 

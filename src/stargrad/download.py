@@ -372,16 +372,16 @@ def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
 
 def download_chunk(allstar_path, split_paths, chunk: int, n_chunks: int, survey_root,
                    base_url: str, manifest_path, *, log: Callable = print, **kwargs) -> pd.DataFrame:
-    """The download_spectra rule: the stars listed in any `split_paths` CSV (APOGEE_ID column)
-    whose `chunk_of` is `chunk` are downloaded; the manifest is written to `manifest_path`.
-    `kwargs` go to `download_spectra`."""
-    ids = []
+    """The download rules: the stars listed in any `split_paths` CSV (APOGEE_ID column), or
+    every allStar star when `split_paths` is empty, whose `chunk_of` is `chunk` are downloaded;
+    the manifest is written to `manifest_path`. `kwargs` go to `download_spectra`."""
+    allstar = survey.read_allstar(allstar_path, columns=["APOGEE_ID", "TELESCOPE", "FIELD"])
+    ids = [] if split_paths else list(allstar["APOGEE_ID"])
     for path in split_paths:
         table = pd.read_csv(path, dtype={"APOGEE_ID": str}, keep_default_na=False)
         if "APOGEE_ID" not in table:
             raise ValueError(f"{path}: split table has no APOGEE_ID column")
         ids.extend(table["APOGEE_ID"])
-    allstar = survey.read_allstar(allstar_path, columns=["APOGEE_ID", "TELESCOPE", "FIELD"])
     stars = chunk_targets(allstar, ids, chunk, n_chunks)
     log(f"chunk {chunk}/{n_chunks}: {len(stars)} of {len(set(ids))} selected stars, "
         f"{stars.groupby(['TELESCOPE', 'FIELD']).ngroups} fields, from {base_url}")
@@ -391,6 +391,16 @@ def download_chunk(allstar_path, split_paths, chunk: int, n_chunks: int, survey_
     n_bad = int((manifest["status"] != "ok").sum())
     log(f"chunk {chunk}: {len(manifest) - n_bad} ok, {n_bad} quarantined")
     return manifest
+
+
+def manifest_skips(manifest_paths) -> dict[str, str]:
+    """{APOGEE_ID: reason} of the stars that download manifests list as not "ok"."""
+    skip = {}
+    for manifest in manifest_paths:
+        rows = pd.read_csv(manifest, dtype={"APOGEE_ID": str}, keep_default_na=False)
+        bad = rows[rows["status"] != "ok"]
+        skip.update(zip(bad["APOGEE_ID"], bad["reason"]))
+    return skip
 
 
 def _field_checksums(base_url, root: Path, telescope, field, kind, fetch_kw):

@@ -34,7 +34,7 @@ def _write_csv(path, table: pd.DataFrame) -> None:
 
 def _inputs(norm: Normalizer, data: SplitData):
     """(normalized flux, good-pixel mask) of a split, both (N, 7514)."""
-    return norm.inputs(data), ~data.mask
+    return norm.inputs(data.flux, data.mask), ~data.mask
 
 
 def _physical(norm: Normalizer, x) -> np.ndarray:

@@ -99,22 +99,32 @@ def _mix(v):
 def keep_mask(key, shape: tuple, rate: float, salt: int):
     """Boolean dropout keep-mask, P(keep) = 1 - rate, from `key` and a per-site `salt`.
 
+    `key` is one PRNG key, or one per row of the leading axis (shape[0] keys): each row's
+    mask then depends on its own key only, not on the other rows or on where the row sits in
+    a batch (MC inference uses this so that a star's prediction is the same in any batch).
     A counter-based hash of the key's data rather than a jax.random Bernoulli draw, which is
     much slower to compile and to run on CPU (bench/bench_kernels.py); same key and salt ->
-    same mask. The key words and the salt are mixed once into a scalar stream; each element
-    is one hash round of (counter ^ stream). Another key is thus the same hashed sequence
-    read at a random 32-bit offset, which overlaps a tensor of n elements with probability
-    ~n / 2^32.
+    same mask. The key words and the salt are mixed once into a scalar stream (per row); each
+    element is one hash round of (counter ^ stream). Another key is thus the same hashed
+    sequence read at a random 32-bit offset, which overlaps a tensor of n elements with
+    probability ~n / 2^32.
     """
-    data = jax.random.key_data(key).reshape(-1)
-    stream = _mix(_mix(data[0] ^ jnp.uint32((salt * 0x9E3779B9 + 1) & 0xFFFFFFFF)) + data[-1])
-    counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    data = jax.random.key_data(key)
+    salt_word = jnp.uint32((salt * 0x9E3779B9 + 1) & 0xFFFFFFFF)
+    stream = _mix(_mix(data[..., 0] ^ salt_word) + data[..., -1])
     threshold = jnp.uint32(min(round(rate * 2**32), 2**32 - 1))
-    return _mix(counter ^ stream) >= threshold
+    if stream.ndim == 0:
+        counter = jax.lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+        return _mix(counter ^ stream) >= threshold
+    if stream.shape != (shape[0],):
+        raise ValueError(f"keep_mask: {stream.shape[0]} row keys for shape {shape}")
+    counter = jax.lax.iota(jnp.uint32, math.prod(shape[1:])).reshape((1,) + tuple(shape[1:]))
+    return _mix(counter ^ stream.reshape((-1,) + (1,) * (len(shape) - 1))) >= threshold
 
 
 def dropout(key, h, rate: float, salt: int):
-    """Inverted dropout with keep probability 1 - rate; identity when key is None."""
+    """Inverted dropout with keep probability 1 - rate (one key, or one per row of h, as
+    `keep_mask`); identity when key is None."""
     if key is None or rate == 0.0:
         return h
     return jnp.where(keep_mask(key, h.shape, rate, salt), h / (1.0 - rate), 0.0)

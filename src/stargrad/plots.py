@@ -9,10 +9,12 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .apogee import is_missing  # noqa: E402
+from .figures import save_figure  # noqa: E402
 from .tasks import unit  # noqa: E402
 
 
-def _grid(n: int, size: float = 2.6):
+def label_grid(n: int, size: float = 2.6):
+    """A figure of n panels, up to 6 per row; returns (figure, flat axes)."""
     ncol = min(n, 6)
     nrow = int(np.ceil(n / ncol))
     fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow), squeeze=False)
@@ -24,7 +26,7 @@ def _grid(n: int, size: float = 2.6):
 def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str = "regression"):
     """Predicted against true value per label, with the 1:1 line and the robust scatter."""
     from astropy.stats import mad_std
-    fig, axes = _grid(len(labels))
+    fig, axes = label_grid(len(labels))
     for ax, label in zip(axes, labels):
         true, pred = table[f"{label}_true"].to_numpy(), table[label].to_numpy()
         ok = ~is_missing(true)
@@ -49,8 +51,7 @@ def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str =
         ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_metric_by_label(path, metrics: pd.DataFrame, metric: str, title: str, ylabel: str,
@@ -71,8 +72,7 @@ def plot_metric_by_label(path, metrics: pd.DataFrame, metric: str, title: str, y
     ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_ranking(path, rank: pd.DataFrame, title: str):
@@ -86,5 +86,4 @@ def plot_ranking(path, rank: pd.DataFrame, title: str):
     ax.set_xlabel(metric)
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

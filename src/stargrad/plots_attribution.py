@@ -3,7 +3,6 @@ chips against vacuum wavelength (Å), the label's ASPCAP DR17 windows shaded, th
 features named by their nearest line."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import matplotlib
 
@@ -16,11 +15,9 @@ from . import apogee  # noqa: E402
 from .attribution.lines import match_lines, top_features  # noqa: E402
 from .attribution.units import as_7514  # noqa: E402
 from .attribution.windows import own_element  # noqa: E402
-from .provenance import atomic_path  # noqa: E402
+from .figures import save_figure  # noqa: E402
 
 CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}
-#: savefig metadata that keeps creation dates out of vector formats (same input, same bytes).
-_NO_DATE = {"pdf": {"CreationDate": None}, "svg": {"Date": None}}
 
 
 def _chip_figure(title: str, ylabel: str):
@@ -67,14 +64,6 @@ def _annotate(axes, features: pd.DataFrame) -> None:
                                  arrowprops={"arrowstyle": "-", "lw": 0.5})
 
 
-def _save(fig, path) -> None:
-    path = Path(path)
-    with atomic_path(path) as tmp:
-        fmt = path.suffix.lstrip(".") or "png"
-        fig.savefig(tmp, format=fmt, dpi=120, metadata=_NO_DATE.get(fmt))
-    plt.close(fig)
-
-
 def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame,
                         ylabel: str = "∂label/∂flux") -> None:
     """One label's mean Jacobian (7514,) over the blue/green/red chips, dashed zero line, the
@@ -87,7 +76,7 @@ def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame
     _annotate(axes, top_lines_df)
     if own_element(label) is not None:
         axes[0].legend(loc="upper right", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
@@ -102,7 +91,7 @@ def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
         scale = np.max(np.abs(j)) or 1.0
         _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
     axes[0].legend(loc="upper right", fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -> None:
@@ -116,4 +105,4 @@ def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -
     fig, axes = _chip_figure(title, "∂output/∂flux")
     _draw_chips(axes, j, title)
     _annotate(axes, match_lines(top_features(j, n_features)))
-    _save(fig, path)
+    save_figure(fig, path)

@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from . import apogee  # noqa: E402
-from .plots_attribution import _save as save_figure  # noqa: E402
+from .figures import save_figure  # noqa: E402
 from .tasks import unit  # noqa: E402
 
 _EVSTATE_NAMES = {0: "RGB", 1: "RC"}

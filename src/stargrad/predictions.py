@@ -5,8 +5,6 @@ Columns: APOGEE_ID, then per label `<l>` (value), `<l>_std_model`, `<l>_std_pred
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import fitsio
 import numpy as np
 import pandas as pd
@@ -14,26 +12,21 @@ import pandas as pd
 from .provenance import atomic_path
 from .survey import read_table
 
-if TYPE_CHECKING:
-    from .dataset import Normalizer
-    from .tasks import Task
-
 #: Uncertainty columns of a PREDICTIONS table, per label (physical units).
 STD_COLUMNS = ("std_model", "std_predictive", "std_total", "std_calibrated")
 
 
-def write_predictions(path, ids, truth, task: Task, norm: Normalizer, out: dict,
+def write_predictions(path, ids, predicted: pd.DataFrame, truth: np.ndarray, labels,
                       header: dict) -> None:
-    """Write one PREDICTIONS table from normalized-unit outputs `out` (value and STD_COLUMNS,
-    (N, K) each), converted to physical units with the task's label normalization."""
+    """Write one PREDICTIONS table: APOGEE_ID, the `predicted` columns of each label (value and
+    STD_COLUMNS, physical units; `api.TrainedModel.predict`) and `<label>_true` from `truth`
+    (N, K)."""
     columns = {"APOGEE_ID": np.asarray(ids).astype("S32")}
-    for k, label in enumerate(task.labels):
-        columns[label] = out["value"][:, k] * norm.label_std[k] + norm.label_mean[k]
-        for name in STD_COLUMNS:
-            columns[f"{label}_{name}"] = out[name][:, k] * norm.label_std[k]
-        columns[f"{label}_true"] = truth[:, k]
-    table = np.empty(len(ids), dtype=[(n, v.dtype if n == "APOGEE_ID" else np.float64)
-                                       for n, v in columns.items()])
+    for k, label in enumerate(labels):
+        for name in (label, *(f"{label}_{s}" for s in STD_COLUMNS)):
+            columns[name] = predicted[name].to_numpy(np.float64)
+        columns[f"{label}_true"] = np.asarray(truth[:, k], np.float64)
+    table = np.empty(len(ids), dtype=[(n, v.dtype) for n, v in columns.items()])
     for n, v in columns.items():
         table[n] = v
     with atomic_path(path) as tmp:

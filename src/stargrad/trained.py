@@ -1,5 +1,6 @@
 """A trained model directory (params.npz, model.json, norm.json) loaded back into a Model, its
-parameters and its normalization, and the dropout-off forward pass over many spectra."""
+parameters and its normalization, and the dropout-off forward pass over many spectra. Applying
+a trained model to spectra with uncertainties is `stargrad.api`."""
 from __future__ import annotations
 
 import json

@@ -4,6 +4,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import fitsio
 from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
@@ -28,12 +29,14 @@ DATASETS = list(config["datasets"])
 TASKS = tasks_from_config(config)
 MODELS = config["models"]
 TRAITS = {name: models.traits(spec["family"]) for name, spec in MODELS.items()}
+MODEL_FILES = ["params.npz", "model.json", "norm.json"]
+SPECTRA_KIND = config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar"
 
 
 # Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
 # the CUDA conda environment, the GPU partition in profiles/slurm-gpu); every other rule runs on
 # the CPU, and so does JAX in the other rules that use it (the mock survey, its truth products).
-GPU_RULES = ("train", "predict", "attribute", "generative_reconstruction",
+GPU_RULES = ("train", "predict", "attribute", "catalogue_shard", "generative_reconstruction",
              "generative_latent_space", "generative_latent_regression", "generative_decoder",
              "generative_anomalies", "generative_denoise")
 DEVICE = config["device"]
@@ -162,6 +165,28 @@ def spectra_ready(dataset):
     return expand(f"{SURVEY_ROOT}/manifests/{dataset}/chunk{{chunk}}.csv", chunk=range(N_CHUNKS))
 
 
+def catalogue_spectra():
+    """Files whose existence means the spectra the catalogue reads are on disk: the mock's, or
+    every allStar star's with survey.sas.fetch_all, else the selected datasets' (stars without
+    a file are flagged NO_SPECTRUM)."""
+    if SURVEY_SOURCE == "mock":
+        return f"{SURVEY_ROOT}/truth.fits"
+    sets = ["all"] if config["survey"]["sas"]["fetch_all"] else DATASETS
+    return expand(f"{SURVEY_ROOT}/manifests/{{set}}/chunk{{chunk}}.csv", set=sets,
+                  chunk=range(N_CHUNKS))
+
+
+def catalogue_minutes(wildcards, input, attempt):
+    """`runtime` of a catalogue shard: 10 min plus 2 ms per star of the shard and MC sample
+    (at least one pass; some 50 times the CPU rate of the BCNNs), times the attempt; an hour
+    while the allStar does not exist yet (a dry run)."""
+    if not Path(input.allstar).exists():
+        return 60 * attempt
+    stars = fitsio.read_header(input.allstar, 1)["NAXIS2"] / config["catalogue"]["n_shards"]
+    passes = max(1, config["catalogue"]["mc_samples"])
+    return int(attempt * (10 + stars * passes * 0.002 / 60))
+
+
 def dataset_split_files(dataset):
     return expand("results/data/{dataset}/{split}.fits", dataset=dataset, split=SPLITS)
 
@@ -208,4 +233,6 @@ def all_targets():
             targets.append(f"results/attribution/{model}/{task}/jacobian.fits")
     for task in {t for _, t in model_task_pairs()}:
         targets.append(f"results/compare/{task}/metrics.csv")
+    targets += [f"results/catalogue/{m}/{t}.fits" for m, tasks in config["catalogue"]["models"].items()
+                for t in tasks]
     return targets + generative_targets()

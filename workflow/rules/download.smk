@@ -5,6 +5,16 @@
 
 SAS = config["survey"]["sas"]
 FETCH = dict(retries=SAS["retries"], backoff_s=SAS["backoff_s"], timeout_s=SAS["timeout_s"])
+# params of both spectrum rules
+SPECTRA_FETCH = dict(
+    n_chunks=N_CHUNKS,
+    spectra=SAS["spectra"],
+    base_url=SAS["apstar_base_url"] if SAS["spectra"] == "apStar" else SAS["base_url"],
+    verify=SAS["verify"],
+    on_bad_file=config["survey"]["on_bad_file"],
+    code=code_hash("download_spectra.py"),
+    **FETCH,
+)
 
 
 rule download_allstar:
@@ -34,17 +44,37 @@ rule download_spectra:
         chunk=r"\d+",
     params:
         survey_root=lambda wildcards, input: str(Path(input.allstar).parent),
-        n_chunks=N_CHUNKS,
-        spectra=SAS["spectra"],
-        base_url=SAS["apstar_base_url"] if SAS["spectra"] == "apStar" else SAS["base_url"],
-        verify=SAS["verify"],
-        on_bad_file=config["survey"]["on_bad_file"],
-        code=code_hash("download_spectra.py"),
-        **FETCH,
+        **SPECTRA_FETCH,
     log:
         f"logs/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.log",
     benchmark:
         f"benchmarks/download/{SURVEY_NAME}/{{dataset}}/chunk{{chunk}}.tsv"
+    localrule: SAS["local_downloads"]
+    retries: 1
+    resources:
+        mem_mb=1000,
+        runtime=24 * 60,
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/download_spectra.py"
+
+
+# The spectrum of every allStar star, for the catalogue (survey.sas.fetch_all: true).
+rule download_all_spectra:
+    input:
+        allstar=ALLSTAR,
+    output:
+        f"{SURVEY_ROOT}/manifests/all/chunk{{chunk}}.csv",
+    wildcard_constraints:
+        chunk=r"\d+",
+    params:
+        survey_root=lambda wildcards, input: str(Path(input.allstar).parent),
+        **SPECTRA_FETCH,
+    log:
+        f"logs/download/{SURVEY_NAME}/all/chunk{{chunk}}.log",
+    benchmark:
+        f"benchmarks/download/{SURVEY_NAME}/all/chunk{{chunk}}.tsv"
     localrule: SAS["local_downloads"]
     retries: 1
     resources:

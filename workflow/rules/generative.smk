@@ -3,7 +3,6 @@
 GEN = config["generative"]
 GEN_TASK = GEN["task"]
 GEN_MODELS = [m for m, t in model_task_pairs(supervised=False) if t == GEN_TASK]
-MODEL_FILES = ["params.npz", "model.json", "norm.json"]
 # The generative models' family modules: the rules reach them by name at run time.
 GEN_FAMILIES = sorted({family_module(m) for m in GEN_MODELS})
 

@@ -46,7 +46,8 @@ def attribute(model_dir, split_path, out_dir, *, chunk_size: int, mc_samples: in
     model, params, norm, meta = load_trained(model_dir)
     data = load_split(split_path)
     chosen = sample_stars(data.ids, max_stars, seed)
-    x, x_err = norm.inputs(data)[chosen], norm.input_errors(data)[chosen]
+    x = norm.inputs(data.flux[chosen], data.mask[chosen])
+    x_err = norm.input_errors(data.error[chosen], data.mask[chosen])
     labels = list(meta["labels"])
     label_std = norm.label_std          # 1 for classification (Normalizer)
     mean_j, mean_abs = mean_jacobian(model, params, x, x_err=x_err, chunk_size=chunk_size)

@@ -9,12 +9,12 @@ import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
 
-from ..dataset import load_split, normalized_labels, task_labels
-from ..mc import predict_with_uncertainty
-from ..predictions import write_predictions
+from ..api import load
+from ..apogee import is_missing
+from ..dataset import load_split, task_labels
+from ..predictions import STD_COLUMNS, write_predictions
 from ..provenance import atomic_path, header_cards
 from ..tasks import Task
-from ..trained import load_trained
 
 
 def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") -> None:
@@ -26,15 +26,18 @@ def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") ->
                          f"{sorted(mc_splits)}), or set predict.calibrate: false")
 
 
-def calibration_scales(out: dict, y: np.ndarray, valid: np.ndarray, min_stars: int = 20):
+def calibration_scales(predicted: pd.DataFrame, truth: np.ndarray, labels,
+                       min_stars: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Per-label variance-scaling factors (Laves et al. 2020 "sigma scaling", robust): the
-    mad_std of (value - y) / std_total over the stars that have the label, in normalized units.
-    A label with fewer than `min_stars` such stars keeps 1. Returns (scales, stars used)."""
-    z = np.where(valid, (out["value"] - y) / np.where(valid, out["std_total"], 1.0), np.nan)
-    n = valid.sum(axis=0)
-    scales = np.ones(z.shape[1])
-    for k in np.flatnonzero(n >= min_stars):
-        scales[k] = float(mad_std(z[valid[:, k], k]))
+    mad_std of (value - truth) / std_total over the stars whose truth is known. A label with
+    fewer than `min_stars` such stars keeps 1. Returns (scales, stars used)."""
+    scales, n = np.ones(len(labels)), np.zeros(len(labels), int)
+    for k, label in enumerate(labels):
+        known = ~is_missing(truth[:, k])
+        n[k] = known.sum()
+        if n[k] >= min_stars:
+            z = (predicted[label].to_numpy() - truth[:, k]) / predicted[f"{label}_std_total"]
+            scales[k] = float(mad_std(z[known]))
     if not np.all(np.isfinite(scales) & (scales > 0)):
         raise ValueError(f"calibration: non-positive or non-finite scale factors {scales}")
     return scales, n
@@ -44,53 +47,55 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
                    mc_splits=("valid", "test", "cluster"), calibrate: bool = True,
                    calibration_path=None, batch_size: int = 256, config_digest: str = "",
                    log=print) -> None:
-    """Predict every star of each compiled split with one trained model (loaded once); write
-    one PREDICTIONS table per split, in physical units. MC dropout (Bayesian families) runs
-    on `mc_splits` only; other splits get one dropout-off pass (std_model = 0).
+    """Predict every star of each compiled split with one trained model (`api.load`, loaded
+    once); write one PREDICTIONS table per split, in physical units. MC dropout (Bayesian
+    families) runs on `mc_splits` only; other splits get one dropout-off pass (std_model = 0).
 
     With `calibrate` (regression), the validation split's predictions fit one scale factor per
     label (`calibration_scales`) that gives `<label>_std_calibrated` = factor x std_total on
     every split; the factors go to `calibration_path` (CSV). Without it the factor is 1."""
-    model, params, norm, meta = load_trained(model_dir)
-    task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
+    trained = load(model_dir, calibration=None)
+    meta, labels = trained.meta, list(trained.labels)
     stems = [Path(p).stem for p in split_paths]
-    calibrate = calibrate and task.kind == "regression"
+    calibrate = calibrate and meta["kind"] == "regression"
     if calibrate and "valid" not in stems:
         raise ValueError(f"{model_dir}: calibration needs the valid split among {stems}")
-    if model.stochastic and mc_samples > 0:
+    if trained.model.stochastic and mc_samples > 0:
         check_calibration_mode(calibrate, mc_splits, where=str(model_dir))
     # Predictions first, then calibration, then files: keep only ids and truths of each split,
     # not its spectra (a DR17 training split is GBs).
-    outs, ids, truths = {}, {}, {}
+    predicted, ids, truths = {}, {}, {}
+    task = Task(meta["task"], meta["dataset"], tuple(labels), meta["kind"])
     for stem, split_path in zip(stems, split_paths):
         t0 = time.perf_counter()
         data = load_split(split_path)
         ids[stem], truths[stem] = data.ids, task_labels(data, task)
         samples = mc_samples if stem in mc_splits else 0
-        if len(data):
-            outs[stem] = predict_with_uncertainty(model, params, norm.inputs(data), meta,
-                                                  mc_samples=samples, seed=seed,
-                                                  batch_size=batch_size,
-                                                  x_err=norm.input_errors(data))
-        else:       # e.g. the cluster split of a dataset without a cluster
-            outs[stem] = {k: np.zeros((0, task.n_outputs)) for k in
-                          ("value", "std_model", "std_predictive", "std_total")}
+        predicted[stem] = (trained.predict(data.flux, data.error, data.mask, ids=data.ids,
+                                           mc_samples=samples, seed=seed,
+                                           batch_size=batch_size) if len(data)
+                           else pd.DataFrame({c: np.zeros(0) for c in _columns(labels)}))
         log(f"predicted {len(data)} stars of {Path(split_path).name} with {meta['model']}/"
-            f"{task.name} ({samples if model.stochastic else 0} MC samples) in "
+            f"{task.name} ({samples if trained.model.stochastic else 0} MC samples) in "
             f"{time.perf_counter() - t0:.1f} s")
-    scales, n_used = np.ones(task.n_outputs), np.zeros(task.n_outputs, int)
+    scales, n_used = np.ones(len(labels)), np.zeros(len(labels), int)
     if calibrate:
-        scales, n_used = calibration_scales(outs["valid"],
-                                            *normalized_labels(truths["valid"], norm))
+        scales, n_used = calibration_scales(predicted["valid"], truths["valid"], labels)
         log("calibration (std_total scale from the valid split): "
-            + ", ".join(f"{label} {s:.3g}" for label, s in zip(task.labels, scales)))
+            + ", ".join(f"{label} {s:.3g}" for label, s in zip(labels, scales)))
     if calibration_path is not None:
         with atomic_path(calibration_path) as tmp:
-            pd.DataFrame({"label": task.labels, "scale": scales, "n_valid": n_used,
+            pd.DataFrame({"label": labels, "scale": scales, "n_valid": n_used,
                           "method": "valid mad_std of z" if calibrate else "none"}
                          ).to_csv(tmp, index=False, float_format="%.6g")
     for stem, out_path in zip(stems, out_paths):
-        out = dict(outs[stem], std_calibrated=outs[stem]["std_total"] * scales)
-        write_predictions(out_path, ids[stem], truths[stem], task, norm, out, header_cards(
+        table = predicted[stem]
+        for label, scale in zip(labels, scales):
+            table[f"{label}_std_calibrated"] = table[f"{label}_std_total"] * scale
+        write_predictions(out_path, ids[stem], table, truths[stem], labels, header_cards(
             config_digest, seed, model=meta["model"], task=task.name, split=stem,
-            mcsample=mc_samples if model.stochastic and stem in mc_splits else 0))
+            mcsample=mc_samples if trained.model.stochastic and stem in mc_splits else 0))
+
+
+def _columns(labels) -> list[str]:
+    return [name for label in labels for name in (label, *(f"{label}_{s}" for s in STD_COLUMNS))]

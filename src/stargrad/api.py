@@ -1,0 +1,145 @@
+"""A trained model applied to any spectra, the one code path of the predict and catalogue rules
+and of notebooks:
+
+    model = stargrad.load("results/models/bcnn_censored/aspcap")
+    table = model.predict(flux, error, mc_samples=100)     # labels + std columns (DataFrame)
+    jac = model.explain(flux)                              # d label / d flux, (N, K, 7514)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import models
+from .apogee import N_PIX, N_PIX_GAPLESS, gap_delete
+from .attribution.jacobian import jacobian
+from .attribution.units import to_physical
+from .compile import read_clean_spectrum
+from .dataset import Normalizer
+from .mc import predict_with_uncertainty
+from .predictions import STD_COLUMNS
+from .trained import load_trained
+
+
+MODEL_FILES = ("model.json", "norm.json", "params.npz")
+
+
+@dataclass(frozen=True)
+class TrainedModel:
+    """A trained model applied to spectra: `predict` (labels with uncertainties) and `explain`
+    (d label / d flux). Spectra are continuum-normalized flux on the 8575-pixel apStar grid
+    or the 7514-pixel gap-removed grid, or aspcapStar paths; labels come out in physical units
+    (K, dex, μHz, s; the class-1 probability for classification)."""
+    model: models.Model
+    params: Any
+    norm: Normalizer
+    meta: dict
+    #: per-label factor on std_total giving std_calibrated (None: not calibrated, NaN column)
+    calibration: np.ndarray | None = None
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return tuple(self.meta["labels"])
+
+    def inputs(self, flux, error=None, mask=None):
+        """(normalized flux, normalized errors or None, bad-pixel mask), all (N, 7514), of
+        spectra given as arrays (see `spectra`) or aspcapStar paths."""
+        flux, error, mask = spectra(flux, error, mask)
+        x_err = None if error is None else self.norm.input_errors(error, mask)
+        return self.norm.inputs(flux, mask), x_err, mask
+
+    def predict(self, flux, error=None, mask=None, *, ids=None, mc_samples: int = 100,
+                seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
+        """Labels and uncertainties of spectra: one row per spectrum and, per label, the value
+        and `<label>_std_model`, `_std_predictive`, `_std_total`, `_std_calibrated` (see
+        docs/ARCHITECTURE.md). Stochastic (MC-dropout) models average `mc_samples` dropout
+        masks drawn from `seed` and each star's ID in `ids` (default: its row number), so a
+        star gets the same prediction in any batch (0 samples: one dropout-off pass)."""
+        x, x_err, _ = self.inputs(flux, error, mask)
+        out = predict_with_uncertainty(self.model, self.params, x, self.meta,
+                                       mc_samples=mc_samples, seed=seed, batch_size=batch_size,
+                                       x_err=x_err, ids=ids)
+        scale = (np.full(len(self.labels), np.nan) if self.calibration is None
+                 else self.calibration)
+        out["std_calibrated"] = out["std_total"] * scale
+        columns = {}
+        for k, label in enumerate(self.labels):
+            columns[label] = out["value"][:, k] * self.norm.label_std[k] + self.norm.label_mean[k]
+            for name in STD_COLUMNS:
+                columns[f"{label}_{name}"] = out[name][:, k] * self.norm.label_std[k]
+        return pd.DataFrame(columns)
+
+    def explain(self, flux, error=None, mask=None, *, chunk_size: int = 32) -> np.ndarray:
+        """Per-spectrum Jacobians d label / d flux, (N, K, 7514) float32, in label units per
+        unit of continuum-normalized flux (dropout off); 0 at masked pixels' neighbours only
+        through the model, which sees the training mean there."""
+        x, x_err, _ = self.inputs(flux, error, mask)
+        jac = jacobian(self.model, self.params, x, x_err=x_err, chunk_size=chunk_size)
+        return to_physical(jac, self.norm.input_std, self.norm.label_std).astype(np.float32)
+
+
+def spectra(flux, error=None, mask=None):
+    """(flux, error or None, mask) on the 7514-pixel grid from arrays of one spectrum (P,) or
+    many (N, P), P = 8575 or 7514, or from aspcapStar paths (read and cleaned as the workflow
+    compiles them: bad pixels masked with flux 1, error 1). `mask` (True = bad pixel) masks
+    pixels of arrays; without it, NaN or infinite flux is an error."""
+    if isinstance(flux, (str, Path)) or (isinstance(flux, (list, tuple)) and flux
+                                          and isinstance(flux[0], (str, Path))):
+        paths = [flux] if isinstance(flux, (str, Path)) else list(flux)
+        read = [read_clean_spectrum(path) for path in paths]
+        return tuple(np.stack(parts) for parts in zip(*read))
+    flux = _pixels("flux", flux)
+    error = None if error is None else _pixels("error", error)
+    mask = np.zeros(flux.shape, bool) if mask is None else _pixels("mask", mask).astype(bool)
+    for name, arr in (("error", error), ("mask", mask)):
+        if arr is not None and arr.shape != flux.shape:
+            raise ValueError(f"{name} has shape {arr.shape}, flux {flux.shape}")
+    bad = ~np.isfinite(flux) & ~mask
+    if bad.any():
+        stars = np.flatnonzero(bad.any(axis=1))
+        raise ValueError(f"flux has {int(bad.sum())} NaN/inf pixels in spectra "
+                         f"{stars[:5].tolist()}{'...' if len(stars) > 5 else ''}; pass "
+                         f"mask= (True = bad pixel) to leave them out")
+    if error is not None:
+        mask = mask | ~(np.isfinite(error) & (error > 0))
+    return np.where(mask, 1.0, flux).astype(np.float32), \
+        (None if error is None else np.where(mask, 1.0, error).astype(np.float32)), mask
+
+
+def _pixels(name: str, arr) -> np.ndarray:
+    """(N, 7514) float view of one or many spectra on the 8575 or 7514 grid."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (1, 2) or arr.shape[-1] not in (N_PIX, N_PIX_GAPLESS) or arr.size == 0:
+        raise ValueError(f"{name} must have {N_PIX} or {N_PIX_GAPLESS} pixels per spectrum, "
+                         f"shape (P,) or (N, P); got {arr.shape}")
+    arr = np.atleast_2d(gap_delete(arr))
+    return arr if arr.dtype == bool else arr.astype(np.float64)
+
+
+def load(model_dir, calibration="auto") -> TrainedModel:
+    """A trained model directory (`results/models/<model>/<task>`) as a TrainedModel.
+
+    `calibration`: a calibration.csv path, None, or "auto": the workflow's
+    `results/predictions/<model>/<task>/calibration.csv` beside the model when it exists."""
+    model_dir = Path(model_dir)
+    missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
+    if missing:
+        raise ValueError(f"{model_dir} is not a trained model directory: it lacks "
+                         f"{', '.join(missing)}")
+    model, params, norm, meta = load_trained(model_dir)
+    if calibration == "auto":
+        guess = model_dir.parent.parent.parent / "predictions" / meta["model"] / meta["task"] / \
+            "calibration.csv"
+        calibration = guess if guess.is_file() else None
+    scales = None
+    if calibration is not None:
+        table = pd.read_csv(calibration).set_index("label")
+        unknown = [label for label in meta["labels"] if label not in table.index]
+        if unknown:
+            raise ValueError(f"{calibration}: no scale for labels {unknown}")
+        scales = table.loc[list(meta["labels"]), "scale"].to_numpy(float)
+    return TrainedModel(model, params, norm, meta, scales)

@@ -1,0 +1,202 @@
+"""The catalogue rules: every star of the survey with a spectrum, predicted by one trained model,
+in shards of stars streamed in fixed-size blocks (memory bounded by the block, not the survey),
+then gathered into one table with a row per allStar row, in allStar order.
+
+Flags (the FLAG column, bits):
+- NO_SPECTRUM (1): the star has no spectrum file (never downloaded, or missing);
+- QUARANTINED (2): its file is unusable (corrupt, truncated, wrong shape, too many bad pixels;
+  the reason is in quarantine.csv beside the catalogue) — its labels are NaN;
+- LABEL_OUT_OF_RANGE (4): a predicted label lies outside the training set's range of it;
+- UNLIKE_TRAINING (8): the spectrum is unlike the training spectra: its reduced χ² against its
+  projection on the training set's first principal components exceeds the training set's own
+  `ood_quantile` (the reference, fitted once per model and task).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import fitsio
+import jax.numpy as jnp
+import numpy as np
+import pandas as pd
+
+from .. import plots_catalogue, survey
+from ..api import load
+from ..apogee import is_missing
+from ..dataset import load_split
+from ..download import chunk_of
+from ..compile import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
+from ..models.pca import fit_components
+from ..predictions import STD_COLUMNS
+from ..provenance import atomic_path
+
+FLAGS = {"NO_SPECTRUM": 1, "QUARANTINED": 2, "LABEL_OUT_OF_RANGE": 4, "UNLIKE_TRAINING": 8}
+ID_COLUMNS = ("APOGEE_ID", "TELESCOPE", "FIELD")
+
+
+# ---------------------------------------------------------------------------- reference
+
+def write_reference(train_path, model_dir, out_path, *, n_components: int = 16,
+                    quantile: float = 0.999, log=print) -> None:
+    """What a catalogue shard compares each star with, from the model's training split: the
+    mean and first `n_components` principal components of the training flux, the
+    `quantile` of the training stars' reduced χ² against them, and each label's range (min,
+    max) in the training set. Written as a pickle-free .npz."""
+    data = load_split(train_path)
+    trained = load(model_dir, calibration=None)
+    pca = fit_components(jnp.asarray(data.flux), jnp.asarray(~data.mask), n_components)
+    pca = {k: np.asarray(v, np.float64) for k, v in pca.items()}
+    chi2 = projection_chi2(pca, data.flux, data.error, data.mask)
+    threshold = float(np.quantile(chi2, quantile))
+    truth = np.stack([data.labels[label].to_numpy(float) for label in trained.labels], axis=1)
+    known = np.where(is_missing(truth), np.nan, truth)
+    with atomic_path(out_path) as tmp:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, mean=pca["mean"], components=pca["components"],
+                     chi2_threshold=threshold, quantile=quantile,
+                     labels=np.array(trained.labels), label_min=np.nanmin(known, axis=0),
+                     label_max=np.nanmax(known, axis=0))
+    log(f"reference of {len(data)} training spectra: {n_components} components, χ² "
+        f"{quantile:.3%} quantile {threshold:.3g}")
+
+
+def read_reference(path) -> dict:
+    with np.load(path, allow_pickle=False) as saved:
+        return {k: saved[k] for k in saved.files}
+
+
+def projection_chi2(pca: dict, flux, error, mask) -> np.ndarray:
+    """Reduced χ² (N,) of spectra (N, 7514) against their projection on the principal
+    components: mean over good pixels of ((flux − reconstruction) / error)²."""
+    centred = np.where(mask, 0.0, flux - pca["mean"])
+    recon = pca["mean"] + (centred @ pca["components"].T) @ pca["components"]
+    terms = np.where(mask, 0.0, ((flux - recon) / np.where(mask, 1.0, error)) ** 2)
+    return terms.sum(axis=1) / np.maximum((~mask).sum(axis=1), 1)
+
+
+# ---------------------------------------------------------------------------- shards
+
+def shard_rows(allstar: pd.DataFrame, shard: int, n_shards: int) -> pd.DataFrame:
+    """The allStar rows of one shard (a stable hash of APOGEE_ID, as the download chunks), with
+    their row number in the catalogue (ROW)."""
+    table = allstar[list(ID_COLUMNS)].copy()
+    table.insert(0, "ROW", np.arange(len(allstar)))
+    return table[chunk_of(table["APOGEE_ID"], n_shards) == int(shard)].reset_index(drop=True)
+
+
+def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_csv, out_path,
+                  quarantine_path, *, shard: int, n_shards: int, calibration_path=None,
+                  spectra: str = "aspcapStar", skip: dict | None = None, block_size: int = 256,
+                  mc_samples: int = 0, seed: int = 0, batch_size: int = 64,
+                  bad_error: float = BAD_ERROR, max_bad_fraction: float = MAX_BAD_FRACTION,
+                  log=print) -> None:
+    """Predict every star of one shard, reading `block_size` spectra at a time; write the
+    shard's rows (ROW, ids, labels with STD_COLUMNS, IN_TRAINING, PCA_CHI2, FLAG) and its
+    quarantine rows. `skip` maps APOGEE_ID -> reason for stars known to have no usable file
+    (failed downloads)."""
+    t0 = time.perf_counter()
+    rows = shard_rows(survey.read_allstar(allstar_path, columns=list(ID_COLUMNS)), shard, n_shards)
+    trained = load(model_dir, calibration=calibration_path)
+    reference = read_reference(reference_path)
+    split = pd.read_csv(split_csv, dtype={"APOGEE_ID": str})
+    training = set(split.loc[split["split"].isin(["train", "valid"]), "APOGEE_ID"])
+    labels = list(trained.labels)
+    columns = [n for label in labels for n in (label, *(f"{label}_{s}" for s in STD_COLUMNS))]
+    out = pd.DataFrame(np.nan, index=rows.index, columns=columns + ["PCA_CHI2"])
+    flag = np.zeros(len(rows), np.int32)
+    quarantine = []
+    skip = skip or {}
+    log(f"shard {shard}/{n_shards}: {len(rows)} allStar rows, model {trained.meta['model']}/"
+        f"{trained.meta['task']}, blocks of {block_size}, {mc_samples} MC samples")
+    for start in range(0, len(rows), block_size):
+        block = rows.iloc[start:start + block_size]
+        index, arrays = [], []
+        for i, row in zip(block.index, block.itertuples(index=False)):
+            path = Path(survey_root) / survey.spectrum_relpath(spectra, row.TELESCOPE,
+                                                               row.FIELD, row.APOGEE_ID)
+            reason = skip.get(row.APOGEE_ID)
+            if reason is None and not path.exists():
+                flag[i] |= FLAGS["NO_SPECTRUM"]
+                continue
+            try:
+                if reason is not None:
+                    raise survey.SurveyFileError(path, reason)
+                arrays.append(read_clean_spectrum(path, spectra, bad_error, max_bad_fraction))
+                index.append(i)
+            except survey.SurveyFileError as exc:
+                flag[i] |= FLAGS["QUARANTINED"]
+                quarantine.append((row.APOGEE_ID, row.TELESCOPE, row.FIELD, str(path),
+                                   exc.reason))
+        if index:
+            flux, error, mask = (np.stack(parts) for parts in zip(*arrays))
+            mask = mask.astype(bool)
+            predicted = trained.predict(flux, error, mask, ids=rows.loc[index, "APOGEE_ID"],
+                                        mc_samples=mc_samples, seed=seed,
+                                        batch_size=batch_size)
+            out.loc[index, columns] = predicted[columns].to_numpy()
+            chi2 = projection_chi2(reference, flux, error, mask)
+            out.loc[index, "PCA_CHI2"] = chi2
+            flag[index] |= np.where(chi2 > reference["chi2_threshold"],
+                                    FLAGS["UNLIKE_TRAINING"], 0).astype(np.int32)
+            values = predicted[labels].to_numpy()
+            outside = (values < reference["label_min"]) | (values > reference["label_max"])
+            flag[index] |= np.where(outside.any(axis=1), FLAGS["LABEL_OUT_OF_RANGE"],
+                                    0).astype(np.int32)
+        log(f"  {min(start + block_size, len(rows))}/{len(rows)} rows, "
+            f"{time.perf_counter() - t0:.1f} s")
+    table = pd.concat([rows, out], axis=1)
+    table["IN_TRAINING"] = table["APOGEE_ID"].isin(training)
+    table["FLAG"] = flag
+    _write_table(out_path, table, "CATALOGUE", {})
+    with atomic_path(quarantine_path) as tmp:
+        pd.DataFrame(quarantine, columns=["APOGEE_ID", "TELESCOPE", "FIELD", "path", "reason"]
+                     ).to_csv(tmp, index=False)
+    n_read = int(np.isfinite(out["PCA_CHI2"]).sum())
+    log(f"shard {shard}: {n_read} spectra predicted, {len(quarantine)} quarantined, "
+        f"{int(np.count_nonzero(flag & FLAGS['NO_SPECTRUM']))} without a spectrum, in "
+        f"{time.perf_counter() - t0:.1f} s ({n_read / max(time.perf_counter() - t0, 1e-9):.1f} "
+        f"spectra/s)")
+
+
+def _write_table(path, table: pd.DataFrame, extname: str, header: dict) -> None:
+    with atomic_path(path) as tmp:
+        with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
+            fits.write(None, header=header)
+            fits.write(survey.to_records(table), extname=extname)
+
+
+# ---------------------------------------------------------------------------- gather
+
+def gather(shard_paths, quarantine_paths, allstar_path, out_path, quarantine_out, figures: dict,
+           *, header: dict, snr_labels: int = 6, log=print) -> None:
+    """One row per allStar row, in allStar order, from the shards (each row exactly once);
+    the quarantine table; and the figures (`figures`: label_distributions, uncertainty_vs_snr,
+    flags paths)."""
+    parts = [survey.read_table(path, "CATALOGUE", what="catalogue shard")
+             for path in shard_paths]
+    table = pd.concat(parts, ignore_index=True).sort_values("ROW", kind="stable")
+    allstar = survey.read_allstar(allstar_path, columns=[*ID_COLUMNS, "SNR"])
+    if not np.array_equal(table["ROW"].to_numpy(), np.arange(len(allstar))):
+        raise ValueError(f"catalogue shards {list(map(str, shard_paths))} do not hold every "
+                         f"row of {allstar_path} exactly once ({len(table)} rows for "
+                         f"{len(allstar)})")
+    if not (table["APOGEE_ID"].to_numpy() == allstar["APOGEE_ID"].to_numpy()).all():
+        raise ValueError(f"catalogue shards disagree with {allstar_path} on APOGEE_ID order")
+    table = table.drop(columns="ROW").reset_index(drop=True)
+    _write_table(out_path, table, "CATALOGUE",
+                 {**header, **{f"FLAGBIT{bit.bit_length() - 1}": name
+                               for name, bit in FLAGS.items()}})
+    quarantine = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False)
+                            for p in quarantine_paths], ignore_index=True)
+    with atomic_path(quarantine_out) as tmp:
+        quarantine.sort_values(["APOGEE_ID", "TELESCOPE", "FIELD"]).to_csv(tmp, index=False)
+    labels = [c for c in table.columns if f"{c}_std_total" in table.columns]
+    plots_catalogue.plot_label_distributions(figures["label_distributions"], table, labels)
+    plots_catalogue.plot_uncertainty_vs_snr(figures["uncertainty_vs_snr"], table,
+                                            allstar["SNR"].to_numpy(float), labels[:snr_labels])
+    plots_catalogue.plot_flags(figures["flags"], table["FLAG"].to_numpy(), FLAGS)
+    counts = {name: int(np.count_nonzero(table["FLAG"].to_numpy() & bit))
+              for name, bit in FLAGS.items()}
+    log(f"catalogue of {len(table)} allStar rows: {int(np.isfinite(table['PCA_CHI2']).sum())} "
+        f"predicted, {int(table['IN_TRAINING'].sum())} in training; flags {counts}")

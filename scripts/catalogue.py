@@ -2,7 +2,7 @@
 from stargrad.job import rule_job
 
 with rule_job(snakemake) as log:
-    from stargrad.stages.catalogue import gather
+    from stargrad.stages.catalogue_table import gather
     out = snakemake.output
     gather(snakemake.input.shards, snakemake.input.quarantine, snakemake.input.allstar,
            out.table, out.quarantine, {"label_distributions": out.distributions,

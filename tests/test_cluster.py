@@ -181,6 +181,7 @@ def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(tmp_path):
                         if m in ("linear", "vae_2", "pca_2", "pca_4")}
     config["models"]["linear"]["tasks"] = ["logg"]
     config["tasks"] = {t: s for t, s in config["tasks"].items() if t in ("aspcap", "logg")}
+    config["catalogue"].update(models={"linear": ["logg"]}, n_shards=1)
     (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
     work = tmp_path / "gpu"
     work.mkdir()

@@ -3,8 +3,10 @@ and of notebooks:
 
     model = stargrad.load("results/models/bcnn_censored/aspcap")
     table = model.predict(flux, error, mc_samples=100)     # labels + std columns (DataFrame)
-    jac = model.explain(flux)                              # d label / d flux, (N, K, 7514)
-"""
+    jac = stargrad.explain(model, flux)                    # d label / d flux, (N, K, 7514)
+
+`explain` lives in `stargrad.attribution.explain`, so that editing the attribution code does
+not rerun the prediction rules (`stargrad.codedigest`)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -16,8 +18,6 @@ import pandas as pd
 
 from . import models
 from .apogee import N_PIX, N_PIX_GAPLESS, gap_delete
-from .attribution.jacobian import jacobian
-from .attribution.units import to_physical
 from .compile import read_clean_spectrum
 from .dataset import Normalizer
 from .mc import predict_with_uncertainty
@@ -30,10 +30,10 @@ MODEL_FILES = ("model.json", "norm.json", "params.npz")
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained model applied to spectra: `predict` (labels with uncertainties) and `explain`
-    (d label / d flux). Spectra are continuum-normalized flux on the 8575-pixel apStar grid
-    or the 7514-pixel gap-removed grid, or aspcapStar paths; labels come out in physical units
-    (K, dex, μHz, s; the class-1 probability for classification)."""
+    """A trained model applied to spectra: `predict` gives labels with uncertainties
+    (`stargrad.explain` gives d label / d flux). Spectra are continuum-normalized flux on the
+    8575-pixel apStar grid or the 7514-pixel gap-removed grid, or aspcapStar paths; labels come
+    out in physical units (K, dex, μHz, s; the class-1 probability for classification)."""
     model: models.Model
     params: Any
     norm: Normalizer
@@ -72,14 +72,6 @@ class TrainedModel:
             for name in STD_COLUMNS:
                 columns[f"{label}_{name}"] = out[name][:, k] * self.norm.label_std[k]
         return pd.DataFrame(columns)
-
-    def explain(self, flux, error=None, mask=None, *, chunk_size: int = 32) -> np.ndarray:
-        """Per-spectrum Jacobians d label / d flux, (N, K, 7514) float32, in label units per
-        unit of continuum-normalized flux (dropout off); 0 at masked pixels' neighbours only
-        through the model, which sees the training mean there."""
-        x, x_err, _ = self.inputs(flux, error, mask)
-        jac = jacobian(self.model, self.params, x, x_err=x_err, chunk_size=chunk_size)
-        return to_physical(jac, self.norm.input_std, self.norm.label_std).astype(np.float32)
 
 
 def spectra(flux, error=None, mask=None):

@@ -1,10 +1,12 @@
-"""Saving matplotlib figures the same way everywhere: atomically, at screen resolution (the
-report embeds every figure), with no creation date in the file (same input, same bytes)."""
+"""Figures the same way everywhere: grids of one panel per label, and saving atomically, at
+screen resolution (the report embeds every figure), with no creation date in the file (same
+input, same bytes)."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -24,3 +26,13 @@ def save_figure(fig, path, dpi: int = SCREEN_DPI) -> None:
         fmt = path.suffix.lstrip(".") or "png"
         fig.savefig(tmp, format=fmt, dpi=dpi, metadata=_NO_DATE.get(fmt))
     plt.close(fig)
+
+
+def label_grid(n: int, size: float = 2.6):
+    """A figure of n panels, up to 6 per row; returns (figure, flat axes)."""
+    ncol = min(n, 6)
+    nrow = int(np.ceil(n / ncol))
+    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow), squeeze=False)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, axes.flat

@@ -9,18 +9,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .apogee import is_missing  # noqa: E402
-from .figures import save_figure  # noqa: E402
+from .figures import label_grid, save_figure  # noqa: E402
 from .tasks import unit  # noqa: E402
-
-
-def label_grid(n: int, size: float = 2.6):
-    """A figure of n panels, up to 6 per row; returns (figure, flat axes)."""
-    ncol = min(n, 6)
-    nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow), squeeze=False)
-    for ax in axes.flat[n:]:
-        ax.set_visible(False)
-    return fig, axes.flat
 
 
 def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str = "regression"):

@@ -9,8 +9,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .figures import save_figure  # noqa: E402
-from .plots import label_grid  # noqa: E402
+from .figures import label_grid, save_figure  # noqa: E402
 from .tasks import unit  # noqa: E402
 
 

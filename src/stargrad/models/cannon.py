@@ -48,12 +48,13 @@ Flux errors and masked pixels. Batches carry `x_err` (B, P), the flux error in n
 units with +inf at masked pixels (no information: weight 0 in both steps, whatever `x` holds
 there); `pixel_valid` False also masks a pixel. A training batch without `x_err` gives every
 pixel of every star the same error, taken as 0: the fitted scatter s_p then carries all of the
-noise (which needs `scatter=True`). `apply` without `x_err` (the workflow's predict and
-attribute stages) uses for each pixel the median training variance σ_p² and treats no pixel as
-masked, so masked pixels should hold the training mean — which they do with input_norm
-"mean" (0), and why this family uses it rather than "none" (masked pixels are 0 flux there, a
-line as deep as the continuum). Pixels with fewer than T + 1 unmasked training stars cannot be
-fitted and get s_p = +inf, i.e. weight 0 at test time. Variances are floored at MIN_VARIANCE.
+noise (which needs `scatter=True`). The workflow passes every star's `x_err`; `apply` without
+it (a caller with no flux errors) uses for each pixel the median training variance σ_p² and
+treats no pixel as masked, so masked pixels should hold the training mean — which they do
+with input_norm "mean" (0), and why this family uses it rather than "none" (masked pixels are
+0 flux there, a line as deep as the continuum). Pixels with fewer than T + 1 unmasked training
+stars cannot be fitted and get s_p = +inf, i.e. weight 0 at test time. Variances are floored at
+MIN_VARIANCE.
 
 Missing labels (`missing_labels`). "infer" (default): fit on the stars with every label, infer
 only the missing labels of the other stars with the test step holding their known labels fixed,

@@ -1,6 +1,7 @@
 """The catalogue rules: every star of the survey with a spectrum, predicted by one trained model,
 in shards of stars streamed in fixed-size blocks (memory bounded by the block, not the survey),
-then gathered into one table with a row per allStar row, in allStar order.
+then gathered into one table with a row per allStar row, in allStar order
+(`stages.catalogue_table`).
 
 Flags (the FLAG column, bits):
 - NO_SPECTRUM (1): the star has no spectrum file (never downloaded, or missing);
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .. import plots_catalogue, survey
+from .. import survey
 from ..api import load
 from ..apogee import is_missing
 from ..dataset import load_split
@@ -148,7 +149,7 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
     table = pd.concat([rows, out], axis=1)
     table["IN_TRAINING"] = table["APOGEE_ID"].isin(training)
     table["FLAG"] = flag
-    _write_table(out_path, table, "CATALOGUE", {})
+    write_table(out_path, table, "CATALOGUE", {})
     with atomic_path(quarantine_path) as tmp:
         pd.DataFrame(quarantine, columns=["APOGEE_ID", "TELESCOPE", "FIELD", "path", "reason"]
                      ).to_csv(tmp, index=False)
@@ -159,44 +160,9 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
         f"spectra/s)")
 
 
-def _write_table(path, table: pd.DataFrame, extname: str, header: dict) -> None:
+def write_table(path, table: pd.DataFrame, extname: str, header: dict) -> None:
+    """`table` as the binary-table HDU `extname` of a new FITS file at `path`."""
     with atomic_path(path) as tmp:
         with fitsio.FITS(str(tmp), "rw", clobber=True) as fits:
             fits.write(None, header=header)
             fits.write(survey.to_records(table), extname=extname)
-
-
-# ---------------------------------------------------------------------------- gather
-
-def gather(shard_paths, quarantine_paths, allstar_path, out_path, quarantine_out, figures: dict,
-           *, header: dict, snr_labels: int = 6, log=print) -> None:
-    """One row per allStar row, in allStar order, from the shards (each row exactly once);
-    the quarantine table; and the figures (`figures`: label_distributions, uncertainty_vs_snr,
-    flags paths)."""
-    parts = [survey.read_table(path, "CATALOGUE", what="catalogue shard")
-             for path in shard_paths]
-    table = pd.concat(parts, ignore_index=True).sort_values("ROW", kind="stable")
-    allstar = survey.read_allstar(allstar_path, columns=[*ID_COLUMNS, "SNR"])
-    if not np.array_equal(table["ROW"].to_numpy(), np.arange(len(allstar))):
-        raise ValueError(f"catalogue shards {list(map(str, shard_paths))} do not hold every "
-                         f"row of {allstar_path} exactly once ({len(table)} rows for "
-                         f"{len(allstar)})")
-    if not (table["APOGEE_ID"].to_numpy() == allstar["APOGEE_ID"].to_numpy()).all():
-        raise ValueError(f"catalogue shards disagree with {allstar_path} on APOGEE_ID order")
-    table = table.drop(columns="ROW").reset_index(drop=True)
-    _write_table(out_path, table, "CATALOGUE",
-                 {**header, **{f"FLAGBIT{bit.bit_length() - 1}": name
-                               for name, bit in FLAGS.items()}})
-    quarantine = pd.concat([pd.read_csv(p, dtype=str, keep_default_na=False)
-                            for p in quarantine_paths], ignore_index=True)
-    with atomic_path(quarantine_out) as tmp:
-        quarantine.sort_values(["APOGEE_ID", "TELESCOPE", "FIELD"]).to_csv(tmp, index=False)
-    labels = [c for c in table.columns if f"{c}_std_total" in table.columns]
-    plots_catalogue.plot_label_distributions(figures["label_distributions"], table, labels)
-    plots_catalogue.plot_uncertainty_vs_snr(figures["uncertainty_vs_snr"], table,
-                                            allstar["SNR"].to_numpy(float), labels[:snr_labels])
-    plots_catalogue.plot_flags(figures["flags"], table["FLAG"].to_numpy(), FLAGS)
-    counts = {name: int(np.count_nonzero(table["FLAG"].to_numpy() & bit))
-              for name, bit in FLAGS.items()}
-    log(f"catalogue of {len(table)} allStar rows: {int(np.isfinite(table['PCA_CHI2']).sum())} "
-        f"predicted, {int(table['IN_TRAINING'].sum())} in training; flags {counts}")

@@ -1,6 +1,6 @@
 """The survey catalogue and the Python API on the CI run: one row per allStar row with the
 same numbers the per-split predictions give, bad spectra flagged without losing any other
-star, memory bounded by the block size, and `stargrad.load(...).predict` and `stargrad.explain`."""
+star, memory bounded by the block size, and `stargrad.load(...).predict/explain`."""
 from __future__ import annotations
 
 import json
@@ -155,7 +155,7 @@ def test_api_reproduces_the_workflow_predictions_and_explains(run):
     np.testing.assert_allclose(one["teff"], table["teff"][:1], rtol=1e-5)
     # explain: ridge's Jacobian is its weights, in label per unit flux
     ridge = stargrad.load(run / "results/models/linear/aspcap")
-    jac = stargrad.explain(ridge, data.flux[:2], mask=data.mask[:2])
+    jac = ridge.explain(data.flux[:2], mask=data.mask[:2])
     weights = np.asarray(ridge.params["w"]).T * ridge.norm.label_std[:, None]
     assert jac.shape == (2, 22, apogee.N_PIX_GAPLESS)
     np.testing.assert_allclose(jac[1], weights / ridge.norm.input_std, rtol=1e-4,

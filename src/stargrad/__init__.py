@@ -1,10 +1,9 @@
 """stargrad: learn, explain and compare stellar-label models on APOGEE spectra, in JAX.
 
-`stargrad.load(model_dir)` applies a trained model to any spectra (`stargrad.api`) and
-`stargrad.explain(model, flux)` gives its Jacobians (`stargrad.attribution.explain`). Importing
+`stargrad.load(model_dir)` applies a trained model to any spectra (`stargrad.api`). Importing
 the package imports nothing else: each workflow job sets JAX up for its device before JAX is
 imported (`stargrad.job`), and rule code digests follow only what a rule's script imports
-(`stargrad.codedigest`), which is why both are looked up by name here."""
+(`stargrad.codedigest`), which is why `load` is looked up by name here."""
 import importlib
 
 __version__ = "0.1.0"
@@ -13,6 +12,4 @@ __version__ = "0.1.0"
 def __getattr__(name: str):
     if name == "load":
         return importlib.import_module(f"{__name__}.api").load
-    if name == "explain":
-        return importlib.import_module(f"{__name__}.attribution.explain").explain
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

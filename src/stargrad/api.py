@@ -3,12 +3,11 @@ and of notebooks:
 
     model = stargrad.load("results/models/bcnn_censored/aspcap")
     table = model.predict(flux, error, mc_samples=100)     # labels + std columns (DataFrame)
-    jac = stargrad.explain(model, flux)                    # d label / d flux, (N, K, 7514)
-
-`explain` lives in `stargrad.attribution.explain`, so that editing the attribution code does
-not rerun the prediction rules (`stargrad.codedigest`)."""
+    jac = model.explain(flux)                              # d label / d flux, (N, K, 7514)
+"""
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,8 +29,8 @@ MODEL_FILES = ("model.json", "norm.json", "params.npz")
 
 @dataclass(frozen=True)
 class TrainedModel:
-    """A trained model applied to spectra: `predict` gives labels with uncertainties
-    (`stargrad.explain` gives d label / d flux). Spectra are continuum-normalized flux on the
+    """A trained model applied to spectra: `predict` (labels with uncertainties) and `explain`
+    (d label / d flux). Spectra are continuum-normalized flux on the
     8575-pixel apStar grid or the 7514-pixel gap-removed grid, or aspcapStar paths; labels come
     out in physical units (K, dex, μHz, s; the class-1 probability for classification)."""
     model: models.Model
@@ -72,6 +71,15 @@ class TrainedModel:
             for name in STD_COLUMNS:
                 columns[f"{label}_{name}"] = out[name][:, k] * self.norm.label_std[k]
         return pd.DataFrame(columns)
+
+
+    def explain(self, flux, error=None, mask=None, *, chunk_size: int = 32) -> np.ndarray:
+        """Per-spectrum Jacobians d label / d flux, (N, K, 7514) float32, in label units per
+        unit of continuum-normalized flux (dropout off): `stargrad.attribution.explain`."""
+        # Imported by name: no workflow rule explains through the API, so the prediction
+        # rules' code digests (stargrad.codedigest) must not include the attribution code.
+        explain = importlib.import_module("stargrad.attribution.explain").explain
+        return explain(self, flux, error, mask, chunk_size=chunk_size)
 
 
 def spectra(flux, error=None, mask=None):

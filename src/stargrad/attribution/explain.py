@@ -1,7 +1,5 @@
-"""d label / d flux of a trained model (`stargrad.load`) on any spectra:
-
-    jac = stargrad.explain(model, flux, error, mask)       # (N, K, 7514) float32
-"""
+"""d label / d flux of a trained model (`stargrad.load`) on any spectra, behind
+`TrainedModel.explain`."""
 from __future__ import annotations
 
 import numpy as np

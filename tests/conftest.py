@@ -9,6 +9,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
+import slurm_runs as slurm_runs_module  # noqa: E402
 from workflow_jobs import snakemake  # noqa: E402
 
 
@@ -20,3 +21,19 @@ def run(tmp_path_factory):
     workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("wf")
     snakemake(workdir)
     return workdir
+
+
+@pytest.fixture(scope="session", autouse=True)
+def slurm_runs(request, tmp_path_factory):
+    """The cluster tests' SLURM runs (tests/slurm_runs.py), started with the session when those
+    tests are selected and a SLURM answers, so that they go on alongside the other tests;
+    {test name: BackgroundRun}, each awaited by its test."""
+    selected = {item.originalname for item in request.session.items}
+    wanted = [name for name in slurm_runs_module.RUNS if name in selected]
+    runs = {}
+    if wanted and slurm_runs_module.slurm_up():
+        runs = {name: slurm_runs_module.RUNS[name](tmp_path_factory.mktemp("slurm"))
+                for name in wanted}
+    yield runs
+    for background in runs.values():
+        background.stop()

@@ -5,35 +5,22 @@ GPU routing, JAX set up per job, training that survives its walltime, and the en
 The SLURM tests skip, saying why, only where no SLURM answers (`sinfo`); CI starts one."""
 from __future__ import annotations
 
-import os
 import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import pytest
 import yaml
 
+from slurm_runs import slurm_up
 from workflow_jobs import CONFIG, REPO, planned_resources, snakemake, workflow_copy
 
 pytestmark = pytest.mark.workflow
 GPU_PROFILE = REPO / "profiles" / "slurm-gpu" / "config.yaml"
-#: For the local cluster: no accounting database, quick first status check, logs kept.
-LOCAL_SLURM = ("--slurm-status-command", "squeue", "--slurm-no-account",
-               "--slurm-init-seconds-before-status-checks", "2", "--slurm-keep-successful-logs")
-
-
-def _slurm_up() -> bool:
-    try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
-
-
-needs_slurm = pytest.mark.skipif(not _slurm_up(), reason="no SLURM answers `sinfo` here; "
+needs_slurm = pytest.mark.skipif(not slurm_up(), reason="no SLURM answers `sinfo` here; "
                                  "start one with ../shared/tools/local-slurm start (root)")
 
 
@@ -86,7 +73,7 @@ def test_a_job_refuses_a_stargrad_that_is_not_the_workflows_own(tmp_path):
     copy = workflow_copy(tmp_path)
     proc = snakemake(tmp_path / "run", "resources/mock-ci/truth.fits",
                      snakefile=copy / "Snakefile", check=False)
-    log = (tmp_path / "run" / "logs/survey/mock-ci.log").read_text()
+    log = (tmp_path / "run" / "logs/survey/mock-ci/shard0.log").read_text()
     assert proc.returncode != 0 and "not this workflow's" in log, log
 
 
@@ -138,11 +125,6 @@ def _jobs(workdir: Path) -> dict[str, tuple[str, str]]:
     return jobs
 
 
-def _scontrol(job_id: str) -> str:
-    return subprocess.run(["scontrol", "show", "job", job_id], capture_output=True,
-                          text=True).stdout
-
-
 def _result_files(workdir: Path) -> dict[str, bytes]:
     return {str(p.relative_to(workdir)): p.read_bytes()
             for top in ("results", "resources") for p in sorted((workdir / top).rglob("*"))
@@ -150,48 +132,32 @@ def _result_files(workdir: Path) -> dict[str, bytes]:
 
 
 @needs_slurm
-def test_ci_config_through_the_slurm_profile_equals_the_local_run(run, tmp_path):
-    work = tmp_path / "slurm"
-    work.mkdir()
-    t0 = time.monotonic()
-    proc = snakemake(work, "--profile", str(REPO / "profiles" / "slurm"), *LOCAL_SLURM,
-                     "--default-resources", "slurm_partition=main", check=False)
-    wall = time.monotonic() - t0
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+def test_ci_config_through_the_slurm_profile_equals_the_local_run(run, slurm_runs):
+    ci = slurm_runs["test_ci_config_through_the_slurm_profile_equals_the_local_run"]
+    assert ci.wait() == 0, ci.output()
+    work = ci.workdir
     kept = {p.stem for p in (work / ".snakemake" / "slurm_logs").rglob("*.log")}
     jobs = _jobs(work)
     in_slurm = {log: job for log, (rule, job) in jobs.items() if rule not in LOCAL_RULES}
     assert in_slurm and "none" not in in_slurm.values(), jobs
     assert set(in_slurm.values()) <= kept, (sorted(in_slurm.values()), sorted(kept))
     assert all(job == "none" for rule, job in jobs.values() if rule in LOCAL_RULES), jobs
-    print(f"\nCI config through profiles/slurm: {wall:.0f} s wall, {len(kept)} sbatch jobs for "
-          f"{len(in_slurm)} job logs; local rules {sorted(LOCAL_RULES)}")
+    print(f"\nCI config through profiles/slurm: {ci.wall:.0f} s wall (alongside other tests), "
+          f"{len(kept)} sbatch jobs for {len(in_slurm)} job logs; local rules "
+          f"{sorted(LOCAL_RULES)}")
     ours, reference = _result_files(work), _result_files(run)
     assert sorted(ours) == sorted(reference)
     assert [n for n in reference if ours[n] != reference[n]] == []
 
 
 @needs_slurm
-def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(tmp_path):
+def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(slurm_runs):
     """device: gpu through profiles/slurm-gpu on a smaller config that still runs every GPU
-    rule: their jobs carry gres:gpu:1 and see CUDA_VISIBLE_DEVICES, the others neither and run
-    JAX on the CPU. The stand-in GPUs compute on the CPU: the test allowance says so."""
-    config = yaml.safe_load(CONFIG.read_text())
-    config["models"] = {m: s for m, s in config["models"].items()
-                        if m in ("linear", "vae_2", "pca_2", "pca_4")}
-    config["models"]["linear"]["tasks"] = ["logg"]
-    config["tasks"] = {t: s for t, s in config["tasks"].items() if t in ("aspcap", "logg")}
-    config["catalogue"].update(models={"linear": ["logg"]}, n_shards=1)
-    (tmp_path / "gpu.yaml").write_text(yaml.safe_dump(config))
-    work = tmp_path / "gpu"
-    work.mkdir()
-    env = {**os.environ, "STARGRAD_ALLOW_CPU_AS_GPU": "1"}
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(work), "--configfile", str(tmp_path / "gpu.yaml"),
-           "--profile", str(REPO / "profiles" / "slurm-gpu"), *LOCAL_SLURM,
-           "--default-resources", "slurm_partition=main"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=work)
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    rule (slurm_runs.gpu_run): their jobs carry gres:gpu:1 and see CUDA_VISIBLE_DEVICES, the
+    others neither and run JAX on the CPU."""
+    gpu = slurm_runs["test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu"]
+    assert gpu.wait() == 0, gpu.output()
+    work = gpu.workdir
     gpu_rules = _gpu_rules()
     seen = {"gpu": set(), "cpu": set()}
     for log, (rule, job_id) in _jobs(work).items():
@@ -199,7 +165,7 @@ def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(tmp_path):
         if job_id == "none":
             assert rule in LOCAL_RULES, log
             continue
-        record = _scontrol(job_id)
+        record = gpu.records[job_id]
         visible = re.search(r"CUDA_VISIBLE_DEVICES=(\S+?),", text).group(1)
         if rule in gpu_rules:
             assert "gres:gpu:1" in record and "Partition=gpu" in record, (log, record)

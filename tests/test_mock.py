@@ -118,6 +118,27 @@ def test_same_seed_same_bytes_other_seed_differs(tiny):
         writer.write_mock_survey(tiny / "d", seed=1, n_field=3, n_cluster=0, missing_rate=1.5)
 
 
+def test_sharded_generation_writes_the_same_files(tiny):
+    """The workflow's mock_spectra jobs (3 shards, in any order) then mock_survey: byte for
+    byte the files of one write_mock_survey call, and manifests that list each star once."""
+    root, settings = tiny / "sharded", dict(seed=11, **SURVEY)
+    manifests = [tiny / f"shard{k}.csv" for k in range(3)]
+    for k in (2, 0, 1):
+        writer.write_mock_shard(root, manifests[k], shard=k, n_shards=3, log=lambda msg: None,
+                                **settings)
+    writer.write_mock_catalogues(root, writer.mock_population(**settings), log=lambda msg: None)
+    files = _files(tiny / "a")
+    assert _files(root) == files
+    match, mismatch, errors = filecmp.cmpfiles(tiny / "a", root, files, shallow=False)
+    assert not mismatch and not errors
+    listed = pd.concat([pd.read_csv(m) for m in manifests])
+    allstar = survey.read_allstar(root / survey.ALLSTAR_NAME)
+    assert sorted(listed["APOGEE_ID"]) == sorted(allstar["APOGEE_ID"])
+    assert all((root / path).is_file() for path in listed["path"])
+    with pytest.raises(ValueError, match="shard must lie in"):
+        writer.write_mock_spectra(root, writer.mock_population(**settings), shard=3, n_shards=3)
+
+
 def test_dr17_layout_readable_by_astropy_and_fitsio(tiny):
     root = tiny / "a"
     allstar = survey.read_allstar(root / survey.ALLSTAR_NAME)

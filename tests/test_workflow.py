@@ -2,6 +2,7 @@
 temporary working directory, then check every contract file."""
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from astropy.io import fits as afits
 from stargrad import apogee
 from stargrad.params_io import load_params
 
-from workflow_jobs import CONFIG, REPO, planned_jobs, snakemake, workflow_copy
+from workflow_jobs import CONFIG, REPO, THREADS, planned_jobs, snakemake, workflow_copy
 
 pytestmark = pytest.mark.workflow
 
@@ -144,7 +145,8 @@ def test_editing_one_model_reruns_only_its_jobs(run, tmp_path):
     per_model = [(rule, wc) for rule, wc in jobs if rule in ("train", "predict", "attribute")]
     assert per_model and all(wc["model"] == "mlp" for _, wc in per_model), jobs
     assert {"train", "predict"} <= {rule for rule, _ in per_model}
-    upstream = {"mock_survey", "select_split", "compile_dataset", "truth_products"}
+    upstream = {"mock_spectra", "mock_survey", "select_split", "compile_dataset",
+                "truth_products"}
     assert not upstream & {rule for rule, _ in jobs}, jobs
 
 
@@ -172,7 +174,7 @@ CODE_EDITS = {
                            {"compare_task"}, set()),
     "a plot": ("src/stargrad/plots.py", {"compare_task", "plot_pred_vs_true"}, set(), set()),
     "the mock's forward model": ("src/stargrad/mock/forward.py",
-                                 {"mock_survey", "truth_products"},
+                                 {"mock_spectra", "mock_survey", "truth_products"},
                                  {"select_split", "compile_dataset", "train", "predict",
                                   "attribute", "compare_task", "plot_pred_vs_true",
                                   "generative_reconstruction", "generative_latent_space",
@@ -217,11 +219,16 @@ def _result_files(workdir) -> dict[str, bytes]:
 
 def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     """SIGKILL the whole snakemake process group while a network trains, rerun: the run
-    completes and every result equals the uninterrupted run's, byte for byte."""
+    completes and every result equals the uninterrupted run's, byte for byte. The run starts
+    from the finished run's files (times kept) with both BCNNs' models removed, so that it
+    begins at their training and goes on to everything downstream of them."""
     work = tmp_path / "killed"
-    work.mkdir()
+    for top in ("resources", "results"):
+        shutil.copytree(run / top, work / top)
+    for model in ("bcnn", "bcnn_censored"):
+        shutil.rmtree(work / "results/models" / model)
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(work), "--configfile", str(CONFIG), "--cores", "2"]
+           "--directory", str(work), "--configfile", str(CONFIG), "--cores", "2", *THREADS]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,

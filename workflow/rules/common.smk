@@ -31,6 +31,10 @@ MODELS = config["models"]
 TRAITS = {name: models.traits(spec["family"]) for name, spec in MODELS.items()}
 MODEL_FILES = ["params.npz", "model.json", "norm.json"]
 SPECTRA_KIND = config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar"
+MOCK_SHARDS = config["survey"]["mock"]["n_shards"]
+MOCK_SETTINGS = {k: v for k, v in config["survey"]["mock"].items() if k != "n_shards"}
+#: Settings that only split work into jobs, changing no file's content: left out of digests.
+JOB_SPLITS = (("survey", "mock", "n_shards"),)
 
 
 # Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
@@ -117,8 +121,27 @@ def config_digest(*paths):
         node = config
         for key in path:
             node = node[key]
-        parts["/".join(path)] = node
+        parts["/".join(path)] = _without_job_splits(node, tuple(path))
     return provenance.config_hash(parts)
+
+
+def _without_job_splits(node, path):
+    """`node` (the config entry at `path`) less the JOB_SPLITS settings under it."""
+    for split in JOB_SPLITS:
+        if split[:len(path)] == path and len(split) > len(path):
+            node = _without(node, split[len(path):])
+    return node
+
+
+def _without(node, keys):
+    if not isinstance(node, dict) or keys[0] not in node:
+        return node
+    out = dict(node)
+    if len(keys) == 1:
+        del out[keys[0]]
+    else:
+        out[keys[0]] = _without(out[keys[0]], keys[1:])
+    return out
 
 
 def dataset_entries(dataset):
@@ -174,6 +197,13 @@ def catalogue_spectra():
     sets = ["all"] if config["survey"]["sas"]["fetch_all"] else DATASETS
     return expand(f"{SURVEY_ROOT}/manifests/{{set}}/chunk{{chunk}}.csv", set=sets,
                   chunk=range(N_CHUNKS))
+
+
+def mock_minutes(wildcards, attempt):
+    """`runtime` of a mock_spectra job: 5 min plus 20 ms per star of its shard (some 5 times
+    the measured rate), times the attempt."""
+    n_stars = MOCK_SETTINGS["n_field"] + MOCK_SETTINGS["n_cluster"]
+    return int((5 + 0.02 * n_stars / MOCK_SHARDS / 60) * attempt)
 
 
 def catalogue_minutes(wildcards, input, attempt):

@@ -1,7 +1,10 @@
 """The mock survey on disk in the DR17 layout: allStar catalogue, one aspcapStar file per star
-(noisy flux, error, noiseless model, allStar row), seismic.csv and truth.fits."""
+(noisy flux, error, noiseless model, allStar row), seismic.csv and truth.fits; written in one
+call (`write_mock_survey`) or as the workflow does, the spectra in shards and then the
+catalogues."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import fitsio
@@ -156,61 +159,130 @@ def _observe(rng, model: np.ndarray, snr: float, persistence: bool, sky_prob: fl
     return flux.astype(np.float32), error.astype(np.float32), int(bad.sum())
 
 
-def write_mock_survey(root, *, n_field: int, n_cluster: int, seed: int, n_anomalies: int = 8,
-                      missing_rate: float = 0.02, seismic_fraction: float = 0.7,
-                      bad_pixel_fraction: float = 0.1, config_digest: str | None = None,
-                      batch_size: int = 128, log=print) -> None:
-    """Write a deterministic mock survey under `root` in the DR17 layout: the allStar
-    catalogue, one aspcapStar per star (HDU1 noisy flux, HDU2 error, HDU3 noiseless model
-    without anomalies, HDU4 the star's allStar row), seismic.csv for a `seismic_fraction` of
-    field stars, and truth.fits. `bad_pixel_fraction` is the probability that a star has a
-    persistence stretch on the blue chip, and that each airglow line leaves a residual."""
+@dataclass(frozen=True)
+class MockPopulation:
+    """Everything about a mock survey's stars but their spectra: labels (`truth`), positions and
+    IDs (`meta`), persistence, the allStar table, and the generator state that the seismic
+    catalogue continues from. Deterministic in its arguments, so that each job of a sharded
+    generation draws the same population."""
+    truth: pd.DataFrame
+    meta: pd.DataFrame
+    persistence: np.ndarray
+    allstar: pd.DataFrame
+    rng: np.random.Generator
+    seed: int
+    bad_pixel_fraction: float
+    seismic_fraction: float
+
+
+def mock_population(*, n_field: int, n_cluster: int, seed: int, n_anomalies: int = 8,
+                    missing_rate: float = 0.02, seismic_fraction: float = 0.7,
+                    bad_pixel_fraction: float = 0.1) -> MockPopulation:
+    """The stars of a mock survey (see `write_mock_survey` for the arguments)."""
     for name, value in (("missing_rate", missing_rate), ("seismic_fraction", seismic_fraction),
                         ("bad_pixel_fraction", bad_pixel_fraction)):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"write_mock_survey: {name} must lie in [0, 1], got {value!r}")
-    root = Path(root)
     truth = draw_labels(n_field, n_cluster, seed, n_anomalies)
     rng = np.random.default_rng([int(seed), 2])
     meta = _positions(rng, truth)
     persistence = rng.random(len(truth)) < bad_pixel_fraction
     allstar = _allstar_table(rng, truth, meta, persistence, missing_rate)
-    cards = provenance.header_cards(config_digest, seed=seed)
-    rows = survey.to_records(allstar)
+    return MockPopulation(truth, meta, persistence, allstar, rng, int(seed), bad_pixel_fraction,
+                          seismic_fraction)
+
+
+def write_mock_spectra(root, population: MockPopulation, *, shard: int = 0, n_shards: int = 1,
+                       config_digest: str | None = None, batch_size: int = 128,
+                       log=print) -> pd.DataFrame:
+    """Write the aspcapStar files of the stars of one shard (row i of the allStar table is in
+    shard i mod `n_shards`; each star's noise comes from the seed and its row alone, so the
+    files do not depend on the sharding). Returns the shard's manifest: APOGEE_ID and path
+    (relative to `root`) of every file written."""
+    if not 0 <= shard < n_shards:
+        raise ValueError(f"write_mock_spectra: shard must lie in [0, {n_shards}), got {shard}")
+    root = Path(root)
+    truth, meta, anomaly = population.truth, population.meta, population.truth["anomaly"]
+    cards = provenance.header_cards(config_digest, seed=population.seed)
+    rows = survey.to_records(population.allstar)
     thetas = truth[list(LABELS)].to_numpy(float)
-    anomaly = truth["anomaly"].to_numpy()
-    n = len(truth)
-    n_bad = 0
-    log(f"mock survey: {n} stars ({n_field} field, {n_cluster} cluster) -> {root}")
-    for start in range(0, n, batch_size):
-        stop = min(start + batch_size, n)
-        models = batch_spectra(thetas[start:stop], batch_size=batch_size)
-        for i in range(start, stop):
-            star_rng = np.random.default_rng([int(seed), 3, i])
-            model = models[i - start]
+    mine = np.arange(shard, len(truth), n_shards)
+    paths, n_bad = [], 0
+    log(f"mock survey: shard {shard}/{n_shards}, {len(mine)} of {len(truth)} stars -> {root}")
+    for start in range(0, len(mine), batch_size):
+        batch = mine[start:start + batch_size]
+        models = batch_spectra(thetas[batch], batch_size=batch_size)
+        for model, i in zip(models, batch):
+            star_rng = np.random.default_rng([population.seed, 3, int(i)])
             clean = model
-            if anomaly[i] == "continuum":
+            if anomaly.iat[i] == "continuum":
                 clean = model * _continuum_distortion(star_rng)
-            elif anomaly[i] == "binary":
+            elif anomaly.iat[i] == "binary":
                 companion, ratio, shift = _binary_companion(star_rng, thetas[i])
                 second = np.asarray(spectrum(companion.astype(np.float32), np.float32(shift)))
                 clean = (model + ratio * second) / (1.0 + ratio)
-            flux, error, bad = _observe(star_rng, clean, truth["snr"].iat[i], persistence[i],
-                                        bad_pixel_fraction)
+            flux, error, bad = _observe(star_rng, clean, truth["snr"].iat[i],
+                                        population.persistence[i], population.bad_pixel_fraction)
             n_bad += bad > 0
-            path = root / survey.aspcapstar_relpath(meta["TELESCOPE"].iat[i],
-                                                    meta["FIELD"].iat[i], meta["APOGEE_ID"].iat[i])
-            survey.write_aspcapstar(path, flux, error, model=model,
+            relpath = survey.aspcapstar_relpath(meta["TELESCOPE"].iat[i], meta["FIELD"].iat[i],
+                                                meta["APOGEE_ID"].iat[i])
+            survey.write_aspcapstar(root / relpath, flux, error, model=model,
                                     header={**cards, "OBJID": meta["APOGEE_ID"].iat[i]},
                                     row=rows[i:i + 1])
-            if (i + 1) % 500 == 0 or i + 1 == n:
-                log(f"mock survey: {i + 1}/{n} aspcapStar files written")
-    # the catalogues last: a complete allStar implies every spectrum it lists exists
-    _write_seismic(root / survey.SEISMIC_NAME, rng, meta["APOGEE_ID"], truth, seismic_fraction)
-    _write_truth(root / TRUTH_NAME, meta["APOGEE_ID"], truth, cards)
-    survey.write_allstar(root / survey.ALLSTAR_NAME, allstar, header=cards)
-    log(f"mock survey: {n_bad} stars with bad pixels, {int(persistence.sum())} with persistence, "
-        f"{int((anomaly != '').sum())} anomalies")
+            paths.append(str(relpath))
+            if len(paths) % 500 == 0 or len(paths) == len(mine):
+                log(f"mock survey: {len(paths)}/{len(mine)} aspcapStar files written")
+    log(f"mock survey: shard {shard}: {n_bad} stars with bad pixels")
+    return pd.DataFrame({"APOGEE_ID": meta["APOGEE_ID"].to_numpy()[mine], "path": paths})
+
+
+def write_mock_shard(root, manifest_path, *, shard: int, n_shards: int,
+                     config_digest: str | None = None, log=print, **settings) -> None:
+    """The workflow's mock_spectra job: the spectra of one shard (`write_mock_spectra`) of the
+    survey `settings` describe (`mock_population`), then the shard's manifest CSV, written
+    last so that it exists only once every file it lists does."""
+    population = mock_population(**settings)
+    manifest = write_mock_spectra(root, population, shard=shard, n_shards=n_shards,
+                                  config_digest=config_digest, log=log)
+    with provenance.atomic_path(manifest_path) as tmp:
+        manifest.to_csv(tmp, index=False)
+
+
+def write_mock_catalogues(root, population: MockPopulation, *,
+                          config_digest: str | None = None, log=print) -> None:
+    """seismic.csv, truth.fits and the allStar catalogue of a mock survey, the allStar last:
+    written once every shard's spectra are, a complete allStar implies every spectrum it lists
+    exists."""
+    root = Path(root)
+    cards = provenance.header_cards(config_digest, seed=population.seed)
+    ids, truth = population.meta["APOGEE_ID"], population.truth
+    _write_seismic(root / survey.SEISMIC_NAME, population.rng, ids, truth,
+                   population.seismic_fraction)
+    _write_truth(root / TRUTH_NAME, ids, truth, cards)
+    survey.write_allstar(root / survey.ALLSTAR_NAME, population.allstar, header=cards)
+    log(f"mock survey: {len(truth)} stars ({int((~truth['is_cluster']).sum())} field, "
+        f"{int(truth['is_cluster'].sum())} cluster), {int(population.persistence.sum())} with "
+        f"persistence, {int((truth['anomaly'] != '').sum())} anomalies")
+
+
+def write_mock_survey(root, *, n_field: int, n_cluster: int, seed: int, n_anomalies: int = 8,
+                      missing_rate: float = 0.02, seismic_fraction: float = 0.7,
+                      bad_pixel_fraction: float = 0.1, config_digest: str | None = None,
+                      batch_size: int = 128, log=print) -> None:
+    """Write a deterministic mock survey under `root` in the DR17 layout, in one job: the
+    allStar catalogue, one aspcapStar per star (HDU1 noisy flux, HDU2 error, HDU3 noiseless
+    model without anomalies, HDU4 the star's allStar row), seismic.csv for a
+    `seismic_fraction` of field stars, and truth.fits. `bad_pixel_fraction` is the probability
+    that a star has a persistence stretch on the blue chip, and that each airglow line leaves a
+    residual. The workflow writes the same files in shards (`write_mock_spectra`, then
+    `write_mock_catalogues`)."""
+    population = mock_population(n_field=n_field, n_cluster=n_cluster, seed=seed,
+                                 n_anomalies=n_anomalies, missing_rate=missing_rate,
+                                 seismic_fraction=seismic_fraction,
+                                 bad_pixel_fraction=bad_pixel_fraction)
+    write_mock_spectra(root, population, config_digest=config_digest, batch_size=batch_size,
+                       log=log)
+    write_mock_catalogues(root, population, config_digest=config_digest, log=log)
 
 
 def _write_truth(path, ids, truth: pd.DataFrame, cards: dict) -> None:

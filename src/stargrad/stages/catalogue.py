@@ -110,9 +110,11 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
     skip = skip or {}
     log(f"shard {shard}/{n_shards}: {len(rows)} allStar rows, model {trained.meta['model']}/"
         f"{trained.meta['task']}, blocks of {block_size}, {mc_samples} MC samples")
+    reading = 0.0                     # seconds spent reading and cleaning spectrum files
     for start in range(0, len(rows), block_size):
         block = rows.iloc[start:start + block_size]
         index, arrays = [], []
+        t_read = time.perf_counter()
         for i, row in zip(block.index, block.itertuples(index=False)):
             path = Path(survey_root) / survey.spectrum_relpath(spectra, row.TELESCOPE,
                                                                row.FIELD, row.APOGEE_ID)
@@ -129,6 +131,7 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
                 flag[i] |= FLAGS["QUARANTINED"]
                 quarantine.append((row.APOGEE_ID, row.TELESCOPE, row.FIELD, str(path),
                                    exc.reason))
+        reading += time.perf_counter() - t_read
         if index:
             flux, error, mask = (np.stack(parts) for parts in zip(*arrays))
             mask = mask.astype(bool)
@@ -154,10 +157,12 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
         pd.DataFrame(quarantine, columns=["APOGEE_ID", "TELESCOPE", "FIELD", "path", "reason"]
                      ).to_csv(tmp, index=False)
     n_read = int(np.isfinite(out["PCA_CHI2"]).sum())
+    total = time.perf_counter() - t0
     log(f"shard {shard}: {n_read} spectra predicted, {len(quarantine)} quarantined, "
         f"{int(np.count_nonzero(flag & FLAGS['NO_SPECTRUM']))} without a spectrum, in "
-        f"{time.perf_counter() - t0:.1f} s ({n_read / max(time.perf_counter() - t0, 1e-9):.1f} "
-        f"spectra/s)")
+        f"{total:.1f} s ({n_read / max(total, 1e-9):.1f} spectra/s); reading files "
+        f"{reading:.1f} s ({n_read / max(reading, 1e-9):.1f} spectra/s), the rest "
+        f"{total - reading:.1f} s ({n_read / max(total - reading, 1e-9):.1f} spectra/s)")
 
 
 def write_table(path, table: pd.DataFrame, extname: str, header: dict) -> None:

@@ -220,13 +220,15 @@ def _result_files(workdir) -> dict[str, bytes]:
 def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     """SIGKILL the whole snakemake process group while a network trains, rerun: the run
     completes and every result equals the uninterrupted run's, byte for byte. The run starts
-    from the finished run's files (times kept) with both BCNNs' models removed, so that it
-    begins at their training and goes on to everything downstream of them."""
+    from the finished run's files (times kept) less both BCNNs' models and everything made
+    from them, so that it begins at their training and goes on to all that follows."""
     work = tmp_path / "killed"
     for top in ("resources", "results"):
         shutil.copytree(run / top, work / top)
     for model in ("bcnn", "bcnn_censored"):
-        shutil.rmtree(work / "results/models" / model)
+        for stage in ("models", "predictions", "attribution", "catalogue"):
+            shutil.rmtree(work / "results" / stage / model, ignore_errors=True)
+    shutil.rmtree(work / "results/compare/aspcap")
     cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
            "--directory", str(work), "--configfile", str(CONFIG), "--cores", "2", *THREADS]
     env = {**os.environ, "PYTHONHASHSEED": "0"}
@@ -282,6 +284,9 @@ def test_report_is_valid_html_with_every_figure(run):
     for name in ("summary.png", "ranking.png", "scorecard.csv", "metrics.csv", "lines.csv",
                  "windows.csv", "pred_vs_true_mlp.png", "Mg.png"):
         assert name in html, f"{name} missing from the report"
+    # per-label Jacobian figures only for attribute.report_labels; the rest stay on disk
+    assert "Ti2.png" not in html
+    assert (run / "results/attribution/linear/aspcap/plots/Ti2.png").exists()
 
 
 def test_generative_stage_outputs(run):

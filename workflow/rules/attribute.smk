@@ -18,7 +18,7 @@ rule attribute:
                        subcategory="{task}", labels={"model": "{model}", "table": "window shares"}),
         fidelity="results/attribution/{model}/{task}/fidelity.csv",
         plots=report(directory("results/attribution/{model}/{task}/plots"),
-                     patterns=["{label}.png"], caption="../report/jacobian.rst",
+                     patterns=[f"{{label,{REPORT_LABELS}}}.png"], caption="../report/jacobian.rst",
                      category="Attribution", subcategory="{task}",
                      labels={"model": "{model}", "label": "{label}"}),
     params:

@@ -33,8 +33,13 @@ MODEL_FILES = ["params.npz", "model.json", "norm.json"]
 SPECTRA_KIND = config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar"
 MOCK_SHARDS = config["survey"]["mock"]["n_shards"]
 MOCK_SETTINGS = {k: v for k, v in config["survey"]["mock"].items() if k != "n_shards"}
-#: Settings that only split work into jobs, changing no file's content: left out of digests.
-JOB_SPLITS = (("survey", "mock", "n_shards"),)
+#: Settings that change no result file (how work is split into jobs, what the report shows):
+#: left out of the config digests, so that editing them reruns nothing.
+NOT_IN_DIGESTS = (("survey", "mock", "n_shards"), ("attribute", "report_labels"))
+#: Labels whose per-label Jacobian figures go into the report: attribute.report_labels and the
+#: label of every single-label task (all figures stay on disk).
+REPORT_LABELS = "|".join(sorted(set(config["attribute"]["report_labels"])
+                                | {t.labels[0] for t in TASKS.values() if len(t.labels) == 1}))
 
 
 # Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
@@ -121,13 +126,13 @@ def config_digest(*paths):
         node = config
         for key in path:
             node = node[key]
-        parts["/".join(path)] = _without_job_splits(node, tuple(path))
+        parts["/".join(path)] = _without_undigested(node, tuple(path))
     return provenance.config_hash(parts)
 
 
-def _without_job_splits(node, path):
-    """`node` (the config entry at `path`) less the JOB_SPLITS settings under it."""
-    for split in JOB_SPLITS:
+def _without_undigested(node, path):
+    """`node` (the config entry at `path`) less the NOT_IN_DIGESTS settings under it."""
+    for split in NOT_IN_DIGESTS:
         if split[:len(path)] == path and len(split) > len(path):
             node = _without(node, split[len(path):])
     return node

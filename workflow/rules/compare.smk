@@ -27,7 +27,7 @@ rule compare_task:
                           caption="../report/similarity.rst", category="Attribution",
                           subcategory="{task}", labels={"model": "all", "table": "similarity"}),
         comparison_plots=report(directory("results/compare/{task}/jacobian_comparison"),
-                                patterns=["{label}.png"], caption="../report/comparison.rst",
+                                patterns=[f"{{label,{REPORT_LABELS}}}.png"], caption="../report/comparison.rst",
                                 category="Attribution", subcategory="{task}",
                                 labels={"model": "all models", "label": "{label}"}),
     params:

@@ -8,14 +8,13 @@ import os
 import signal
 import re
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
 import yaml
 
-from workflow_jobs import CONFIG, REPO, THREADS
+from workflow_jobs import CONFIG, ENV, REPO, command
 
 #: For the local cluster (../shared/tools/local-slurm): no accounting database, a quick first
 #: status check, the plugin's job logs kept as evidence.
@@ -42,13 +41,11 @@ class BackgroundRun:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir.with_suffix(".log")
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-               "--directory", str(self.workdir), "--cores", "2", *THREADS, *args]
         self.t0 = time.monotonic()
         with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                         cwd=self.workdir, start_new_session=True,
-                                         env={**os.environ, "PYTHONHASHSEED": "0", **(env or {})})
+            self.proc = subprocess.Popen(command(self.workdir, *args, configfile=None),
+                                         stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                         start_new_session=True, env={**ENV, **(env or {})})
         self.wall = None
         self.records: dict[str, str] = {}
         self._poller = threading.Thread(target=self._poll, daemon=True)

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from slurm_runs import slurm_up
-from workflow_jobs import CONFIG, REPO, planned_resources, snakemake, workflow_copy
+from workflow_jobs import (CONFIG, REPO, planned_resources, result_files, snakemake,
+                           workflow_copy)
 
 pytestmark = pytest.mark.workflow
 GPU_PROFILE = REPO / "profiles" / "slurm-gpu" / "config.yaml"
@@ -125,12 +126,6 @@ def _jobs(workdir: Path) -> dict[str, tuple[str, str]]:
     return jobs
 
 
-def _result_files(workdir: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(workdir)): p.read_bytes()
-            for top in ("results", "resources") for p in sorted((workdir / top).rglob("*"))
-            if p.is_file()}
-
-
 @needs_slurm
 def test_ci_config_through_the_slurm_profile_equals_the_local_run(run, slurm_runs):
     ci = slurm_runs["test_ci_config_through_the_slurm_profile_equals_the_local_run"]
@@ -145,7 +140,7 @@ def test_ci_config_through_the_slurm_profile_equals_the_local_run(run, slurm_run
     print(f"\nCI config through profiles/slurm: {ci.wall:.0f} s wall (alongside other tests), "
           f"{len(kept)} sbatch jobs for {len(in_slurm)} job logs; local rules "
           f"{sorted(LOCAL_RULES)}")
-    ours, reference = _result_files(work), _result_files(run)
+    ours, reference = result_files(work), result_files(run)
     assert sorted(ours) == sorted(reference)
     assert [n for n in reference if ours[n] != reference[n]] == []
 

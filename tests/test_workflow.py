@@ -18,7 +18,8 @@ from astropy.io import fits as afits
 from stargrad import apogee
 from stargrad.params_io import load_params
 
-from workflow_jobs import CONFIG, REPO, THREADS, planned_jobs, snakemake, workflow_copy
+from workflow_jobs import (CONFIG, ENV, REPO, command, planned_jobs, result_files,
+                           snakemake, workflow_copy)
 
 pytestmark = pytest.mark.workflow
 
@@ -211,12 +212,6 @@ def test_command_line_config_applies_on_top_of_the_default(tmp_path):
     assert {wc["model"] for rule, wc in jobs if rule == "train"} == set(default["models"])
 
 
-def _result_files(workdir) -> dict[str, bytes]:
-    return {str(p.relative_to(workdir)): p.read_bytes()
-            for top in ("results", "resources") for p in sorted((workdir / top).rglob("*"))
-            if p.is_file()}
-
-
 def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     """SIGKILL the whole snakemake process group while a network trains, rerun: the run
     completes and every result equals the uninterrupted run's, byte for byte. The run starts
@@ -229,11 +224,8 @@ def test_killed_run_resumes_to_the_same_files(run, tmp_path):
         for stage in ("models", "predictions", "attribution", "catalogue"):
             shutil.rmtree(work / "results" / stage / model, ignore_errors=True)
     shutil.rmtree(work / "results/compare/aspcap")
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
-           "--directory", str(work), "--configfile", str(CONFIG), "--cores", "2", *THREADS]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
     with open(tmp_path / "first.log", "w") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, env=env,
+        proc = subprocess.Popen(command(work), stdout=out, stderr=subprocess.STDOUT, env=ENV,
                                 start_new_session=True)
         log = work / "logs/train/bcnn/aspcap.log"
         deadline = time.monotonic() + 600
@@ -249,7 +241,7 @@ def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     snakemake(work, "--unlock")
     snakemake(work)
     assert "resuming from" in log.read_text()
-    killed, reference = _result_files(work), _result_files(run)
+    killed, reference = result_files(work), result_files(run)
     assert sorted(killed) == sorted(reference)
     differ = [name for name in reference if killed[name] != reference[name]]
     assert not differ, differ

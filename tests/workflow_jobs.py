@@ -13,17 +13,35 @@ CONFIG = REPO / "config" / "ci.yaml"
 THREADS = ("--max-threads", "1")
 
 
+def command(workdir, *args, configfile=CONFIG, snakefile=REPO / "Snakefile") -> list[str]:
+    """The snakemake command line the tests run in `workdir` (config/ci.yaml unless
+    `configfile` is None, two cores, one thread per job, then `args`)."""
+    config = ["--configfile", str(configfile)] if configfile else []
+    return [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory",
+            str(workdir), *config, "--cores", "2", *THREADS, *args]
+
+
+#: The environment of the tests' snakemake processes (fixed hash seed: same DAG order).
+ENV = {**os.environ, "PYTHONHASHSEED": "0"}
+
+
 def snakemake(workdir, *args, check=True, snakefile=REPO / "Snakefile"):
     """Run the workflow on config/ci.yaml (plus `args`) in `workdir`; the CompletedProcess."""
     Path(workdir).mkdir(parents=True, exist_ok=True)
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile),
-           "--directory", str(workdir), "--configfile", str(CONFIG), "--cores", "2", *THREADS, *args]
-    env = {**os.environ, "PYTHONHASHSEED": "0"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=workdir)
+    proc = subprocess.run(command(workdir, *args, snakefile=snakefile), capture_output=True,
+                          text=True, env=ENV, cwd=workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-4000:]}\n"
                              f"{proc.stderr[-8000:]}")
     return proc
+
+
+def result_files(workdir) -> dict[str, bytes]:
+    """{path: bytes} of every file under workdir/results and workdir/resources."""
+    workdir = Path(workdir)
+    return {str(p.relative_to(workdir)): p.read_bytes()
+            for top in ("results", "resources") for p in sorted((workdir / top).rglob("*"))
+            if p.is_file()}
 
 
 def _job_blocks(dry_run_output: str):

@@ -4,6 +4,7 @@ call (`write_mock_survey`) or as the workflow does, the spectra in shards and th
 catalogues."""
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -256,7 +257,8 @@ def write_mock_catalogues(root, population: MockPopulation, *,
     root = Path(root)
     cards = provenance.header_cards(config_digest, seed=population.seed)
     ids, truth = population.meta["APOGEE_ID"], population.truth
-    _write_seismic(root / survey.SEISMIC_NAME, population.rng, ids, truth,
+    # a copy: the population's generator state stays as drawn, so this can run again
+    _write_seismic(root / survey.SEISMIC_NAME, copy.deepcopy(population.rng), ids, truth,
                    population.seismic_fraction)
     _write_truth(root / TRUTH_NAME, ids, truth, cards)
     survey.write_allstar(root / survey.ALLSTAR_NAME, population.allstar, header=cards)

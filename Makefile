@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 CORES ?= 2
 SNAKEMAKE := $(BIN)/snakemake --cores $(CORES)
 
-.PHONY: run test lint bench clean setup
+.PHONY: run test lint bench profile clean setup
 
 setup: $(VENV)/.installed
 
@@ -28,6 +28,11 @@ lint: setup
 
 bench: setup
 	$(BIN)/python bench/bench_models.py
+
+# Per rule: jobs, wall, CPU and start-up seconds, and the critical path of the run in RUNDIR.
+RUNDIR ?= .
+profile: setup
+	$(BIN)/python bench/dag_profile.py $(RUNDIR)
 
 clean:
 	rm -rf results resources logs benchmarks .snakemake

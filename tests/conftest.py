@@ -1,10 +1,19 @@
-"""Test session set-up: JAX as a CPU workflow job runs it (stargrad.job), before JAX is imported."""
-from stargrad.job import jax_environment
+"""Test session set-up: JAX as a CPU workflow job runs it (stargrad.job), before JAX is imported,
+with one compilation cache for the session: the tests and every workflow run they start (the
+local CI run, the SLURM runs, the reruns) load what another already compiled. A fresh directory
+per session, removed at its end, unless STARGRAD_COMPILATION_CACHE names one."""
+import os
+import shutil
+import tempfile
 
+from stargrad.job import CACHE_ENV, jax_environment
+
+SESSION_CACHE = None if os.environ.get(CACHE_ENV) else tempfile.mkdtemp(prefix="stargrad-jax-")
+if SESSION_CACHE:
+    os.environ[CACHE_ENV] = SESSION_CACHE
 jax_environment("cpu")
 
 
-import os  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -37,3 +46,11 @@ def slurm_runs(request, tmp_path_factory):
     yield runs
     for background in runs.values():
         background.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_cache():
+    """Removes the session's compilation cache when the session ends."""
+    yield
+    if SESSION_CACHE:
+        shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -16,11 +16,21 @@ GPU jobs do not preallocate the card (XLA_PYTHON_CLIENT_PREALLOCATE=false, or th
 On every job XLA's multi-threaded Eigen pool on CPU is off (--xla_cpu_multi_thread_eigen=false):
 it can wedge, every thread parked on a futex, while materialising large vmapped graphs such as
 batched Jacobians and Fisher matrices. Set the flag in XLA_FLAGS yourself to override.
+Every job keeps XLA's compiled programs in JAX's persistent compilation cache
+(`compilation_cache_dir`): a job that compiles what an earlier job compiled loads it instead.
+
+Every log line carries the seconds since the job's process started; the set-up's last line
+(SET_UP) gives the start-up time and CPU seconds, the last line (DONE) the job's own, which
+bench/dag_profile.py reads (`job_timing`). Only logs carry times: no output file does.
 """
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import platform
+import re
+import resource
 import socket
 import time
 import traceback
@@ -29,22 +39,66 @@ from pathlib import Path
 DEVICES = ("cpu", "gpu", "auto")
 ALLOW_CPU_AS_GPU = "STARGRAD_ALLOW_CPU_AS_GPU"
 EIGEN_FLAG = "--xla_cpu_multi_thread_eigen=false"
+#: The set-up's last log line and the job's last one: wall and CPU seconds since the process
+#: started (CPU: this process and its finished children).
+CACHE_ENV = "STARGRAD_COMPILATION_CACHE"
+#: Compilations shorter than this (s) are not written to the cache (JAX's default is 1 s).
+CACHE_MIN_COMPILE_S = 0.1
+SET_UP = "set up after {wall:.2f} s, {cpu:.2f} s CPU"
+DONE = "done after {wall:.2f} s, {cpu:.2f} s CPU"
+_IMPORTED = time.monotonic()
 
 
 class DeviceError(RuntimeError):
     """The job was asked for a device JAX cannot see."""
 
 
+def host_cpu() -> str:
+    """A short digest of this host's CPU model and instruction-set flags."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        lines = [line for line in info.splitlines()
+                 if line.startswith(("model name", "flags", "Features", "CPU part"))]
+        described = "\n".join(dict.fromkeys(lines))
+    except OSError:
+        described = f"{platform.machine()} {platform.processor()}"
+    return hashlib.sha256(described.encode()).hexdigest()[:12]
+
+
+def compilation_cache_dir(setting: str | None = None, environ=None) -> Path | None:
+    """Where a job's JAX keeps compiled programs: $STARGRAD_COMPILATION_CACHE, else `setting`
+    (the config's jobs.compilation_cache), else the user cache
+    ($XDG_CACHE_HOME, default ~/.cache, /stargrad/jax); "off" turns the cache off. Entries go
+    to a subdirectory per host CPU (`host_cpu`): XLA compiles CPU programs for the host's
+    instruction set, which JAX's cache key leaves out, so hosts of different CPUs that share a
+    home directory never load each other's programs. Cached programs are the ones a fresh
+    compilation gives: outputs are the same bytes with the cache on or off (tested)."""
+    environ = os.environ if environ is None else environ
+    chosen = environ.get(CACHE_ENV) or setting
+    if chosen == "off":
+        return None
+    if not chosen:
+        chosen = Path(environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "stargrad" / "jax"
+    return Path(chosen).expanduser() / host_cpu()
+
+
 def jax_environment(device: str, gpu_memory_fraction: float | None = None,
-                    environ=None) -> dict:
+                    environ=None, compilation_cache: str | None = None) -> dict:
     """The environment variables a job on `device` needs before JAX is imported (returned,
-    and set in `environ`, os.environ by default)."""
+    and set in `environ`, os.environ by default); `compilation_cache` as
+    `compilation_cache_dir`'s setting."""
     if device not in DEVICES:
         raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
     environ = os.environ if environ is None else environ
     flags = environ.get("XLA_FLAGS", "")
     if "xla_cpu_multi_thread_eigen" not in flags:
         environ["XLA_FLAGS"] = f"{flags} {EIGEN_FLAG}".strip()
+    cache = compilation_cache_dir(compilation_cache, environ)
+    if cache is not None:
+        environ["JAX_COMPILATION_CACHE_DIR"] = str(cache)
+        environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = f"{CACHE_MIN_COMPILE_S:g}"
+    else:
+        environ.pop("JAX_COMPILATION_CACHE_DIR", None)
     if device == "cpu":
         environ["JAX_PLATFORMS"] = "cpu"
         return _jax_keys(environ)
@@ -59,7 +113,7 @@ def jax_environment(device: str, gpu_memory_fraction: float | None = None,
 
 def _jax_keys(environ) -> dict:
     keys = ("XLA_FLAGS", "JAX_PLATFORMS", "XLA_PYTHON_CLIENT_PREALLOCATE",
-            "XLA_PYTHON_CLIENT_MEM_FRACTION")
+            "XLA_PYTHON_CLIENT_MEM_FRACTION", "JAX_COMPILATION_CACHE_DIR")
     return {k: environ[k] for k in keys if k in environ}
 
 
@@ -106,14 +160,44 @@ def check_library(workflow_src: Path | None, log) -> None:
                           f"environment, or install this checkout with `pip install -e`")
 
 
+def process_wall_s() -> float:
+    """Seconds since this process started (Linux: from /proc; elsewhere since this module was
+    imported, which leaves out the interpreter's own start)."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])       # field 22, starttime
+        return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return time.monotonic() - _IMPORTED
+
+
+def process_cpu_s() -> float:
+    """CPU seconds (user + system) of this process and its finished child processes."""
+    own, children = (resource.getrusage(who) for who in (resource.RUSAGE_SELF,
+                                                         resource.RUSAGE_CHILDREN))
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def job_timing(log_text: str) -> dict:
+    """{"setup_s", "setup_cpu_s", "wall_s", "cpu_s"} from a job log's SET_UP and DONE lines
+    (the keys of the lines it has)."""
+    found = {}
+    for line, wall, cpu in ((SET_UP, "setup_s", "setup_cpu_s"), (DONE, "wall_s", "cpu_s")):
+        pattern = re.escape(line.split("{")[0]) + r"([\d.]+) s, ([\d.]+) s CPU"
+        match = re.search(pattern, log_text)
+        if match:
+            found[wall], found[cpu] = float(match.group(1)), float(match.group(2))
+    return found
+
+
 @contextlib.contextmanager
 def open_log(path):
-    """Yield log(msg) writing timestamped lines to `path`; an exception's traceback is logged
-    before it propagates."""
+    """Yield log(msg) writing lines to `path`, each with the time of day and the seconds since
+    the process started; an exception's traceback is logged before it propagates."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as handle:
         def log(message: str) -> None:
-            handle.write(f"[{time.strftime('%H:%M:%S')}] {message}\n")
+            handle.write(f"[{time.strftime('%H:%M:%S')} +{process_wall_s():.1f}s] {message}\n")
             handle.flush()
         try:
             yield log
@@ -137,12 +221,14 @@ def rule_job(snakemake):
     """Set up a rule's job (see the module docstring) and yield its log function.
 
     Reads from the job: log[0], rule, threads, resources.attempt (1 if absent), params.device
-    (rules that run JAX; absent: the CPU, and JAX is not imported here) and
-    params.gpu_memory_fraction. Snakemake empties the log before a retry, so each attempt's
+    (rules that run JAX; absent: the CPU, and JAX is not imported here),
+    params.gpu_memory_fraction and config jobs.compilation_cache (through the config, not a
+    param: where programs are cached changes no result, so it reruns nothing). Snakemake empties the log before a retry, so each attempt's
     log starts with its attempt number."""
     device = getattr(snakemake.params, "device", None)
     fraction = getattr(snakemake.params, "gpu_memory_fraction", None)
-    environment = jax_environment(device or "cpu", fraction)
+    cache = snakemake.config.get("jobs", {}).get("compilation_cache")
+    environment = jax_environment(device or "cpu", fraction, compilation_cache=cache)
     attempt = int(getattr(snakemake.resources, "attempt", 1))
     with open_log(snakemake.log[0]) as log:
         log(f"rule {snakemake.rule}, attempt {attempt}: {where_it_runs(snakemake.threads)}")
@@ -150,4 +236,6 @@ def rule_job(snakemake):
         check_library(Path(snakemake.scriptdir).parent / "src", log)
         if device is not None:
             check_device(device, log)
+        log(SET_UP.format(wall=process_wall_s(), cpu=process_cpu_s()))
         yield log
+        log(DONE.format(wall=process_wall_s(), cpu=process_cpu_s()))

@@ -90,3 +90,13 @@ def test_calibration_scales_are_the_valid_z_spread():
     np.testing.assert_allclose(scales[:2], [2.0, 0.5], rtol=0.05)
     assert scales[2] == 1.0
     np.testing.assert_allclose(mad_std(z[:, :2] / scales[:2], axis=0), 1.0, rtol=1e-12)
+
+
+def test_mad_std_is_astropys_to_the_bit():
+    from stargrad.predictions import mad_std as ours
+    assert ours(np.array([1.0, 2.0, 3.0, 4.0, 100.0])) == 1.482602218505602  # median |x-3| = 1
+    rng = np.random.default_rng(5)
+    for values in (rng.normal(3, 2, 101), rng.standard_t(2, 400).astype(np.float32),
+                   pd.Series(rng.normal(size=50)), np.full(4, 2.5)):
+        mine, astropys = ours(values), mad_std(values)
+        assert mine == astropys and np.asarray(mine).dtype == np.asarray(astropys).dtype

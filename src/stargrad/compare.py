@@ -7,12 +7,11 @@ from pathlib import Path
 import fitsio
 import numpy as np
 import pandas as pd
-from astropy.stats import mad_std
 
 from .apogee import ASPCAP_LABELS, is_missing
 from .attribution.files import read_jacobian_fits
 from .attribution.similarity import similarity_matrix
-from .predictions import read_predictions
+from .predictions import mad_std, read_predictions
 from .plots import plot_metric_by_label, plot_ranking
 from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path

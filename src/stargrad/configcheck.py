@@ -5,7 +5,6 @@ mode and the generative stage's choices. Each error names the config key."""
 from __future__ import annotations
 
 from . import models
-from .stages.predict import check_calibration_mode
 from .tasks import tasks_from_config
 from .train import TrainConfig
 from .trained import build_model
@@ -13,6 +12,15 @@ from .trained import build_model
 
 class ConfigError(ValueError):
     """A config entry that cannot work; the message names it."""
+
+
+def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") -> None:
+    """Calibration is fitted on the valid split and applied to test: with MC dropout both
+    must be predicted the same way (both in `mc_splits` or neither)."""
+    if calibrate and ("test" in mc_splits) != ("valid" in mc_splits):
+        raise ValueError(f"{where}: predict.calibrate fits on the valid split and applies to "
+                         f"test, so predict.mc_splits must list both or neither (it is "
+                         f"{sorted(mc_splits)}), or set predict.calibrate: false")
 
 
 def _check_model(name: str, spec: dict, tasks: dict) -> None:

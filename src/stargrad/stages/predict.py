@@ -7,23 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from astropy.stats import mad_std
 
 from ..api import load
 from ..apogee import is_missing
 from ..dataset import load_split, task_labels
-from ..predictions import STD_COLUMNS, write_predictions
+from ..predictions import STD_COLUMNS, mad_std, write_predictions
 from ..provenance import atomic_path, header_cards
 from ..tasks import Task
-
-
-def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") -> None:
-    """Calibration is fitted on the valid split and applied to test: with MC dropout both
-    must be predicted the same way (both in `mc_splits` or neither)."""
-    if calibrate and ("test" in mc_splits) != ("valid" in mc_splits):
-        raise ValueError(f"{where}: predict.calibrate fits on the valid split and applies to "
-                         f"test, so predict.mc_splits must list both or neither (it is "
-                         f"{sorted(mc_splits)}), or set predict.calibrate: false")
 
 
 def calibration_scales(predicted: pd.DataFrame, truth: np.ndarray, labels,

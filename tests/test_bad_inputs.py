@@ -18,7 +18,7 @@ import yaml
 
 from stargrad import apogee, survey
 from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compile import compile_dataset
+from stargrad.compile import compile_dataset, labels_from_catalogue
 from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.select import select_and_split
 from stargrad.tasks import make_task
@@ -189,6 +189,47 @@ def test_nan_and_magic_labels_are_missing_everywhere(compiled):
     assert b["y_err"][list(data.ids).index(GOOD[2]), task.labels.index("Mg")] == 0.0
     MATRIX.append(("compile", "allStar label or error NaN / −9999, a star with none",
                    "−9999 in LABELS; masked in every loss (valid False); training stats finite"))
+
+
+#: DR17's spellings of "no value" (float32, as the FITS columns hold them).
+MISSING_SPELLINGS = {"NaN": np.nan, "+inf": np.inf, "-inf": -np.inf, "-9999": -9999.0,
+                     "-9999.99": float(np.float32(-9999.99))}
+#: allStar column -> (labels that must come out missing, errors that must, labels that must not)
+MISSING_COLUMNS = {
+    "TEFF": (["teff"], ["teff_err"], ["logg"]),
+    "TEFF_ERR": ([], ["teff_err"], ["teff"]),
+    "MG_FE": (["Mg"], ["Mg_err"], ["Fe", "Al"]),
+    "MG_FE_ERR": ([], ["Mg_err"], ["Mg", "Al_err"]),
+    "FE_H": (["Fe", "Mg", "Ni"], ["Fe_err", "Mg_err"], ["teff"]),
+    "FE_H_ERR": ([], ["Fe_err", "Mg_err", "Ni_err"], ["Fe", "Mg", "teff_err"]),
+    "DNU": (["dnu"], ["dnu_err"], ["numax"]),
+}
+
+
+@pytest.mark.parametrize("spelling", list(MISSING_SPELLINGS))
+@pytest.mark.parametrize("column", list(MISSING_COLUMNS))
+def test_every_missing_spelling_in_every_column_is_missing(column, spelling):
+    """A value or error spelt NaN, ±inf, −9999 or −9999.99 comes out −9999 (never a sum with
+    it, such as hypot(−9999, 0.03) = 9999 for an [X/H] error), and nothing else is touched."""
+    rng = np.random.default_rng(7)
+    table = allstar_table(["2M00000001+0000000", "2M00000002+0000000"], ["F1", "F1"], rng)
+    seismic = pd.DataFrame({"APOGEE_ID": table["APOGEE_ID"], "DNU": [4.0, 5.0],
+                            "NUMAX": [40.0, 50.0], "DPI1": [70.0, 80.0], "EVSTATE": [1, 2]})
+    where = seismic if column == "DNU" else table
+    where[column] = where[column].astype(float)
+    where.loc[0, column] = MISSING_SPELLINGS[spelling]
+    labels = labels_from_catalogue(table, seismic, log=lambda msg: None)
+    missing, errors, kept = MISSING_COLUMNS[column]
+    first, second = labels.iloc[0], labels.iloc[1]
+    assert (first[missing + errors] == MAGIC_NUMBER).all(), first[missing + errors]
+    assert (first[kept] != MAGIC_NUMBER).all(), first[kept]
+    assert (second.drop(["APOGEE_ID", "evstate", "evstate_err"]) != MAGIC_NUMBER).all()
+    numbers = labels.drop(columns="APOGEE_ID").to_numpy(float)
+    assert np.isfinite(numbers).all()
+    assert ((numbers == MAGIC_NUMBER) | (np.abs(numbers) < 9000)).all(), labels.T
+    if spelling in ("NaN", "-9999.99"):
+        MATRIX.append(("compile", f"allStar {column} = {spelling} (and each other spelling)",
+                       f"-9999 in {', '.join(missing + errors)}; {', '.join(kept)} kept"))
 
 
 def test_on_bad_file_error_names_the_file(tree, tmp_path):

@@ -28,9 +28,10 @@ QUARANTINE_COLUMNS = ("APOGEE_ID", "split", "path", "reason")
 def labels_from_catalogue(allstar: pd.DataFrame, seismic: pd.DataFrame | None,
                           log=print) -> pd.DataFrame:
     """Task labels per star: teff, logg, [X/H] from the allStar ([X/Fe] + [Fe/H]), their
-    errors, and the seismic labels joined on APOGEE_ID. A value that is −9999, NaN or ±inf in
-    the catalogue (`apogee.is_missing`) is written as −9999, and so is an error that is
-    missing; a label is missing when its value is, or for [X/Fe] when [Fe/H] is. A label whose
+    errors, and the seismic labels joined on APOGEE_ID. A value that is NaN, ±inf, −9999 or
+    −9999.99 in the catalogue (`apogee.is_missing`, tested before any arithmetic) is written as
+    −9999, and so is an error that is missing; a label is missing when its value is, or for
+    [X/Fe] when [Fe/H] is, and its error when its own or (for [X/Fe]) FE_H_ERR is. A label whose
     column the catalogue lacks is missing for every star (and logged)."""
     out = pd.DataFrame({"APOGEE_ID": allstar["APOGEE_ID"].to_numpy()})
     out["SNR"] = allstar["SNR"].to_numpy(dtype=np.float32) if "SNR" in allstar else np.nan
@@ -44,13 +45,16 @@ def labels_from_catalogue(allstar: pd.DataFrame, seismic: pd.DataFrame | None,
         if col not in allstar:
             log(f"allStar has no column {col}: label {label!r} is missing for every star")
         value, err = column(col), column(f"{col}_ERR")
-        missing = is_missing(value)
+        # Missing is decided on the catalogue's own values, before any sum: hypot(−9999, e)
+        # would otherwise pass as an error of 9999.
+        missing, err_missing = is_missing(value), is_missing(err)
         if col.endswith("_FE"):
             missing |= is_missing(fe)
-            value = value + fe
-            err = np.hypot(err, fe_err)
+            err_missing |= is_missing(fe_err)
+            with np.errstate(invalid="ignore"):      # inf − inf where already missing
+                value, err = value + fe, np.hypot(err, fe_err)
         out[label] = np.where(missing, MAGIC_NUMBER, value)
-        out[f"{label}_err"] = np.where(missing | is_missing(err), MAGIC_NUMBER, np.abs(err))
+        out[f"{label}_err"] = np.where(missing | err_missing, MAGIC_NUMBER, np.abs(err))
     seismic_cols = {"dnu": "DNU", "numax": "NUMAX", "dpi1": "DPI1"}
     joined = (out[["APOGEE_ID"]].merge(seismic, on="APOGEE_ID", how="left")
               if seismic is not None else None)

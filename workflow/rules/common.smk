@@ -23,6 +23,8 @@ SURVEY_SOURCE = config["survey"]["source"]
 SURVEY_NAME = config["survey"]["name"]
 SURVEY_ROOT = f"resources/{SURVEY_NAME}"
 ALLSTAR = f"{SURVEY_ROOT}/allStar-dr17-synspec_rev1.fits"
+#: Real data: the allStar's SHA-1, written once it is checked (rule verify_allstar).
+ALLSTAR_VERIFIED = f"{SURVEY_ROOT}/manifests/allStar.sha1"
 N_CHUNKS = config["survey"]["sas"]["n_chunks"]
 SPLITS = ["train", "valid", "test", "cluster"]
 DATASETS = list(config["datasets"])
@@ -184,6 +186,12 @@ def seismic_input():
     if SURVEY_SOURCE == "mock":
         return f"{SURVEY_ROOT}/seismic.csv"
     return config["survey"]["sas"]["seismic_catalogue"] or []
+
+
+def allstar_verified():
+    """The input that stands for a checked allStar. Real data needs its verify_allstar SHA-1
+    (downloaded or placed by hand); the mock, which writes it, needs nothing."""
+    return [] if SURVEY_SOURCE == "mock" else ALLSTAR_VERIFIED
 
 
 def spectra_ready(dataset):

@@ -272,15 +272,8 @@ UNSAFE_ROWS = {
 FAST = dict(retries=1, backoff_s=0.0, timeout_s=5)
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-
-
 @pytest.fixture
-def sas(tmp_path):
+def sas(tmp_path, no_proxy):
     """A loopback SAS: two good aspcapStar files in apo25m/F1 with their sha1sum list, and the
     rows (good + UNSAFE_ROWS) of an allStar that names them."""
     root = tmp_path / "sas"

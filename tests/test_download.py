@@ -21,11 +21,7 @@ STARS = pd.DataFrame({"APOGEE_ID": ["2M00000001+0000001", "2M00000002+0000002",
                       "FIELD": ["FIELDA", "FIELDA", "FIELDB"]})
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 def _sha1(path) -> str:

@@ -35,9 +35,11 @@ MODEL_FILES = ["params.npz", "model.json", "norm.json"]
 SPECTRA_KIND = config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar"
 MOCK_SHARDS = config["survey"]["mock"]["n_shards"]
 MOCK_SETTINGS = {k: v for k, v in config["survey"]["mock"].items() if k != "n_shards"}
-#: Settings that change no result file (how work is split into jobs, what the report shows):
-#: left out of the config digests, so that editing them reruns nothing.
-NOT_IN_DIGESTS = (("survey", "mock", "n_shards"), ("attribute", "report_labels"))
+#: Settings that change no result file (how work is split into jobs, what the report shows,
+#: which models get a catalogue): left out of the config digests, so that editing them reruns
+#: nothing, and adding a model to catalogue.models runs that model's catalogue jobs alone.
+NOT_IN_DIGESTS = (("survey", "mock", "n_shards"), ("attribute", "report_labels"),
+                  ("catalogue", "models"))
 #: Labels whose per-label Jacobian figures go into the report: attribute.report_labels and the
 #: label of every single-label task (all figures stay on disk).
 REPORT_LABELS = "|".join(sorted(set(config["attribute"]["report_labels"])
@@ -62,10 +64,20 @@ def jax_params(rule):
 
 
 def job_resources(rule, **resources):
-    """`resources` of a job: the given ones, gpu=1 for GPU rules under `device: gpu`, and the
-    job's attempt (Snakemake hands it to resource callables only), which the job logs."""
+    """`resources` of a job: the given ones, gpu=1 for GPU rules under `device: gpu`, the
+    job's attempt (Snakemake hands it to resource callables only), which the job logs, and
+    walltime_limited."""
     return {"gpu": int(DEVICE == "gpu" and rule in GPU_RULES),
-            "attempt": lambda wildcards, attempt: attempt, **resources}
+            "attempt": lambda wildcards, attempt: attempt,
+            "walltime_limited": walltime_limited, **resources}
+
+
+def walltime_limited(wildcards):
+    """1 when the job runs as a job of the SLURM executor, whose sbatch --time is its runtime
+    (evaluated again in the job step, whose executor is slurm-jobstep); 0 otherwise, a local
+    run inside an salloc allocation included (stargrad.job.walltime_s)."""
+    plugin = workflow.executor_plugin
+    return int(plugin is not None and plugin.cli_prefix == "slurm-jobstep")
 
 
 def environment(rule):

@@ -46,9 +46,10 @@ REPORT_LABELS = "|".join(sorted(set(config["attribute"]["report_labels"])
                                 | {t.labels[0] for t in TASKS.values() if len(t.labels) == 1}))
 
 
-# Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
-# the CUDA conda environment, the GPU partition in profiles/slurm-gpu); every other rule runs on
-# the CPU, and so does JAX in the other rules that use it (the mock survey, its truth products).
+# Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1 and
+# slurm_partition=jobs.gpu_partition, both decided in job_resources alone, and the CUDA conda
+# environment); every other rule runs on the CPU, and so does JAX in the other rules that use it
+# (the mock survey, its truth products).
 GPU_RULES = ("train", "predict", "attribute", "catalogue_shard", "generative_reconstruction",
              "generative_latent_space", "generative_latent_regression", "generative_decoder",
              "generative_anomalies", "generative_denoise")
@@ -64,10 +65,13 @@ def jax_params(rule):
 
 
 def job_resources(rule, **resources):
-    """`resources` of a job: the given ones, gpu=1 for GPU rules under `device: gpu`, the
-    job's attempt (Snakemake hands it to resource callables only), which the job logs, and
-    walltime_limited."""
-    return {"gpu": int(DEVICE == "gpu" and rule in GPU_RULES),
+    """`resources` of a job: the given ones; for GPU rules under `device: gpu`, gpu=1 and the
+    GPU partition (`jobs.gpu_partition`), routed here only, from the same `device` as the job's
+    JAX set-up (jax_params), so that nothing can send a job that computes on the CPU to the GPU
+    partition or the reverse; the job's attempt (Snakemake hands it to resource callables only),
+    which the job logs; and walltime_limited."""
+    on_gpu = DEVICE == "gpu" and rule in GPU_RULES
+    return {"gpu": int(on_gpu), **({"slurm_partition": JOBS["gpu_partition"]} if on_gpu else {}),
             "attempt": lambda wildcards, attempt: attempt,
             "walltime_limited": walltime_limited, **resources}
 

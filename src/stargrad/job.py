@@ -129,7 +129,7 @@ def open_log(path):
 def walltime_s(snakemake) -> float | None:
     """The job's walltime in seconds when the SLURM executor submitted it (sbatch --time is its
     `runtime` resource, in minutes): the workflow sets the resource `walltime_limited` to 1
-    only in the executor's job step. None otherwise — a local run, even one inside an salloc
+    only inside such a job (Snakemake in remote mode). None otherwise — a local run, even one inside an salloc
     allocation (SLURM_JOB_ID set), is not stopped at the rule's runtime."""
     runtime = getattr(snakemake.resources, "runtime", None)
     if not int(getattr(snakemake.resources, "walltime_limited", 0)) or runtime is None:

@@ -1,5 +1,6 @@
 # Shared set-up: validate the config (filling defaults), check what the schema cannot, derive
 # names, and the digests every rule takes as params.
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -77,11 +78,11 @@ def job_resources(rule, **resources):
 
 
 def walltime_limited(wildcards):
-    """1 when the job runs as a job of the SLURM executor, whose sbatch --time is its runtime
-    (evaluated again in the job step, whose executor is slurm-jobstep); 0 otherwise, a local
-    run inside an salloc allocation included (stargrad.job.walltime_s)."""
-    plugin = workflow.executor_plugin
-    return int(plugin is not None and plugin.cli_prefix == "slurm-jobstep")
+    """1 when the job runs as a job of the SLURM executor, whose sbatch --time is its runtime:
+    evaluated again inside the SLURM job, where Snakemake runs in remote mode (the slurm-jobstep
+    executor and the process it starts with srun); 0 otherwise, a local run inside an salloc
+    allocation (SLURM_JOB_ID set, but no remote mode) included (stargrad.job.walltime_s)."""
+    return int(workflow.remote_exec and "SLURM_JOB_ID" in os.environ)
 
 
 def environment(rule):

@@ -5,4 +5,5 @@ with rule_job(snakemake) as log:
     from stargrad.download import download_allstar
     p = snakemake.params
     download_allstar(p.base_url, snakemake.output[0], sha1=p.sha1, retries=p.retries,
-                     backoff_s=p.backoff_s, timeout_s=p.timeout_s, log=log)
+                     backoff_s=p.backoff_s, timeout_s=p.timeout_s, allow_http=p.allow_http,
+                     log=log)

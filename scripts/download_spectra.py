@@ -9,4 +9,5 @@ with rule_job(snakemake) as log:
     download_chunk(snakemake.input.allstar, splits, int(snakemake.wildcards.chunk),
                    p.n_chunks, p.survey_root, p.base_url, snakemake.output[0], verify=p.verify,
                    retries=p.retries, backoff_s=p.backoff_s, timeout_s=p.timeout_s,
-                   on_bad_file=p.on_bad_file, spectra=p.spectra, log=log)
+                   on_bad_file=p.on_bad_file, spectra=p.spectra,
+                   allow_http=p.allow_http, log=log)

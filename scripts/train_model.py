@@ -1,7 +1,7 @@
 """Rule train: train one model on one task."""
 from pathlib import Path
 
-from stargrad.job import rule_job, walltime_s
+from stargrad.job import STARTED, rule_job, walltime_s
 
 with rule_job(snakemake) as log:
     from stargrad.stages.train import train_model
@@ -12,5 +12,6 @@ with rule_job(snakemake) as log:
                 seed=snakemake.params.seed, code_digest=snakemake.params.code,
                 config_digest=snakemake.params.config_hash,
                 checkpoint_dir=snakemake.params.checkpoint_dir, walltime_s=walltime_s(snakemake),
+                job_start=STARTED,
                 run_control=snakemake.config["models"][snakemake.wildcards.model]["train"],
                 log=log)

@@ -32,6 +32,14 @@ def run(tmp_path_factory):
     return workdir
 
 
+@pytest.fixture
+def no_proxy(monkeypatch):
+    """No HTTP proxy: the tests' downloads go to the loopback server of tests/httpserver.py."""
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
+                 "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def slurm_runs(request, tmp_path_factory):
     """The cluster tests' SLURM runs (tests/slurm_runs.py), started with the session when those

@@ -6,7 +6,8 @@
         server.requests                                # [(path, headers dict, status), ...]
 
 Faults, consumed one per request to that path: "500", "404", "truncate" (full Content-Length
-header, half the bytes, then close), "corrupt" (right length, one byte flipped), "slow" (sleep
+header, half the bytes, then close), "truncate_unsized" (no Content-Length, half the bytes,
+then close: only the file's own structure can tell), "corrupt" (right length, one byte flipped), "slow" (sleep
 past the client's timeout before answering). `server.range_support = False` makes the server
 ignore Range headers and answer 200 with the whole file.
 """
@@ -19,7 +20,7 @@ import time
 import urllib.parse
 from pathlib import Path
 
-FAULTS = ("500", "404", "truncate", "corrupt", "slow")
+FAULTS = ("500", "404", "truncate", "truncate_unsized", "corrupt", "slow")
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -71,12 +72,13 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         body = data[start:]
         self._record(path, status)
         self.send_response(status)
-        self.send_header("Content-Length", str(len(body)))
+        if fault != "truncate_unsized":
+            self.send_header("Content-Length", str(len(body)))
         if status == 206:
             self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
         self.send_header("Accept-Ranges", "bytes" if server.range_support else "none")
         self.end_headers()
-        if fault == "truncate":
+        if fault in ("truncate", "truncate_unsized"):
             body = body[: len(body) // 2]
         elif fault == "corrupt" and body:
             body = bytes([body[0] ^ 0xFF]) + body[1:]

@@ -16,14 +16,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from stargrad import apogee, survey
+from stargrad import apogee, download, survey
 from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compile import compile_dataset
+from stargrad.compile import compile_dataset, labels_from_catalogue
 from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.select import select_and_split
 from stargrad.tasks import make_task
 
 from dr17_tables import allstar_table
+from httpserver import serve
 
 REPO = Path(__file__).resolve().parents[1]
 MATRIX: list[tuple[str, str, str]] = []     # (where, input, outcome)
@@ -191,6 +192,47 @@ def test_nan_and_magic_labels_are_missing_everywhere(compiled):
                    "−9999 in LABELS; masked in every loss (valid False); training stats finite"))
 
 
+#: DR17's spellings of "no value" (float32, as the FITS columns hold them).
+MISSING_SPELLINGS = {"NaN": np.nan, "+inf": np.inf, "-inf": -np.inf, "-9999": -9999.0,
+                     "-9999.99": float(np.float32(-9999.99))}
+#: allStar column -> (labels that must come out missing, errors that must, labels that must not)
+MISSING_COLUMNS = {
+    "TEFF": (["teff"], ["teff_err"], ["logg"]),
+    "TEFF_ERR": ([], ["teff_err"], ["teff"]),
+    "MG_FE": (["Mg"], ["Mg_err"], ["Fe", "Al"]),
+    "MG_FE_ERR": ([], ["Mg_err"], ["Mg", "Al_err"]),
+    "FE_H": (["Fe", "Mg", "Ni"], ["Fe_err", "Mg_err"], ["teff"]),
+    "FE_H_ERR": ([], ["Fe_err", "Mg_err", "Ni_err"], ["Fe", "Mg", "teff_err"]),
+    "DNU": (["dnu"], ["dnu_err"], ["numax"]),
+}
+
+
+@pytest.mark.parametrize("spelling", list(MISSING_SPELLINGS))
+@pytest.mark.parametrize("column", list(MISSING_COLUMNS))
+def test_every_missing_spelling_in_every_column_is_missing(column, spelling):
+    """A value or error spelt NaN, ±inf, −9999 or −9999.99 comes out −9999 (never a sum with
+    it, such as hypot(−9999, 0.03) = 9999 for an [X/H] error), and nothing else is touched."""
+    rng = np.random.default_rng(7)
+    table = allstar_table(["2M00000001+0000000", "2M00000002+0000000"], ["F1", "F1"], rng)
+    seismic = pd.DataFrame({"APOGEE_ID": table["APOGEE_ID"], "DNU": [4.0, 5.0],
+                            "NUMAX": [40.0, 50.0], "DPI1": [70.0, 80.0], "EVSTATE": [1, 2]})
+    where = seismic if column == "DNU" else table
+    where[column] = where[column].astype(float)
+    where.loc[0, column] = MISSING_SPELLINGS[spelling]
+    labels = labels_from_catalogue(table, seismic, log=lambda msg: None)
+    missing, errors, kept = MISSING_COLUMNS[column]
+    first, second = labels.iloc[0], labels.iloc[1]
+    assert (first[missing + errors] == MAGIC_NUMBER).all(), first[missing + errors]
+    assert (first[kept] != MAGIC_NUMBER).all(), first[kept]
+    assert (second.drop(["APOGEE_ID", "evstate", "evstate_err"]) != MAGIC_NUMBER).all()
+    numbers = labels.drop(columns="APOGEE_ID").to_numpy(float)
+    assert np.isfinite(numbers).all()
+    assert ((numbers == MAGIC_NUMBER) | (np.abs(numbers) < 9000)).all(), labels.T
+    if spelling in ("NaN", "-9999.99"):
+        MATRIX.append(("compile", f"allStar {column} = {spelling} (and each other spelling)",
+                       f"-9999 in {', '.join(missing + errors)}; {', '.join(kept)} kept"))
+
+
 def test_on_bad_file_error_names_the_file(tree, tmp_path):
     root, _ = tree
     with pytest.raises(survey.SurveyFileError) as err:
@@ -213,6 +255,157 @@ def test_selection_that_leaves_a_split_empty_is_an_error(tree):
         with pytest.raises(ValueError) as err:
             select_and_split(table, spec)
         MATRIX.append(("select", what, f"error: {err.value}"))
+
+
+# --------------------------------------------------------------------------- paths, sources
+
+#: what is wrong -> (TELESCOPE, FIELD, APOGEE_ID, the column the reason must name)
+UNSAFE_ROWS = {
+    "TELESCOPE climbing out": ("apo25m/../..", "F1", "2M00000101+0000000", "TELESCOPE"),
+    "TELESCOPE not DR17's": ("apo26m", "F1", "2M00000102+0000000", "TELESCOPE"),
+    "FIELD with '..'": ("apo25m", "../../outside", "2M00000103+0000000", "FIELD"),
+    "FIELD absolute": ("apo25m", "/tmp/outside", "2M00000104+0000000", "FIELD"),
+    "FIELD blank": ("apo25m", "   ", "2M00000105+0000000", "FIELD"),
+    "APOGEE_ID with a separator": ("apo25m", "F1", "../../../2M00000106", "APOGEE_ID"),
+    "APOGEE_ID absolute": ("apo25m", "F1", "/etc/2M00000107", "APOGEE_ID"),
+}
+FAST = dict(retries=1, backoff_s=0.0, timeout_s=5)
+
+
+@pytest.fixture
+def sas(tmp_path, no_proxy):
+    """A loopback SAS: two good aspcapStar files in apo25m/F1 with their sha1sum list, and the
+    rows (good + UNSAFE_ROWS) of an allStar that names them."""
+    root = tmp_path / "sas"
+    rng = np.random.default_rng(3)
+    good = pd.DataFrame({"APOGEE_ID": GOOD[:2], "TELESCOPE": "apo25m", "FIELD": "F1"})
+    for ident in good["APOGEE_ID"]:
+        survey.write_aspcapstar(root / survey.aspcapstar_relpath("apo25m", "F1", ident),
+                                *_spectrum(rng))
+    (root / "apo25m/F1" / download.checksum_list_name("apo25m", "F1")).write_text("".join(
+        f"{survey.file_sha1(root / 'apo25m/F1' / n)}  {n}\n"
+        for n in (f"aspcapStar-dr17-{i}.fits" for i in good["APOGEE_ID"])))
+    unsafe = pd.DataFrame([(ident, tel, field) for tel, field, ident, _ in UNSAFE_ROWS.values()],
+                          columns=list(survey.ID_COLUMNS))
+    return root, pd.concat([good, unsafe], ignore_index=True)
+
+
+def _files_outside(top: Path, *allowed: Path) -> list[Path]:
+    """Files and directories under `top` that lie under none of `allowed`."""
+    return [p for p in top.rglob("*")
+            if not any(p == a or a in p.parents or p in a.parents for a in allowed)]
+
+
+def test_unsafe_path_parts_are_quarantined_by_the_download(sas, tmp_path):
+    """allStar text never becomes a path outside the survey root: each unsafe row is a
+    quarantine row naming its column, nothing is written outside, the good rows download."""
+    root_sas, rows = sas
+    root = tmp_path / "survey"
+    with serve(root_sas) as server:
+        manifest = download.download_spectra(rows, root, server.url, allow_http=True,
+                                             log=lambda m: None, **FAST)
+        assert all(".." not in p and "outside" not in p for p, _, _ in server.requests)
+    assert _files_outside(tmp_path, root, root_sas) == []
+    by_id = manifest.set_index("APOGEE_ID")
+    assert (by_id.loc[GOOD[:2], "status"] == "ok").all()
+    for what, (_, _, ident, column) in UNSAFE_ROWS.items():
+        status, reason = by_id.loc[ident.strip(), ["status", "reason"]]
+        assert status == "quarantined" and column in reason, (what, reason)
+        MATRIX.append(("download", f"allStar {what}", f"quarantined: {reason}"))
+
+
+def test_unsafe_path_parts_are_quarantined_by_compile(sas, tmp_path):
+    root_sas, rows = sas
+    table = allstar_table(rows["APOGEE_ID"], rows["FIELD"], np.random.default_rng(5))
+    table["TELESCOPE"] = rows["TELESCOPE"]
+    survey.write_allstar(root_sas / survey.ALLSTAR_NAME, table)
+    pd.DataFrame({"APOGEE_ID": rows["APOGEE_ID"], "split": "train"}).to_csv(
+        tmp_path / "split.csv", index=False)
+    compile_dataset(tmp_path / "split.csv", root_sas / survey.ALLSTAR_NAME, None, root_sas,
+                    [tmp_path / "train.fits"], tmp_path / "quarantine.csv", log=lambda m: None)
+    quarantine = pd.read_csv(tmp_path / "quarantine.csv", dtype=str).set_index("APOGEE_ID")
+    assert list(load_split(tmp_path / "train.fits").ids) == GOOD[:2]
+    for what, (_, _, ident, column) in UNSAFE_ROWS.items():
+        reason = quarantine.loc[ident.strip(), "reason"]
+        assert column in reason and ("cannot name" in reason or "not one of" in reason), reason
+    MATRIX.append(("compile", "allStar TELESCOPE/FIELD/APOGEE_ID with '/', '..', blank or an "
+                   "unknown telescope", "quarantined, the column named"))
+
+
+def test_plain_http_is_refused_unless_asked_and_schemes_ignore_case(sas, tmp_path):
+    root_sas, rows = sas
+    good = rows.iloc[:2]
+    with serve(root_sas) as server:
+        for call in (lambda: download.download_spectra(good, tmp_path / "a", server.url),
+                     lambda: download.download_allstar(server.url, tmp_path / "allStar.fits")):
+            with pytest.raises(ValueError, match="allow_http") as err:
+                call()
+        MATRIX.append(("download", "base_url http://… (allow_http false)",
+                       f"error: {str(err.value)[:80]}..."))
+        shouting = server.url.replace("http://", "HTTP://")
+        manifest = download.download_spectra(good, tmp_path / "b", shouting, allow_http=True,
+                                             log=lambda m: None, **FAST)
+        assert (manifest["status"] == "ok").all(), manifest
+        assert len(server.requests) == 3                # the sha1sum list and two files
+    MATRIX.append(("download", "base_url HTTP://… with allow_http true", "downloaded over HTTP"))
+    with pytest.raises(ValueError, match="scheme 'ftp'"):
+        download.download_spectra(good, tmp_path / "c", "ftp://data.sdss.org/sas")
+    MATRIX.append(("download", "base_url ftp://…", "error: unsupported URL scheme 'ftp'"))
+
+
+def test_verify_none_still_refuses_a_short_read(sas, tmp_path):
+    """A server that sends no Content-Length and closes half-way: the file is not whole FITS,
+    so the transfer is retried (resumed), and quarantined when it never completes."""
+    root_sas, rows = sas
+    good = rows.iloc[:2]
+    rel = [survey.aspcapstar_relpath("apo25m", "F1", i) for i in good["APOGEE_ID"]]
+    with serve(root_sas) as server:
+        server.fail(rel[0], "truncate_unsized")
+        server.fail(rel[1], "truncate_unsized", "truncate_unsized")
+        manifest = download.download_spectra(good, tmp_path / "r", server.url, verify="none",
+                                             allow_http=True, log=lambda m: None, **FAST)
+    first, second = manifest.itertuples()
+    assert first.status == "ok"
+    assert (tmp_path / "r" / rel[0]).read_bytes() == (root_sas / rel[0]).read_bytes()
+    assert second.status == "quarantined" and "short read" in second.reason, second.reason
+    assert not (tmp_path / "r" / rel[1]).exists()
+    MATRIX.append(("download", "verify: none, no Content-Length, connection closed half-way",
+                   f"retried; quarantined when it persists: {second.reason[:60]}..."))
+
+
+def test_an_allstar_placed_by_hand_is_checked(sas, tmp_path):
+    root_sas, rows = sas
+    path = root_sas / survey.ALLSTAR_NAME
+    survey.write_allstar(path, allstar_table(GOOD[:2], ["F1", "F1"], np.random.default_rng(1)))
+    digest = survey.file_sha1(path)
+    with pytest.raises(survey.SurveyFileError, match="allstar_sha1") as err:
+        survey.verify_allstar(path, "0" * 40, tmp_path / "allStar.sha1")
+    assert str(path) in str(err.value) and not (tmp_path / "allStar.sha1").exists()
+    MATRIX.append(("survey", "allStar placed by hand, SHA-1 not allstar_sha1",
+                   "error naming the file (rule verify_allstar, before select_split)"))
+    assert survey.verify_allstar(path, digest.upper(), tmp_path / "allStar.sha1") == digest
+    path.write_bytes(path.read_bytes()[:-2880])
+    with pytest.raises(survey.SurveyFileError, match="truncated"):
+        survey.verify_allstar(path, None, tmp_path / "other.sha1")
+    MATRIX.append(("survey", "allStar placed by hand, cut short, allstar_sha1: null",
+                   "error: truncated FITS"))
+
+
+@pytest.mark.workflow
+def test_the_workflow_checks_a_hand_placed_allstar_before_using_it(tmp_path):
+    run = tmp_path / "run"
+    placed = run / "resources/dr17" / survey.ALLSTAR_NAME
+    survey.write_allstar(placed, allstar_table(GOOD, ["F1"] * len(GOOD),
+                                               np.random.default_rng(2)))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"),
+           "--directory", str(run), "--cores", "1", "results/data/main/split.csv",
+           "--configfile", str(REPO / "config" / "dr17.yaml")]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "verify_allstar" in out, out[-3000:]
+    log = (run / "logs/download/dr17/verify_allstar.log").read_text()
+    assert str(placed.name) in log and "allstar_sha1" in log, log
+    assert not (run / "results/data/main/split.csv").exists()
 
 
 def _dry_run(tmp_path, extra: dict):

@@ -39,7 +39,8 @@ def _rules() -> set[str]:
     return {line.split()[0] for line in proc.stdout.splitlines() if line.strip()}
 
 
-def test_profiles_name_real_rules_and_route_exactly_the_gpu_rules_to_the_gpu_partition():
+def test_profiles_name_real_rules_and_route_exactly_the_gpu_rules_to_the_gpu_partition(
+        tmp_path):
     rules, gpu_rules = _rules(), _gpu_rules()
     assert {"train", "predict", "attribute", "generative_anomalies"} <= gpu_rules
     assert not {"mock_survey", "compile_dataset", "select_split", "compare_task"} & gpu_rules
@@ -49,10 +50,20 @@ def test_profiles_name_real_rules_and_route_exactly_the_gpu_rules_to_the_gpu_par
         assert not unknown, f"{profile} sets resources of unknown rules {unknown}"
         for rule, resources in settings.get("set-resources", {}).items():
             assert "cpus_per_task" not in resources, f"{profile}: {rule} fixes its threads"
-    gpu = yaml.safe_load(GPU_PROFILE.read_text())
-    routed = {rule for rule, res in gpu["set-resources"].items()
-              if res.get("slurm_partition") != gpu["default-resources"]["slurm_partition"]}
-    assert routed == gpu_rules
+    # The GPU profile alone, and with a --config of its own (which replaces the profile's
+    # `config:` list, device=gpu included): the partition always follows the GPU request.
+    gpu_partition = "gpu"
+    for extra, on_gpu in (((), gpu_rules), (("--config", "seed=3"), set()),
+                          (("--config", "device=gpu", "seed=3"), gpu_rules)):
+        plan = snakemake(tmp_path / "plan", "-n", "--profile", str(GPU_PROFILE.parent), *extra)
+        jobs = planned_resources(plan.stdout)
+        assert jobs, plan.stdout[-2000:]
+        for rule, _, res in jobs:
+            assert (res.get("gpu") == "1") == (res.get("slurm_partition") == gpu_partition), \
+                (extra, rule, res)
+        assert {rule for rule, _, res in jobs if res.get("gpu") == "1"} == on_gpu, extra
+        print(f"profiles/slurm-gpu {' '.join(extra) or '(alone)'}: GPU partition for "
+              f"{sorted(on_gpu) or 'no rule'}")
 
 
 def test_environments_pin_the_project_stack_and_install_nothing_by_path():
@@ -147,9 +158,10 @@ def test_ci_config_through_the_slurm_profile_equals_the_local_run(run, slurm_run
 
 @needs_slurm
 def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(slurm_runs):
-    """device: gpu through profiles/slurm-gpu on a smaller config that still runs every GPU
-    rule (slurm_runs.gpu_run): their jobs carry gres:gpu:1 and see CUDA_VISIBLE_DEVICES, the
-    others neither and run JAX on the CPU."""
+    """device: gpu through profiles/slurm-gpu, with a --config of its own, on a smaller config
+    that still runs every GPU rule (slurm_runs.gpu_run): their jobs carry gres:gpu:1 and see
+    CUDA_VISIBLE_DEVICES, the others neither and run JAX on the CPU. A train job, submitted by
+    the SLURM executor, has its runtime as walltime."""
     gpu = slurm_runs["test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu"]
     assert gpu.wait() == 0, gpu.output()
     work = gpu.workdir
@@ -166,6 +178,8 @@ def test_gpu_profile_gives_exactly_the_gpu_rules_a_gpu(slurm_runs):
             assert "gres:gpu:1" in record and "Partition=gpu" in record, (log, record)
             assert visible != "(unset)", log
             assert "STARGRAD_ALLOW_CPU_AS_GPU=1: this GPU rule computes on the cpu" in text
+            if rule == "train":
+                assert re.search(r"walltime \d+ s left of \d+ s", text), text
             seen["gpu"].add(rule)
         else:
             assert "gres:gpu" not in record and "Partition=main" in record, (log, record)

@@ -8,7 +8,8 @@ from astropy.io import fits as afits
 
 from stargrad import apogee, survey
 from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compile import clean_spectrum, compile_dataset, labels_from_catalogue
+from stargrad.compile import compile_dataset, labels_from_catalogue
+from stargrad.spectra import clean_spectrum
 from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.tasks import make_task
 

@@ -21,11 +21,7 @@ STARS = pd.DataFrame({"APOGEE_ID": ["2M00000001+0000001", "2M00000002+0000002",
                       "FIELD": ["FIELDA", "FIELDA", "FIELDB"]})
 
 
-@pytest.fixture(autouse=True)
-def _no_proxy(monkeypatch):
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
-                 "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
+pytestmark = pytest.mark.usefixtures("no_proxy")
 
 
 def _sha1(path) -> str:
@@ -82,14 +78,14 @@ def test_parse_sha1sum():
 
 def test_chunk_of_is_stable_and_balanced():
     ids = [f"2M{i:08d}+{i:07d}" for i in range(2000)]
-    chunks = download.chunk_of(ids, 8)
+    chunks = survey.chunk_of(ids, 8)
     # Frozen values (byte 7 of sha1sum(ID) mod 8, checked with coreutils): a salted hash fails.
-    assert download.chunk_of(ids[:6], 8).tolist() == [5, 1, 3, 6, 0, 3]
-    assert np.array_equal(chunks, download.chunk_of([f" {i} " for i in ids], 8))
+    assert survey.chunk_of(ids[:6], 8).tolist() == [5, 1, 3, 6, 0, 3]
+    assert np.array_equal(chunks, survey.chunk_of([f" {i} " for i in ids], 8))
     counts = np.bincount(chunks, minlength=8)
     assert counts.min() > 180 and counts.max() < 320
     with pytest.raises(ValueError, match="n_chunks"):
-        download.chunk_of(ids, 0)
+        survey.chunk_of(ids, 0)
 
 
 def test_chunk_targets_union_and_unknown_ids():
@@ -237,13 +233,15 @@ def test_local_mirror_fetch(sas, tmp_path, scheme):
 def test_download_spectra_http_then_rerun_downloads_nothing(sas, tmp_path):
     root, logs = tmp_path / "resources" / "dr17", []
     with serve(sas) as server:
-        manifest = download.download_spectra(STARS, root, server.url, log=logs.append,
+        manifest = download.download_spectra(STARS, root, server.url, allow_http=True,
+                                             log=logs.append,
                                              progress_every_s=0.0, **FAST)
         # one checksum list per field, one file per star
         assert len(server.requests) == 2 + 3
         assert sum(p.endswith(".sha1sum") for p, _, _ in server.requests) == 2
         n_before = len(server.requests)
-        again = download.download_spectra(STARS, root, server.url, log=logs.append, **FAST)
+        again = download.download_spectra(STARS, root, server.url, allow_http=True,
+                                          log=logs.append, **FAST)
         assert len(server.requests) == n_before
     assert list(manifest.columns) == list(download.MANIFEST_COLUMNS)
     assert (manifest["status"] == "ok").all()
@@ -264,7 +262,8 @@ def test_download_spectra_quarantines_bad_files(sas, tmp_path):
     (sas / "lco25m" / "FIELDB" / download.checksum_list_name("lco25m", "FIELDB")).write_text("")
     with serve(sas) as server:
         server.fail(_rel(a), "corrupt", "corrupt")
-        manifest = download.download_spectra(STARS, root, server.url, log=lambda m: None,
+        manifest = download.download_spectra(STARS, root, server.url, allow_http=True,
+                                             log=lambda m: None,
                                              **FAST).set_index("APOGEE_ID")
     assert set(manifest["status"]) == {"quarantined"}
     assert "SHA-1 mismatch" in manifest.loc[a["APOGEE_ID"], "reason"]
@@ -277,7 +276,7 @@ def test_download_spectra_quarantines_bad_files(sas, tmp_path):
 def test_download_spectra_missing_checksum_list_quarantines_field(sas, tmp_path):
     (sas / "lco25m" / "FIELDB" / download.checksum_list_name("lco25m", "FIELDB")).unlink()
     with serve(sas) as server:
-        manifest = download.download_spectra(STARS, tmp_path / "r", server.url,
+        manifest = download.download_spectra(STARS, tmp_path / "r", server.url, allow_http=True,
                                              log=lambda m: None, **FAST)
     status = dict(zip(manifest["APOGEE_ID"], manifest["status"]))
     assert status[STARS["APOGEE_ID"][2]] == "quarantined"
@@ -286,7 +285,8 @@ def test_download_spectra_missing_checksum_list_quarantines_field(sas, tmp_path)
     assert "checksum list" in reason and "404" in reason
     # verify="none" needs no list
     with serve(sas) as server:
-        manifest = download.download_spectra(STARS, tmp_path / "r2", server.url, verify="none",
+        manifest = download.download_spectra(STARS, tmp_path / "r2", server.url, allow_http=True,
+                                             verify="none",
                                              log=lambda m: None, **FAST)
         assert not any(p.endswith(".sha1sum") for p, _, _ in server.requests)
     assert (manifest["status"] == "ok").all()
@@ -297,7 +297,8 @@ def test_on_bad_file_error_names_the_file(sas, tmp_path):
     with serve(sas) as server:
         server.fail(rel, "404")
         with pytest.raises(download.DownloadError, match=re.escape(rel)):
-            download.download_spectra(STARS, tmp_path / "r", server.url, on_bad_file="error",
+            download.download_spectra(STARS, tmp_path / "r", server.url, allow_http=True,
+                                      on_bad_file="error",
                                       log=lambda m: None, **FAST)
 
 
@@ -409,7 +410,8 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
     config["datasets"][datasets[1]]["selection"] = {"preset": "all"}   # overlaps the first
     run = _workdir(tmp_path)
     with serve(sas) as server:
-        config["survey"]["sas"].update(base_url=server.url, retries=1, backoff_s=0.0,
+        config["survey"]["sas"].update(base_url=server.url, allow_http=True,
+                                       retries=1, backoff_s=0.0,
                                        timeout_s=10, n_chunks=2,
                                        allstar_sha1=_sha1(sas / download.ALLSTAR_NAME))
         (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(config))
@@ -423,7 +425,8 @@ def test_download_rules_run_against_loopback_sas(tmp_path):
         again = download.download_chunk(
             run / "resources/dr17" / download.ALLSTAR_NAME,
             [run / f"results/data/{d}/split.csv" for d in datasets], 0, 2,
-            run / "resources/dr17", server.url, tmp_path / "again.csv", log=lambda m: None,
+            run / "resources/dr17", server.url, tmp_path / "again.csv", allow_http=True,
+            log=lambda m: None,
             **FAST)
         chunk0 = pd.concat([pd.read_csv(run / f"resources/dr17/manifests/{d}/chunk0.csv",
                                         dtype={"APOGEE_ID": str}, keep_default_na=False)

@@ -64,11 +64,11 @@ def test_select_and_split_rejects_empty_selection():
 
 
 def test_duplicate_ids_keep_the_highest_snr_row():
-    from stargrad.select import unique_stars
+    from stargrad.survey import primary_rows
     table = catalogue(6)
     dup = table.iloc[[2]].assign(SNR=table.SNR[2] + 50, FIELD="other")
     both = pd.concat([table, dup], ignore_index=True)
-    out = unique_stars(both)
+    out = primary_rows(both)
     assert len(out) == 6 and out.loc[out.APOGEE_ID == table.APOGEE_ID[2], "SNR"].item() == dup.SNR.item()
     split(out, {"seed": 1, "counts": {"train": 2, "valid": 1, "test": 1}})   # no duplicate error
 

@@ -1,6 +1,8 @@
 """Masked losses, the generic training loop (schedule, early stopping, determinism, resume)
 and pickle-free parameter files."""
 import math
+import time
+import types
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +10,7 @@ import numpy as np
 import pytest
 
 from stargrad import losses, models, train
+from stargrad.job import walltime_s
 from stargrad.models import Model
 from stargrad.params_io import ParamsFileError, load_params, save_params
 
@@ -234,6 +237,55 @@ def test_time_budget_stops_with_a_checkpoint_and_retries_resume_to_the_same_resu
         np.testing.assert_array_equal(a, b)
     columns = [c for c in whole_hist.columns if c != "seconds"]
     np.testing.assert_array_equal(whole_hist[columns].to_numpy(), hist[columns].to_numpy())
+
+
+def test_a_checkpoint_refuses_other_data_of_the_same_shape(tmp_path):
+    """A train.fits rebuilt with the same shape after a failed attempt (a compile or mock edit):
+    the checkpoint fitted to the old data is refused, never resumed."""
+    tr, va = regression_data()
+    tight = train.TrainConfig(**{**RESUME_CFG.to_dict(), "time_budget_s": 1e-3})
+    with pytest.raises(train.TimeBudgetExceeded):
+        train.fit(dropout_mlp(), tr, va, tight, jax.random.key(3), checkpoint_dir=tmp_path, **QUIET)
+    for which, data in (("train", tr), ("valid", va)):
+        edited = {**data, "y": data["y"].copy()}
+        edited["y"][0, 0] += 0.5
+        pair = (edited, va) if which == "train" else (tr, edited)
+        with pytest.raises(ValueError, match="different training data"):
+            train.fit(dropout_mlp(), *pair, RESUME_CFG, jax.random.key(3),
+                      checkpoint_dir=tmp_path, **QUIET)
+    lines = []
+    train.fit(dropout_mlp(), tr, va, RESUME_CFG, jax.random.key(3), checkpoint_dir=tmp_path,
+              log=lines.append)
+    assert any("resuming" in line for line in lines)
+
+
+def test_walltime_counts_from_the_job_start(tmp_path):
+    """The deadline is the job's start plus its walltime less the margin, passed down to the
+    loop: a job that began long enough ago stops after its first epoch, one that began now
+    trains to the end."""
+    from stargrad.stages.train import WALLTIME_MARGIN, walltime_deadline
+
+    assert walltime_deadline(None, 5.0) is None
+    assert walltime_deadline(100.0, 5.0) == pytest.approx(5.0 + 100.0 * (1 - WALLTIME_MARGIN))
+    tr, va = regression_data()
+    began_long_ago = walltime_deadline(100.0, time.monotonic() - 95.0)
+    with pytest.raises(train.TimeBudgetExceeded, match="walltime"):
+        train.fit(dropout_mlp(), tr, va, RESUME_CFG, jax.random.key(3), checkpoint_dir=tmp_path,
+                  deadline=began_long_ago, **QUIET)
+    _, history = train.fit(dropout_mlp(), tr, va, RESUME_CFG, jax.random.key(3),
+                           checkpoint_dir=tmp_path / "now",
+                           deadline=walltime_deadline(100.0, time.monotonic()), **QUIET)
+    assert list(history["epoch"]) == [1, 2, 3, 4]
+
+
+def test_walltime_applies_only_to_jobs_of_the_slurm_executor(monkeypatch):
+    """Inside an salloc allocation SLURM_JOB_ID is set, but a local run is not stopped at the
+    rule's runtime: only the executor's job step (resource walltime_limited=1) has a walltime."""
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    job = types.SimpleNamespace(resources=types.SimpleNamespace(runtime=10, walltime_limited=0))
+    assert walltime_s(job) is None
+    job.resources.walltime_limited = 1
+    assert walltime_s(job) == 600.0
 
 
 def test_closed_form_family_gets_one_history_row():

@@ -17,7 +17,7 @@ import pandas as pd
 
 from . import models
 from .apogee import N_PIX, N_PIX_GAPLESS, gap_delete
-from .compile import read_clean_spectrum
+from .spectra import read_clean_spectrum
 from .dataset import Normalizer
 from .mc import predict_with_uncertainty
 from .predictions import STD_COLUMNS

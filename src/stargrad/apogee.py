@@ -32,7 +32,7 @@ WINDOW_ELEMENT = {"C1": "CI", "Ti2": "TiII"}
 ALLSTAR_COLUMN = {"teff": "TEFF", "logg": "LOGG", "Fe": "FE_H", "C1": "CI_FE", "Ti2": "TIII_FE"}
 LABEL_UNITS = {"teff": "K", "logg": "dex (cgs)"}
 
-#: The catalogues' "no value" marker; NaN and ±inf mean the same (`is_missing`).
+#: The catalogues' "no value" marker; NaN, ±inf and −9999.99 mean the same (`is_missing`).
 MAGIC_NUMBER = -9999.0
 
 #: APOGEE_PIXMASK bit numbers.
@@ -46,9 +46,12 @@ ASTRONN_MASK_BITS = (0, 1, 2, 3, 4, 5, 6, 7, 12)
 
 def is_missing(values) -> np.ndarray:
     """True where a catalogue value (label, label error, seismic column, flux or error) is
-    missing: −9999, NaN or ±inf. DR17 uses both −9999 and NaN for undetermined values."""
+    missing: NaN, ±inf, or −9999 and below. DR17 writes undetermined values as NaN, −9999 or
+    −9999.99 (no APOGEE quantity lies that low), so every column goes through this test
+    before any arithmetic on it."""
     values = np.asarray(values, dtype=float)
-    return ~np.isfinite(values) | (values == MAGIC_NUMBER)
+    with np.errstate(invalid="ignore"):
+        return ~np.isfinite(values) | (values <= MAGIC_NUMBER)
 
 
 def allstar_column(label: str) -> str:

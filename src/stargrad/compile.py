@@ -1,6 +1,7 @@
-"""Compile a dataset: read each selected star's spectrum (aspcapStar, or apStar normalized
-here), gap-remove it, mask its bad pixels, and stream every split into `<split>.fits` with the
-catalogue labels beside it; stars that cannot be used are listed in quarantine.csv."""
+"""Compile a dataset: read each selected star's spectrum (`spectra.read_clean_spectrum`:
+aspcapStar, or apStar normalized; gap-removed, bad pixels masked), and stream every split
+into `<split>.fits` with the catalogue labels beside it; stars that cannot be used are listed
+in quarantine.csv."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,17 +10,11 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from . import apogee, continuum, survey
+from . import apogee, survey
 from .apogee import MAGIC_NUMBER, is_missing
-from .download import manifest_skips
 from .provenance import atomic_path
-from .select import unique_stars
+from .spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
 
-#: An error above this (normalized flux units) marks a pixel as bad, as do flux <= 0, error
-#: <= 0 and non-finite values; bad pixels get flux 1 and error 1, astroNN's masking convention.
-BAD_ERROR = 1.0
-#: A spectrum with a larger fraction of bad pixels is quarantined rather than compiled.
-MAX_BAD_FRACTION = 0.5
 QUARANTINE_COLUMNS = ("APOGEE_ID", "split", "path", "reason")
 
 
@@ -28,9 +23,10 @@ QUARANTINE_COLUMNS = ("APOGEE_ID", "split", "path", "reason")
 def labels_from_catalogue(allstar: pd.DataFrame, seismic: pd.DataFrame | None,
                           log=print) -> pd.DataFrame:
     """Task labels per star: teff, logg, [X/H] from the allStar ([X/Fe] + [Fe/H]), their
-    errors, and the seismic labels joined on APOGEE_ID. A value that is −9999, NaN or ±inf in
-    the catalogue (`apogee.is_missing`) is written as −9999, and so is an error that is
-    missing; a label is missing when its value is, or for [X/Fe] when [Fe/H] is. A label whose
+    errors, and the seismic labels joined on APOGEE_ID. A value that is NaN, ±inf, −9999 or
+    −9999.99 in the catalogue (`apogee.is_missing`, tested before any arithmetic) is written as
+    −9999, and so is an error that is missing; a label is missing when its value is, or for
+    [X/Fe] when [Fe/H] is, and its error when its own or (for [X/Fe]) FE_H_ERR is. A label whose
     column the catalogue lacks is missing for every star (and logged)."""
     out = pd.DataFrame({"APOGEE_ID": allstar["APOGEE_ID"].to_numpy()})
     out["SNR"] = allstar["SNR"].to_numpy(dtype=np.float32) if "SNR" in allstar else np.nan
@@ -44,13 +40,16 @@ def labels_from_catalogue(allstar: pd.DataFrame, seismic: pd.DataFrame | None,
         if col not in allstar:
             log(f"allStar has no column {col}: label {label!r} is missing for every star")
         value, err = column(col), column(f"{col}_ERR")
-        missing = is_missing(value)
+        # Missing is decided on the catalogue's own values, before any sum: hypot(−9999, e)
+        # would otherwise pass as an error of 9999.
+        missing, err_missing = is_missing(value), is_missing(err)
         if col.endswith("_FE"):
             missing |= is_missing(fe)
-            value = value + fe
-            err = np.hypot(err, fe_err)
+            err_missing |= is_missing(fe_err)
+            with np.errstate(invalid="ignore"):      # inf − inf where already missing
+                value, err = value + fe, np.hypot(err, fe_err)
         out[label] = np.where(missing, MAGIC_NUMBER, value)
-        out[f"{label}_err"] = np.where(missing | is_missing(err), MAGIC_NUMBER, np.abs(err))
+        out[f"{label}_err"] = np.where(missing | err_missing, MAGIC_NUMBER, np.abs(err))
     seismic_cols = {"dnu": "DNU", "numax": "NUMAX", "dpi1": "DPI1"}
     joined = (out[["APOGEE_ID"]].merge(seismic, on="APOGEE_ID", how="left")
               if seismic is not None else None)
@@ -70,45 +69,6 @@ def labels_from_catalogue(allstar: pd.DataFrame, seismic: pd.DataFrame | None,
 
 # ---------------------------------------------------------------------------- compile
 
-def clean_spectrum(flux: np.ndarray, error: np.ndarray, bad_error: float = BAD_ERROR,
-                   bad=None):
-    """Gap-delete an 8575-pixel spectrum and mask its bad pixels (flux 1, error 1, mask 1):
-    non-finite flux or error, flux <= 0, error <= 0 or > `bad_error`, and `bad` (pixels already
-    flagged, e.g. by the apStar pixel mask)."""
-    flux, error = apogee.gap_delete(flux), apogee.gap_delete(error)
-    with np.errstate(invalid="ignore"):
-        masked = (~np.isfinite(flux) | ~np.isfinite(error) | (flux <= 0) | (error <= 0)
-                  | (error > bad_error))
-    if bad is not None:
-        masked |= apogee.gap_delete(np.asarray(bad, bool))
-    flux = np.where(masked, 1.0, flux).astype(np.float32)
-    error = np.where(masked, 1.0, error).astype(np.float32)
-    return flux, error, masked.astype(np.uint8)
-
-
-def read_spectrum(path, kind: str = "aspcapStar"):
-    """(flux, error, bad) of one star: aspcapStar as published (bad None), or apStar
-    continuum-normalized with astroNN's method on 7514 pixels, `bad` its masked pixels."""
-    if kind == "apStar":
-        return continuum.continuum_normalize(*continuum.read_apstar(path))
-    return (*survey.read_aspcapstar(path), None)
-
-
-def read_clean_spectrum(path, kind: str = "aspcapStar", bad_error: float = BAD_ERROR,
-                        max_bad_fraction: float = MAX_BAD_FRACTION):
-    """`clean_spectrum` of `read_spectrum`: (flux, error, mask) on 7514 pixels. Raises
-    SurveyFileError naming the file when more than `max_bad_fraction` of the pixels are bad."""
-    flux, error, bad = read_spectrum(path, kind)
-    flux, error, mask = clean_spectrum(flux, error, bad_error, bad)
-    n_bad = int(mask.sum())
-    if n_bad > max_bad_fraction * mask.size:
-        raise survey.SurveyFileError(path, f"{n_bad} of {mask.size} pixels are bad (non-finite "
-                                           f"flux or error, flux <= 0, error <= 0 or > "
-                                           f"{bad_error:g}), more than max_bad_fraction "
-                                           f"{max_bad_fraction:g}")
-    return flux, error, mask
-
-
 def compile_split(survey_root, stars: pd.DataFrame, labels: pd.DataFrame, out_path, *,
                   header: dict, split_name: str, bad_error: float = BAD_ERROR,
                   max_bad_fraction: float = MAX_BAD_FRACTION, skip: dict | None = None,
@@ -117,23 +77,20 @@ def compile_split(survey_root, stars: pd.DataFrame, labels: pd.DataFrame, out_pa
     """Write `<split>.fits` (FLUX, ERROR, MASK images of N×7514 + LABELS table), streaming
     `chunk_size` spectra at a time so memory does not grow with the survey.
 
-    `stars` has APOGEE_ID, TELESCOPE, FIELD. Unreadable spectra, spectra with more than
-    `max_bad_fraction` bad pixels, and stars listed in `skip` (APOGEE_ID -> reason, e.g.
-    failed downloads), are left out and returned as quarantine rows — or raise, with
-    on_bad_file="error"."""
+    `stars` has APOGEE_ID, TELESCOPE, FIELD (one row per star: `survey.primary_rows`).
+    Unreadable spectra, spectra with more than `max_bad_fraction` bad pixels, rows whose path
+    parts cannot name a file under the root (`survey.spectrum_path`), and rows listed in `skip`
+    ((APOGEE_ID, TELESCOPE, FIELD) -> reason, e.g. failed downloads), are left out and returned
+    as quarantine rows — or raise, with on_bad_file="error"."""
     survey_root = Path(survey_root)
     skip = skip or {}
     quarantine, good = [], []
     for row in stars.itertuples(index=False):
-        path = survey_root / survey.spectrum_relpath(spectra, row.TELESCOPE, row.FIELD,
-                                                     row.APOGEE_ID)
-        if row.APOGEE_ID in skip:
-            reason = skip[row.APOGEE_ID]
-        elif not path.exists():
-            reason = "file is missing"
-        else:
+        path, reason = survey.row_spectrum(survey_root, spectra, row, skip)
+        if reason is None and path.exists():
             good.append((row.APOGEE_ID, path))
             continue
+        reason = reason or "file is missing"
         if on_bad_file == "error":
             raise survey.SurveyFileError(path, reason)
         quarantine.append((row.APOGEE_ID, split_name, str(path), reason))
@@ -200,7 +157,7 @@ def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_path
     """The compile rule: every split of a dataset to `<split>.fits`, plus quarantine.csv
     listing each star left out (failed download, unreadable file) with the reason."""
     split_table = pd.read_csv(split_csv, dtype={"APOGEE_ID": str})
-    allstar = unique_stars(survey.read_allstar(allstar_path))
+    allstar = survey.primary_rows(survey.read_allstar(allstar_path))
     seismic = survey.read_seismic(seismic_path) if seismic_path else None
     labels = labels_from_catalogue(allstar, seismic, log)
     stars = allstar[["APOGEE_ID", "TELESCOPE", "FIELD"]].merge(split_table, on="APOGEE_ID")
@@ -208,7 +165,7 @@ def compile_dataset(split_csv, allstar_path, seismic_path, survey_root, out_path
     if unknown:
         raise ValueError(f"{split_csv}: {len(unknown)} stars are not in {allstar_path}, "
                          f"e.g. {sorted(unknown)[:3]}")
-    skip = manifest_skips(manifests)
+    skip = survey.manifest_skips(manifests)
     quarantine = []
     for out_path in out_paths:
         name = Path(out_path).stem

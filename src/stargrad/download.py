@@ -1,8 +1,10 @@
 """Download SDSS DR17 files from the SAS (HTTPS) or a local SAS mirror, with SHA-1 checks,
 retries with exponential backoff, HTTP Range resume and a quarantine table.
 
-A source is an `http://` / `https://` URL, a `file://` URL or a plain local path; a local
-mirror directory is laid out like the SAS and goes through exactly the same code. A file is
+A source is an `https://` URL (`http://` only when asked: `allow_http`), a `file://` URL or a
+plain local path; schemes are case-insensitive; a local mirror directory is laid out like the
+SAS and goes through exactly the same code. Every file path is built from the allStar row by
+`survey.spectrum_path` (parts checked, kept under the survey root). A file is
 written to `<dest>.part` and renamed onto its final name only once complete and verified, so an
 interrupted or failed download never leaves a partial file under the final name.
 """
@@ -24,11 +26,11 @@ import numpy as np
 import pandas as pd
 
 from . import survey
-from .survey import SPECTRUM_KINDS, spectrum_relpath
+from .survey import (ID_COLUMNS, MANIFEST_COLUMNS, SPECTRUM_KINDS, chunk_of, file_sha1,
+                     path_parts, primary_rows, spectrum_relpath)
 from .provenance import atomic_path
 
 ALLSTAR_NAME = survey.ALLSTAR_NAME
-MANIFEST_COLUMNS = ("APOGEE_ID", "path", "status", "reason", "bytes", "sha1")
 _BLOCK = 1 << 20
 #: HTTP codes worth retrying: request timeout, rate limit, and every 5xx.
 _TRANSIENT_HTTP = {408, 429}
@@ -63,6 +65,27 @@ class _Restart(Exception):
 
 # --------------------------------------------------------------------------- SAS layout
 
+def check_source(base_url: str, allow_http: bool = False) -> str:
+    """`base_url` if downloads may come from it: https, file:// or a local path; http only with
+    `allow_http` (nothing then protects the files or the checksum lists beside them in
+    transit). Schemes are case-insensitive; ValueError names the URL otherwise."""
+    scheme = _scheme(str(base_url))
+    if scheme == "http" and not allow_http:
+        raise ValueError(f"{base_url}: plain http is refused (the checksums would come over the "
+                         f"same unprotected connection); use https, or set "
+                         f"survey.sas.allow_http: true")
+    if scheme not in ("", "file", "http", "https"):
+        raise ValueError(f"{base_url}: unsupported URL scheme {scheme!r}; use https, file:// or "
+                         f"a local path")
+    return str(base_url)
+
+
+def _scheme(source: str) -> str:
+    """The URL scheme of `source`, lower case; "" for a local path."""
+    scheme = urllib.parse.urlsplit(source).scheme.lower()
+    return "" if len(scheme) <= 1 else scheme        # "C:" is a drive, not a scheme
+
+
 def _join(base: str, *parts: str) -> str:
     """Join path components onto a URL or a local directory."""
     return "/".join([str(base).rstrip("/"), *(p.strip().strip("/") for p in parts)])
@@ -85,7 +108,7 @@ def apstar_url(base_url: str, telescope: str, field: str, apogee_id: str) -> str
 
 def checksum_list_name(telescope: str, field: str, kind: str = "aspcapStar") -> str:
     """File name of the SAS sha1sum list of one field (DR17 naming)."""
-    telescope, field = telescope.strip(), field.strip()
+    telescope, field = path_parts(telescope, field)
     if kind == "apStar":
         return f"dr17_stars_{telescope}_{field}.sha1sum"
     if kind != "aspcapStar":
@@ -97,8 +120,8 @@ def checksum_list_name(telescope: str, field: str, kind: str = "aspcapStar") -> 
 
 def checksum_list_url(base_url: str, telescope: str, field: str, kind: str = "aspcapStar") -> str:
     """URL of the sha1sum list that sits beside a field's spectra."""
-    return _join(base_url, telescope.strip(), field.strip(),
-                 checksum_list_name(telescope, field, kind))
+    name = checksum_list_name(telescope, field, kind)
+    return _join(base_url, telescope.strip(), field.strip(), name)
 
 
 def parse_sha1sum(text: str) -> dict[str, str]:
@@ -116,32 +139,14 @@ def parse_sha1sum(text: str) -> dict[str, str]:
     return sums
 
 
-def chunk_of(apogee_ids, n_chunks: int) -> np.ndarray:
-    """Download job (0 … n_chunks−1) of each star, from a stable hash of its stripped ID."""
-    if int(n_chunks) < 1:
-        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
-    ids = [str(i).strip() for i in np.atleast_1d(np.asarray(apogee_ids, dtype=object))]
-    digests = [int.from_bytes(hashlib.sha1(i.encode()).digest()[:8], "big") for i in ids]
-    return np.array([d % int(n_chunks) for d in digests], dtype=np.int64)
-
-
 # --------------------------------------------------------------------------- one file
 
-def file_sha1(path) -> str:
-    """SHA-1 hex digest of a file."""
-    digest = hashlib.sha1()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(_BLOCK), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _is_http(source: str) -> bool:
-    return source.startswith(("http://", "https://"))
+    return _scheme(source) in ("http", "https")
 
 
 def _local_path(source: str) -> Path:
-    if source.startswith("file://"):
+    if _scheme(source) == "file":
         return Path(urllib.request.url2pathname(urllib.parse.urlparse(source).path))
     return Path(source)
 
@@ -190,8 +195,9 @@ def _open(source: str, offset: int, timeout_s: float):
     return response, start, total
 
 
-def _stream_to_part(source, part: Path, timeout_s: float, log, label: str):
-    """Append `source` to `part`, resuming where it ends. Returns (SHA-1, resumed?)."""
+def _stream_to_part(source, part: Path, timeout_s: float, log, label: str, check=None):
+    """Append `source` to `part`, resuming where it ends, then run `check(part)` (a problem
+    string, "" when whole) if given. Returns (SHA-1, resumed?)."""
     offset = part.stat().st_size if part.exists() else 0
     stream, start, total = _open(source, offset, timeout_s)
     digest = hashlib.sha1()
@@ -218,12 +224,18 @@ def _stream_to_part(source, part: Path, timeout_s: float, log, label: str):
                 next_report += 10.0
     if total is not None and received < total:
         raise _Transient(f"truncated transfer: {received} of {total} bytes")
+    problem = check(part) if check is not None else ""
+    if problem:
+        raise _Transient(f"short read: {problem}")
     return digest.hexdigest(), bool(start)
 
 
 def fetch(url_or_path, dest, *, sha1: str | None = None, retries: int = 5,
-          backoff_s: float = 1.0, timeout_s: float = 60, log: Callable = print) -> FetchResult:
-    """Download one file to `dest` via `<dest>.part`, verifying its SHA-1 when given.
+          backoff_s: float = 1.0, timeout_s: float = 60, fits: bool = False,
+          log: Callable = print) -> FetchResult:
+    """Download one file to `dest` via `<dest>.part`, verifying its SHA-1 when given; without
+    one, a `fits` file must be whole FITS (`survey.fits_problem`), so that a short read from a
+    server that sends no Content-Length is retried rather than kept.
 
     Transient failures are retried up to `retries` times, waiting backoff_s·2^k seconds; a
     partial `.part` is resumed with an HTTP Range request when the server honours it. A 404 is
@@ -233,6 +245,7 @@ def fetch(url_or_path, dest, *, sha1: str | None = None, retries: int = 5,
     part = dest.with_name(dest.name + ".part")
     dest.parent.mkdir(parents=True, exist_ok=True)
     expected = None if sha1 is None else str(sha1).strip().lower()
+    check = survey.fits_problem if fits and expected is None else None
     t0 = time.monotonic()
     transient = mismatches = attempts = 0
 
@@ -243,7 +256,7 @@ def fetch(url_or_path, dest, *, sha1: str | None = None, retries: int = 5,
     while True:
         attempts += 1
         try:
-            digest, resumed = _stream_to_part(source, part, timeout_s, log, dest.name)
+            digest, resumed = _stream_to_part(source, part, timeout_s, log, dest.name, check)
         except _Restart as exc:
             log(f"{dest.name}: {exc}; restarting from byte 0")
             part.unlink(missing_ok=True)
@@ -274,13 +287,13 @@ def fetch(url_or_path, dest, *, sha1: str | None = None, retries: int = 5,
 
 
 def download_allstar(base_url: str, dest, *, sha1: str | None = None, retries: int = 5,
-                     backoff_s: float = 1.0, timeout_s: float = 60,
+                     backoff_s: float = 1.0, timeout_s: float = 60, allow_http: bool = False,
                      log: Callable = print) -> FetchResult:
     """Fetch the allStar catalogue to `dest` (the download_allstar rule); raises DownloadError
     naming the file when it cannot be fetched or verified."""
-    url = allstar_url(base_url)
+    url = allstar_url(check_source(base_url, allow_http))
     result = fetch(url, dest, sha1=sha1, retries=retries, backoff_s=backoff_s,
-                   timeout_s=timeout_s, log=log)
+                   timeout_s=timeout_s, fits=True, log=log)
     if result.status != "ok":
         raise DownloadError(f"{dest}: {result.reason}")
     log(f"{ALLSTAR_NAME}: {result.bytes / 1e6:.1f} MB in {result.seconds:.1f} s, "
@@ -290,46 +303,54 @@ def download_allstar(base_url: str, dest, *, sha1: str | None = None, retries: i
 
 # --------------------------------------------------------------------------- many files
 
-def chunk_targets(allstar: pd.DataFrame, apogee_ids, chunk: int, n_chunks: int) -> pd.DataFrame:
-    """Rows (APOGEE_ID, TELESCOPE, FIELD) of the stars in `apogee_ids` assigned to `chunk`.
-
-    A star with several allStar rows keeps its first; IDs absent from allStar raise."""
-    missing_cols = [c for c in ("APOGEE_ID", "TELESCOPE", "FIELD") if c not in allstar]
+def chunk_targets(allstar: pd.DataFrame, apogee_ids, chunk: int, n_chunks: int, *,
+                  every_row: bool = False) -> pd.DataFrame:
+    """allStar rows (ID_COLUMNS) of the stars in `apogee_ids` assigned to `chunk`: for a star
+    with several rows, the row select and compile use (`survey.primary_rows`, by SNR when the
+    table has it), or with `every_row` each of its rows (the catalogue's `fetch_all`). IDs
+    absent from allStar raise."""
+    missing_cols = [c for c in ID_COLUMNS if c not in allstar]
     if missing_cols:
         raise ValueError(f"allStar table lacks columns {missing_cols}")
     ids = pd.Index(pd.unique(pd.Series(apogee_ids, dtype=str).str.strip()))
-    table = allstar[["APOGEE_ID", "TELESCOPE", "FIELD"]].astype(str)
-    table = table.apply(lambda col: col.str.strip()).drop_duplicates("APOGEE_ID")
+    table = allstar[list(ID_COLUMNS)].astype(str).apply(lambda col: col.str.strip())
+    if not every_row:
+        table = primary_rows(table.assign(**({"SNR": allstar["SNR"]} if "SNR" in allstar
+                                             else {})))[list(ID_COLUMNS)]
     unknown = ids.difference(table["APOGEE_ID"])
     if len(unknown):
         raise ValueError(f"{len(unknown)} requested stars are not in allStar, e.g. "
                          f"{list(unknown[:5])}")
-    stars = table[table["APOGEE_ID"].isin(ids)]
+    stars = table[table["APOGEE_ID"].isin(ids)].drop_duplicates()
     return stars[chunk_of(stars["APOGEE_ID"], n_chunks) == int(chunk)].reset_index(drop=True)
 
 
 def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
                      verify: str = "sha1sum", retries: int = 5, backoff_s: float = 1.0,
                      timeout_s: float = 60, on_bad_file: str = "quarantine",
-                     spectra: str = "aspcapStar", progress_every_s: float = 10.0,
-                     log: Callable = print) -> pd.DataFrame:
-    """Download the spectra of `stars` (APOGEE_ID, TELESCOPE, FIELD) into `survey_root`.
+                     spectra: str = "aspcapStar", allow_http: bool = False,
+                     progress_every_s: float = 10.0, log: Callable = print) -> pd.DataFrame:
+    """Download the spectra of `stars` (allStar rows: APOGEE_ID, TELESCOPE, FIELD) into
+    `survey_root`, each at `survey.spectrum_path` of its row.
 
     Each field's sha1sum list is fetched once (and kept, so a rerun fetches nothing); files
-    already present and verified are skipped. Returns the manifest, one row per star:
-    APOGEE_ID, path, status ("ok"/"quarantined"), reason, bytes, sha1. With
-    on_bad_file="error" the first bad file raises DownloadError naming it instead."""
+    already present and verified are skipped. Returns the manifest, one row per allStar row
+    (MANIFEST_COLUMNS): ids, path, status ("ok"/"quarantined"), reason, bytes, sha1. A row
+    whose TELESCOPE, FIELD or APOGEE_ID cannot name a file under the root is quarantined with
+    the reason. With on_bad_file="error" the first bad file raises DownloadError naming it
+    instead."""
     if verify not in ("sha1sum", "none"):
         raise ValueError(f"verify must be 'sha1sum' or 'none', got {verify!r}")
     if on_bad_file not in ("quarantine", "error"):
         raise ValueError(f"on_bad_file must be 'quarantine' or 'error', got {on_bad_file!r}")
     if spectra not in SPECTRUM_KINDS:
         raise ValueError(f"spectra must be one of {SPECTRUM_KINDS}, got {spectra!r}")
-    missing_cols = [c for c in ("APOGEE_ID", "TELESCOPE", "FIELD") if c not in stars]
+    check_source(base_url, allow_http)
+    missing_cols = [c for c in ID_COLUMNS if c not in stars]
     if missing_cols:
         raise ValueError(f"download_spectra: stars table lacks columns {missing_cols}")
     root = Path(survey_root)
-    stars = stars[["APOGEE_ID", "TELESCOPE", "FIELD"]].astype(str)
+    stars = stars[list(ID_COLUMNS)].astype(str)
     stars = stars.apply(lambda col: col.str.strip()).drop_duplicates()
     fetch_kw = dict(retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, log=log)
     rows, n_total, n_bytes = [], len(stars), 0
@@ -342,22 +363,31 @@ def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
         log(f"quarantined {row['path']}: {reason}")
         return {**row, "status": "quarantined", "reason": reason, "bytes": 0, "sha1": ""}
 
-    for (telescope, field), group in stars.groupby(["TELESCOPE", "FIELD"], sort=True):
+    placed = {}
+    for row in stars.itertuples(index=False):
+        ids = dict(zip(ID_COLUMNS, row))
+        try:
+            placed[row] = survey.spectrum_path(root, spectra, row.TELESCOPE, row.FIELD,
+                                               row.APOGEE_ID)
+        except survey.PathPartError as exc:
+            rows.append(bad({**ids, "path": "/".join(row[1:]) + "/" + row[0]}, exc.reason))
+    for (telescope, field), group in pd.DataFrame(list(placed), columns=list(ID_COLUMNS)
+                                                  ).groupby(["TELESCOPE", "FIELD"], sort=True):
         sums, list_problem = {}, ""
         if verify == "sha1sum":
             sums, list_problem = _field_checksums(base_url, root, telescope, field, spectra,
                                                   fetch_kw)
-        for apogee_id in group["APOGEE_ID"]:
-            rel = spectrum_relpath(spectra, telescope, field, apogee_id)
-            dest = root / rel
-            row = {"APOGEE_ID": apogee_id, "path": str(dest)}
+        for key in group.itertuples(index=False):
+            dest = placed[key]
+            row = {**dict(zip(ID_COLUMNS, key)), "path": str(dest)}
             expected = sums.get(dest.name)
             if verify == "sha1sum" and expected is None:
                 rows.append(bad(row, list_problem or f"no checksum entry for {dest.name} in "
                                 f"{checksum_list_name(telescope, field, spectra)}"))
             else:
-                rows.append(_one_spectrum(row, _join(base_url, rel), dest, expected, fetch_kw,
-                                          bad, root / ".locks"))
+                url = _join(base_url, spectrum_relpath(spectra, telescope, field, key.APOGEE_ID))
+                rows.append(_one_spectrum(row, url, dest, expected, fetch_kw, bad,
+                                          root / ".locks"))
                 n_bytes += rows[-1]["bytes"] if rows[-1].get("fetched") else 0
             now = time.monotonic()
             if now >= next_report or len(rows) == n_total:
@@ -372,18 +402,19 @@ def download_spectra(stars: pd.DataFrame, survey_root, base_url: str, *,
 
 def download_chunk(allstar_path, split_paths, chunk: int, n_chunks: int, survey_root,
                    base_url: str, manifest_path, *, log: Callable = print, **kwargs) -> pd.DataFrame:
-    """The download rules: the stars listed in any `split_paths` CSV (APOGEE_ID column), or
-    every allStar star when `split_paths` is empty, whose `chunk_of` is `chunk` are downloaded;
-    the manifest is written to `manifest_path`. `kwargs` go to `download_spectra`."""
-    allstar = survey.read_allstar(allstar_path, columns=["APOGEE_ID", "TELESCOPE", "FIELD"])
+    """The download rules: the stars listed in any `split_paths` CSV (APOGEE_ID column), their
+    rows as `chunk_targets` picks them, or every allStar row when `split_paths` is empty,
+    whose `chunk_of` is `chunk` are downloaded; the manifest is written to `manifest_path`.
+    `kwargs` go to `download_spectra`."""
+    allstar = survey.read_row_ids(allstar_path)
     ids = [] if split_paths else list(allstar["APOGEE_ID"])
     for path in split_paths:
         table = pd.read_csv(path, dtype={"APOGEE_ID": str}, keep_default_na=False)
         if "APOGEE_ID" not in table:
             raise ValueError(f"{path}: split table has no APOGEE_ID column")
         ids.extend(table["APOGEE_ID"])
-    stars = chunk_targets(allstar, ids, chunk, n_chunks)
-    log(f"chunk {chunk}/{n_chunks}: {len(stars)} of {len(set(ids))} selected stars, "
+    stars = chunk_targets(allstar, ids, chunk, n_chunks, every_row=not split_paths)
+    log(f"chunk {chunk}/{n_chunks}: {len(stars)} allStar rows of {len(set(ids))} stars, "
         f"{stars.groupby(['TELESCOPE', 'FIELD']).ngroups} fields, from {base_url}")
     manifest = download_spectra(stars, survey_root, base_url, log=log, **kwargs)
     with atomic_path(manifest_path) as tmp:
@@ -393,20 +424,10 @@ def download_chunk(allstar_path, split_paths, chunk: int, n_chunks: int, survey_
     return manifest
 
 
-def manifest_skips(manifest_paths) -> dict[str, str]:
-    """{APOGEE_ID: reason} of the stars that download manifests list as not "ok"."""
-    skip = {}
-    for manifest in manifest_paths:
-        rows = pd.read_csv(manifest, dtype={"APOGEE_ID": str}, keep_default_na=False)
-        bad = rows[rows["status"] != "ok"]
-        skip.update(zip(bad["APOGEE_ID"], bad["reason"]))
-    return skip
-
-
 def _field_checksums(base_url, root: Path, telescope, field, kind, fetch_kw):
     """{file: sha1} of one field, from the cached list or the SAS; ("", problem) on failure."""
     name = checksum_list_name(telescope, field, kind)
-    local = root / telescope / field / name
+    local = survey.under_root(root, f"{telescope}/{field}/{name}")
     if not local.exists():
         # Chunk jobs sharing a field may fetch its list at once: each into its own file, then
         # an atomic rename (identical content, so the last one wins harmlessly).
@@ -446,16 +467,15 @@ def _one_spectrum(row: dict, url: str, dest: Path, expected, fetch_kw, bad,
 
 def _verify_or_fetch(row: dict, url: str, dest: Path, expected, fetch_kw, bad) -> dict:
     if dest.exists():
-        if expected is None:
-            return {**row, "status": "ok", "reason": "", "bytes": dest.stat().st_size,
-                    "sha1": file_sha1(dest), "fetched": False}
         digest = file_sha1(dest)
-        if digest == expected:
+        problem = (survey.fits_problem(dest) if expected is None
+                   else "" if digest == expected else f"SHA-1 {digest} does not match {expected}")
+        if not problem:
             return {**row, "status": "ok", "reason": "", "bytes": dest.stat().st_size,
                     "sha1": digest, "fetched": False}
-        fetch_kw["log"](f"{dest}: SHA-1 {digest} does not match {expected}; re-downloading")
+        fetch_kw["log"](f"{dest}: {problem}; re-downloading")
         dest.unlink()
-    result = fetch(url, dest, sha1=expected, **fetch_kw)
+    result = fetch(url, dest, sha1=expected, fits=True, **fetch_kw)
     if result.status != "ok":
         return bad(row, result.reason)
     return {**row, "status": "ok", "reason": "", "bytes": result.bytes, "sha1": result.sha1,

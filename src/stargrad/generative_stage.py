@@ -20,7 +20,6 @@ from .dataset import Normalizer, SplitData, batch, load_split
 from .mock.writer import read_truth
 from .trained import load_trained
 from .provenance import atomic_path
-from .select import unique_stars
 from .tasks import Task
 from .train import TrainConfig
 
@@ -127,8 +126,8 @@ def latent_regression(model_dir, train_path, test_path, out_csv, *, labels, n_la
 
 def read_model_flux(survey_root, allstar_path, ids) -> np.ndarray:
     """Gap-deleted (N, 7514) noiseless model flux (aspcapStar HDU3) of stars `ids`."""
-    allstar = unique_stars(survey.read_allstar(allstar_path,
-                                               columns=["APOGEE_ID", "TELESCOPE", "FIELD", "SNR"]))
+    allstar = survey.primary_rows(survey.read_allstar(allstar_path,
+                                                      columns=[*survey.ID_COLUMNS, "SNR"]))
     where = allstar.set_index("APOGEE_ID")
     unknown = [i for i in ids if i not in where.index]
     if unknown:
@@ -136,7 +135,7 @@ def read_model_flux(survey_root, allstar_path, ids) -> np.ndarray:
     out = np.empty((len(ids), apogee.N_PIX_GAPLESS), np.float32)
     for k, star in enumerate(ids):
         row = where.loc[star]
-        path = Path(survey_root) / survey.aspcapstar_relpath(row["TELESCOPE"], row["FIELD"], star)
+        path = survey.spectrum_path(survey_root, "aspcapStar", row["TELESCOPE"], row["FIELD"], star)
         try:
             flux = fitsio.read(str(path), ext=3)
         except (OSError, ValueError, IndexError) as exc:

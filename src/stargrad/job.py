@@ -36,6 +36,9 @@ import time
 import traceback
 from pathlib import Path
 
+#: When this job began (`time.monotonic()`): every rule script imports this module first, so
+#: a walltime counts from here, data loading included.
+STARTED = time.monotonic()
 DEVICES = ("cpu", "gpu", "auto")
 ALLOW_CPU_AS_GPU = "STARGRAD_ALLOW_CPU_AS_GPU"
 EIGEN_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -208,10 +211,12 @@ def open_log(path):
 
 
 def walltime_s(snakemake) -> float | None:
-    """The job's walltime in seconds when it runs as a SLURM job (its `runtime` resource, in
-    minutes); None when it runs locally, where nothing stops it."""
+    """The job's walltime in seconds when the SLURM executor submitted it (sbatch --time is its
+    `runtime` resource, in minutes): the workflow sets the resource `walltime_limited` to 1
+    only inside such a job (Snakemake in remote mode). None otherwise — a local run, even one inside an salloc
+    allocation (SLURM_JOB_ID set), is not stopped at the rule's runtime."""
     runtime = getattr(snakemake.resources, "runtime", None)
-    if "SLURM_JOB_ID" not in os.environ or runtime is None:
+    if not int(getattr(snakemake.resources, "walltime_limited", 0)) or runtime is None:
         return None
     return 60.0 * float(runtime)
 

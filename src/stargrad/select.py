@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 
 from .apogee import is_missing
+from .survey import primary_rows
 
 #: Named selections. Each cut: column -> value (equality) or [min, max] (inclusive; None = open).
 PRESETS = {
@@ -113,19 +114,10 @@ def split(table: pd.DataFrame, spec: dict) -> pd.DataFrame:
     return out[["APOGEE_ID", "split"]]
 
 
-def unique_stars(allstar: pd.DataFrame) -> pd.DataFrame:
-    """One row per APOGEE_ID: DR17 lists stars observed in several fields more than once;
-    keep the row with the highest S/N (the first such row on ties)."""
-    if "SNR" not in allstar:
-        return allstar.drop_duplicates("APOGEE_ID", keep="first")
-    order = np.argsort(-allstar["SNR"].to_numpy(dtype=float), kind="stable")
-    return allstar.iloc[order].drop_duplicates("APOGEE_ID", keep="first").sort_index()
-
-
 def select_and_split(allstar: pd.DataFrame, dataset_spec: dict) -> pd.DataFrame:
     """Apply a dataset's selection then split it (the `select` rule)."""
     selection = dataset_spec.get("selection", {})
-    chosen = select(unique_stars(allstar), selection.get("preset", "all"), selection.get("cuts"))
+    chosen = select(primary_rows(allstar), selection.get("preset", "all"), selection.get("cuts"))
     if chosen.empty:
         raise ValueError("the selection keeps no star; loosen the cuts")
     return split(chosen, dataset_spec["split"])

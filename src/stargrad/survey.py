@@ -6,6 +6,8 @@ path is the one the default run exercises.
 """
 from __future__ import annotations
 
+import hashlib
+import os
 from pathlib import Path
 
 import fitsio
@@ -34,22 +36,195 @@ class SurveyFileError(ValueError):
 
 #: Spectrum products a survey root can hold (the `survey.sas.spectra` config key).
 SPECTRUM_KINDS = ("aspcapStar", "apStar")
+#: DR17's TELESCOPE values (allStar TELESCOPE description).
+TELESCOPES = ("apo25m", "lco25m", "apo1m")
+#: The allStar columns that place a star's files: <TELESCOPE>/<FIELD>/…-<APOGEE_ID>.fits.
+ID_COLUMNS = ("APOGEE_ID", "TELESCOPE", "FIELD")
+
+
+class PathPartError(ValueError):
+    """An allStar TELESCOPE, FIELD or APOGEE_ID that cannot name a file under the survey root
+    (the row is quarantined with this reason)."""
+
+    def __init__(self, reason: str):
+        self.reason = reason
+        super().__init__(reason)
+
+
+def path_parts(telescope, field, apogee_id=None) -> tuple[str, ...]:
+    """The stripped TELESCOPE, FIELD (and APOGEE_ID) of an allStar row, checked against DR17's
+    own patterns: TELESCOPE one of TELESCOPES; FIELD and APOGEE_ID non-empty, printable, with
+    no path separator and no '..'. Raises PathPartError naming the value."""
+    telescope, field = str(telescope).strip(), str(field).strip()
+    if telescope not in TELESCOPES:
+        raise PathPartError(f"TELESCOPE {telescope!r} is not one of {', '.join(TELESCOPES)}")
+    parts = {"FIELD": field}
+    if apogee_id is not None:
+        parts["APOGEE_ID"] = str(apogee_id).strip()
+    for name, value in parts.items():
+        if (not value or "/" in value or "\\" in value or ".." in value
+                or not value.isprintable()):
+            raise PathPartError(f"{name} {value!r} cannot name a DR17 file (empty, or a path "
+                                f"separator, '..' or a control character in it)")
+    return (telescope, *parts.values())
 
 
 def aspcapstar_relpath(telescope: str, field: str, apogee_id: str) -> str:
-    """Path of a star's aspcapStar file relative to the survey root (DR17 naming)."""
-    return f"{telescope.strip()}/{field.strip()}/aspcapStar-dr17-{apogee_id.strip()}.fits"
+    """Path of a star's aspcapStar file relative to the survey root (DR17 naming; the parts
+    checked by `path_parts`)."""
+    return spectrum_relpath("aspcapStar", telescope, field, apogee_id)
 
 
 def spectrum_relpath(kind: str, telescope: str, field: str, apogee_id: str) -> str:
     """Path of a star's spectrum relative to its product root: aspcapStar-dr17-<ID>.fits, or
-    apStar-dr17-<ID>.fits (asStar-… for lco25m), under <TELESCOPE>/<FIELD>/."""
-    if kind == "aspcapStar":
-        return aspcapstar_relpath(telescope, field, apogee_id)
-    if kind == "apStar":
-        prefix = "asStar" if telescope.strip() == "lco25m" else "apStar"
-        return f"{telescope.strip()}/{field.strip()}/{prefix}-dr17-{apogee_id.strip()}.fits"
-    raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
+    apStar-dr17-<ID>.fits (asStar-… for lco25m), under <TELESCOPE>/<FIELD>/; the parts checked
+    by `path_parts` (PathPartError)."""
+    if kind not in SPECTRUM_KINDS:
+        raise ValueError(f"spectrum kind must be one of {SPECTRUM_KINDS}, got {kind!r}")
+    telescope, field, apogee_id = path_parts(telescope, field, apogee_id)
+    prefix = {"aspcapStar": "aspcapStar", "apStar": "asStar" if telescope == "lco25m"
+              else "apStar"}[kind]
+    return f"{telescope}/{field}/{prefix}-dr17-{apogee_id}.fits"
+
+
+def under_root(root, relpath) -> Path:
+    """`root / relpath`, checked to stay under `root` once normalized (lexically: a mirror may
+    link its directories elsewhere); PathPartError otherwise."""
+    path = Path(root) / relpath
+    base = os.path.normpath(os.path.abspath(root))
+    if os.path.commonpath([base, os.path.normpath(os.path.abspath(path))]) != base:
+        raise PathPartError(f"{relpath} resolves outside the survey root {root}")
+    return path
+
+
+def spectrum_path(root, kind: str, telescope: str, field: str, apogee_id: str) -> Path:
+    """Where a star's spectrum lies under the survey `root` (`spectrum_relpath`, `under_root`)."""
+    return under_root(root, spectrum_relpath(kind, telescope, field, apogee_id))
+
+
+def row_spectrum(root, kind: str, row, skip: dict) -> tuple:
+    """(path, reason) of an allStar `row` (APOGEE_ID, TELESCOPE, FIELD attributes): where its
+    spectrum lies under `root`, and why it cannot be used — its entry in `skip` (keyed by
+    (APOGEE_ID, TELESCOPE, FIELD)), or, path then the row's own text, why its parts cannot
+    name a file (`path_parts`); reason None when nothing is known against it."""
+    try:
+        path = spectrum_path(root, kind, row.TELESCOPE, row.FIELD, row.APOGEE_ID)
+    except PathPartError as exc:
+        return f"{row.TELESCOPE}/{row.FIELD}/{row.APOGEE_ID}", exc.reason
+    return path, skip.get((row.APOGEE_ID, row.TELESCOPE, row.FIELD))
+
+
+def primary_rows(allstar: pd.DataFrame) -> pd.DataFrame:
+    """One row per APOGEE_ID, the one rule for stars with several allStar rows (a star observed
+    in several fields or by both telescopes has a row each in DR17): the row with the highest
+    SNR, the first such row on ties (the first row when there is no SNR column), in allStar
+    order. The download fetches these rows' spectra (unless asked for every row), select and
+    compile read them."""
+    if "SNR" not in allstar:
+        return allstar.drop_duplicates("APOGEE_ID", keep="first")
+    order = np.argsort(-allstar["SNR"].to_numpy(dtype=float), kind="stable")
+    return allstar.iloc[order].drop_duplicates("APOGEE_ID", keep="first").sort_index()
+
+
+def read_row_ids(path) -> pd.DataFrame:
+    """ID_COLUMNS of every allStar row, and SNR when the table has it (what `primary_rows`
+    needs), without reading the other columns."""
+    try:
+        with fitsio.FITS(str(path)) as fits:
+            names = fits[1].get_colnames()
+    except (OSError, ValueError, IndexError) as exc:
+        raise SurveyFileError(path, f"cannot read the allStar table: {exc}") from exc
+    return read_allstar(path, columns=[*ID_COLUMNS, *(["SNR"] if "SNR" in names else [])])
+
+
+def chunk_of(apogee_ids, n_chunks: int) -> np.ndarray:
+    """Job (0 … n_chunks−1) of each star, from a stable hash of its stripped ID: the download
+    chunks and the catalogue shards."""
+    if int(n_chunks) < 1:
+        raise ValueError(f"n_chunks must be >= 1, got {n_chunks}")
+    ids = [str(i).strip() for i in np.atleast_1d(np.asarray(apogee_ids, dtype=object))]
+    digests = [int.from_bytes(hashlib.sha1(i.encode()).digest()[:8], "big") for i in ids]
+    return np.array([d % int(n_chunks) for d in digests], dtype=np.int64)
+
+
+def file_sha1(path) -> str:
+    """SHA-1 hex digest of a file."""
+    digest = hashlib.sha1()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+_FITS_BLOCK = 2880
+
+
+def fits_problem(path) -> str:
+    """"" when the file at `path` is whole FITS — HDUs of 2880-byte header blocks up to END,
+    then BITPIX/8 × GCOUNT × (PCOUNT + ΠNAXISn) data bytes padded to 2880, ending exactly at
+    the end of the file; otherwise what is wrong. Reads the headers only: a short read (no
+    checksum to catch it) cannot pass."""
+    size, offset = os.path.getsize(path), 0
+    with open(path, "rb") as handle:
+        while offset < size:
+            cards = {}
+            while "END" not in cards:
+                block = handle.read(_FITS_BLOCK)
+                if len(block) < _FITS_BLOCK:
+                    return f"ends inside a FITS header ({size} bytes)"
+                offset += _FITS_BLOCK
+                for start in range(0, _FITS_BLOCK, 80):
+                    card = block[start:start + 80].decode("ascii", "replace")
+                    key = card[:8].strip()
+                    cards.setdefault(key, card[10:].split("/")[0].strip())
+                    if key == "END":
+                        break
+            if offset == _FITS_BLOCK and block[:9] != b"SIMPLE  =":
+                return "not a FITS file (it does not start with a SIMPLE card)"
+            try:
+                naxes = [int(cards[f"NAXIS{k}"]) for k in range(1, int(cards["NAXIS"]) + 1)]
+                n = int(cards.get("GCOUNT", 1)) * (int(cards.get("PCOUNT", 0))
+                                                   + (int(np.prod(naxes)) if naxes else 0))
+                data = abs(int(cards["BITPIX"])) // 8 * n
+            except (KeyError, ValueError) as exc:
+                return f"unreadable FITS header at byte {offset}: {exc}"
+            offset += -(-data // _FITS_BLOCK) * _FITS_BLOCK
+            handle.seek(offset)
+    if offset != size:
+        return f"truncated FITS: {size} bytes, its HDUs need {offset}"
+    return ""
+
+
+def verify_allstar(path, sha1: str | None, out_path, *, log=print) -> str:
+    """The verify_allstar rule: the allStar at `path`, downloaded or placed by hand, checked
+    against `sha1` (None: only that it is whole FITS); its SHA-1 is written to `out_path`
+    (sha1sum format). Raises SurveyFileError naming the file otherwise."""
+    digest = file_sha1(path)
+    if sha1 is not None and digest != str(sha1).strip().lower():
+        raise SurveyFileError(path, f"SHA-1 {digest} is not survey.sas.allstar_sha1 {sha1}; "
+                                    f"delete the file to download it again, or fix the setting")
+    problem = fits_problem(path) if sha1 is None else ""
+    if problem:
+        raise SurveyFileError(path, problem)
+    with atomic_path(out_path) as tmp:
+        Path(tmp).write_text(f"{digest}  {Path(path).name}\n")
+    log(f"{path}: sha1 {digest}" + (" (verified)" if sha1 else " (not verified: no allstar_sha1)"))
+    return digest
+
+
+#: Columns of a download manifest (one row per allStar row whose spectrum was asked for).
+MANIFEST_COLUMNS = (*ID_COLUMNS, "path", "status", "reason", "bytes", "sha1")
+
+
+def manifest_skips(manifest_paths) -> dict[tuple[str, str, str], str]:
+    """{(APOGEE_ID, TELESCOPE, FIELD): reason} of the allStar rows whose spectrum download
+    manifests list as not "ok"."""
+    skip = {}
+    for manifest in manifest_paths:
+        rows = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        bad = rows[rows["status"] != "ok"]
+        skip.update(zip(zip(*(bad[c] for c in ID_COLUMNS)), bad["reason"]))
+    return skip
 
 
 def to_records(table: pd.DataFrame) -> np.ndarray:
@@ -154,7 +329,7 @@ def read_image_hdus(path, extensions) -> list:
 
 def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
     """Read (flux, error) from an aspcapStar file, both float32 on the 8575 grid, as stored:
-    NaN or ±inf pixels are returned as they are (`compile.clean_spectrum` masks them).
+    NaN or ±inf pixels are returned as they are (`spectra.clean_spectrum` masks them).
 
     Raises SurveyFileError naming the file for a missing, unreadable, truncated or
     wrong-shaped file."""

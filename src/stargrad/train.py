@@ -17,6 +17,7 @@ Calling conventions for family authors:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import time
@@ -380,6 +381,18 @@ def _data_shapes(train: dict, valid: dict) -> dict:
             for k, a in sorted(d.items())}
 
 
+def _data_digest(train: dict, valid: dict) -> str:
+    """SHA-1 of the training and validation arrays (names, dtypes, shapes and bytes): a
+    checkpoint resumes only on the very data it was fitted to."""
+    digest = hashlib.sha1()
+    for which, data in (("train", train), ("valid", valid)):
+        for name, array in sorted(data.items()):
+            array = np.ascontiguousarray(np.asarray(array))
+            digest.update(f"{which}/{name}:{array.dtype.str}:{array.shape}".encode())
+            digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
 def _save_checkpoint(path: Path, params, opt_state, best_params, meta: dict) -> None:
     save_params(path, {"params": params, "best_params": best_params,
                        "opt_state": jax.tree.leaves(opt_state),
@@ -388,7 +401,8 @@ def _save_checkpoint(path: Path, params, opt_state, best_params, meta: dict) -> 
 
 def _load_checkpoint(path: Path, meta_now: dict, params, opt_state):
     """Restore (params, opt_state, best_params, schedule, history) from `path`, checking that it
-    was written by the same run (config apart from max_epochs, key, data and parameter shapes)."""
+    was written by the same run (config apart from the resumable fields, key, the training
+    data's digest and shapes, parameter shapes)."""
     saved = load_params(path)
     meta = json.loads(str(saved["meta"]))
     cfg_now, cfg_then = meta_now["config"], meta["config"]
@@ -396,11 +410,12 @@ def _load_checkpoint(path: Path, meta_now: dict, params, opt_state):
         if name not in _RESUMABLE_FIELDS and cfg_now.get(name) != cfg_then.get(name):
             raise ValueError(f"{path}: checkpoint was written with {name}={cfg_then.get(name)!r}, "
                              f"this run has {cfg_now.get(name)!r}; delete it to start over")
-    for name in ("key", "data_shapes"):
-        if meta[name] != meta_now[name]:
-            what = name.replace("_", " ")
+    for name in ("key", "data_shapes", "data_digest"):
+        if meta.get(name) != meta_now[name]:
+            what = {"data_digest": "training data (SHA-1 of the train and valid arrays)"}.get(
+                name, name.replace("_", " "))
             raise ValueError(f"{path}: checkpoint was written with a different {what} "
-                             f"({meta[name]} vs {meta_now[name]}); delete it to start over")
+                             f"({meta.get(name)} vs {meta_now[name]}); delete it to start over")
     restored = {}
     for name in ("params", "best_params"):
         tree = saved[name]
@@ -443,19 +458,24 @@ def _row(epoch, train_loss, train_metrics, valid_loss, valid_metrics, lr, second
 
 
 def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
-        checkpoint_dir=None, log=print):
+        checkpoint_dir=None, deadline: float | None = None, log=print):
     """Train `model` on batch dicts `train`/`valid` (x, y, y_err, valid; normalized units).
 
     Returns (best-validation params, history DataFrame with epoch, train_loss, valid_loss,
     learning_rate, seconds and `train_<m>`/`valid_<m>` per scalar metric of the family).
     `key` is a PRNG key (None: `jax.random.key(cfg.seed)`). With `checkpoint_dir`, the state is
     saved there every `cfg.checkpoint_every` epochs and a rerun resumes from it, giving the
-    same result as an uninterrupted run; when the next epoch would pass `cfg.time_budget_s`
-    (seconds since this call started) the state is saved and TimeBudgetExceeded raised, after
-    at least one epoch. Families with `model.fit` are fitted in closed form (one history
+    same result as an uninterrupted run; a checkpoint resumes only with the same config, key
+    and data (its SHA-1). When the next epoch would pass `cfg.time_budget_s` (seconds since
+    this call started) or `deadline` (a `time.monotonic()` value, e.g. the job's start plus its
+    walltime), whichever is sooner, the state is saved and TimeBudgetExceeded raised, after at
+    least one epoch. Families with `model.fit` are fitted in closed form (one history
     row)."""
     if not isinstance(cfg, TrainConfig):
         raise TypeError(f"cfg must be a TrainConfig, got {type(cfg).__name__}")
+    limits = [t for t in (deadline, None if cfg.time_budget_s is None
+                          else time.monotonic() + cfg.time_budget_s) if t is not None]
+    stop_at = min(limits) if limits else None
     train, valid = _check_batch("train", train), _check_batch("valid", valid)
     _check_compatible(train, valid)
     key = _as_key(key, cfg.seed)
@@ -485,9 +505,9 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     opt_state = tx.init(params)
     best_params, sched, history = params, _fresh_schedule(cfg), []
 
-    meta = {"format": 1, "config": cfg.to_dict(),
+    meta = {"format": 2, "config": cfg.to_dict(),
             "key": np.asarray(jax.random.key_data(key)).tolist(),
-            "data_shapes": _data_shapes(train, valid)}
+            "data_shapes": _data_shapes(train, valid), "data_digest": _data_digest(train, valid)}
     ckpt = Path(checkpoint_dir) / CHECKPOINT_NAME if checkpoint_dir is not None else None
     if ckpt is not None and ckpt.exists():
         params, opt_state, best_params, sched, history = _load_checkpoint(ckpt, meta, params,
@@ -500,7 +520,7 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     warm_up = ThreadPoolExecutor(max_workers=1)
     warm_up.submit(valid_eval, params)
     warm_up.shutdown(wait=False)
-    began, longest = time.monotonic(), 0.0
+    longest = 0.0
     while not sched["stopped"] and sched["epoch"] < cfg.max_epochs:
         epoch = sched["epoch"] + 1
         start = time.perf_counter()
@@ -520,17 +540,16 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
         history.append(row)
         _log_epoch(log, row, cfg.max_epochs)
         longest = max(longest, row["seconds"])
-        out_of_time = (cfg.time_budget_s is not None and ckpt is not None and not sched["stopped"]
-                       and epoch < cfg.max_epochs
-                       and time.monotonic() - began + longest > cfg.time_budget_s)
+        out_of_time = (stop_at is not None and ckpt is not None and not sched["stopped"]
+                       and epoch < cfg.max_epochs and time.monotonic() + longest > stop_at)
         if ckpt is not None and (epoch % cfg.checkpoint_every == 0 or out_of_time):
             _save_checkpoint(ckpt, params, opt_state, best_params,
                              {**meta, "schedule": sched, "history": history})
         if out_of_time:
             raise TimeBudgetExceeded(
                 f"stopped after epoch {epoch} of {cfg.max_epochs}: another epoch (~{longest:.0f} "
-                f"s) would pass the time budget of {cfg.time_budget_s:g} s; {ckpt} holds the "
-                f"state and the next attempt resumes from it")
+                f"s) would pass the time budget (time_budget_s {cfg.time_budget_s}, or the "
+                f"job's walltime); {ckpt} holds the state and the next attempt resumes from it")
     if sched["stopped"]:
         log(f"early stopping after epoch {sched['epoch']}")
     log(f"best valid_loss {sched['best_valid']:.6g} at epoch {sched['best_epoch']}")

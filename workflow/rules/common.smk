@@ -1,5 +1,6 @@
 # Shared set-up: validate the config (filling defaults), check what the schema cannot, derive
 # names, and the digests every rule takes as params.
+import os
 import sys
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +24,8 @@ SURVEY_SOURCE = config["survey"]["source"]
 SURVEY_NAME = config["survey"]["name"]
 SURVEY_ROOT = f"resources/{SURVEY_NAME}"
 ALLSTAR = f"{SURVEY_ROOT}/allStar-dr17-synspec_rev1.fits"
+#: Real data: the allStar's SHA-1, written once it is checked (rule verify_allstar).
+ALLSTAR_VERIFIED = f"{SURVEY_ROOT}/manifests/allStar.sha1"
 N_CHUNKS = config["survey"]["sas"]["n_chunks"]
 SPLITS = ["train", "valid", "test", "cluster"]
 DATASETS = list(config["datasets"])
@@ -33,18 +36,21 @@ MODEL_FILES = ["params.npz", "model.json", "norm.json"]
 SPECTRA_KIND = config["survey"]["sas"]["spectra"] if SURVEY_SOURCE == "sas" else "aspcapStar"
 MOCK_SHARDS = config["survey"]["mock"]["n_shards"]
 MOCK_SETTINGS = {k: v for k, v in config["survey"]["mock"].items() if k != "n_shards"}
-#: Settings that change no result file (how work is split into jobs, what the report shows):
-#: left out of the config digests, so that editing them reruns nothing.
-NOT_IN_DIGESTS = (("survey", "mock", "n_shards"), ("attribute", "report_labels"))
+#: Settings that change no result file (how work is split into jobs, what the report shows,
+#: which models get a catalogue): left out of the config digests, so that editing them reruns
+#: nothing, and adding a model to catalogue.models runs that model's catalogue jobs alone.
+NOT_IN_DIGESTS = (("survey", "mock", "n_shards"), ("attribute", "report_labels"),
+                  ("catalogue", "models"))
 #: Labels whose per-label Jacobian figures go into the report: attribute.report_labels and the
 #: label of every single-label task (all figures stay on disk).
 REPORT_LABELS = "|".join(sorted(set(config["attribute"]["report_labels"])
                                 | {t.labels[0] for t in TASKS.values() if len(t.labels) == 1}))
 
 
-# Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1,
-# the CUDA conda environment, the GPU partition in profiles/slurm-gpu); every other rule runs on
-# the CPU, and so does JAX in the other rules that use it (the mock survey, its truth products).
+# Rules whose jobs run JAX networks: `device: gpu` gives exactly these a GPU (resources gpu=1 and
+# slurm_partition=jobs.gpu_partition, both decided in job_resources alone, and the CUDA conda
+# environment); every other rule runs on the CPU, and so does JAX in the other rules that use it
+# (the mock survey, its truth products).
 GPU_RULES = ("train", "predict", "attribute", "catalogue_shard", "generative_reconstruction",
              "generative_latent_space", "generative_latent_regression", "generative_decoder",
              "generative_anomalies", "generative_denoise")
@@ -60,10 +66,23 @@ def jax_params(rule):
 
 
 def job_resources(rule, **resources):
-    """`resources` of a job: the given ones, gpu=1 for GPU rules under `device: gpu`, and the
-    job's attempt (Snakemake hands it to resource callables only), which the job logs."""
-    return {"gpu": int(DEVICE == "gpu" and rule in GPU_RULES),
-            "attempt": lambda wildcards, attempt: attempt, **resources}
+    """`resources` of a job: the given ones; for GPU rules under `device: gpu`, gpu=1 and the
+    GPU partition (`jobs.gpu_partition`), routed here only, from the same `device` as the job's
+    JAX set-up (jax_params), so that nothing can send a job that computes on the CPU to the GPU
+    partition or the reverse; the job's attempt (Snakemake hands it to resource callables only),
+    which the job logs; and walltime_limited."""
+    on_gpu = DEVICE == "gpu" and rule in GPU_RULES
+    return {"gpu": int(on_gpu), **({"slurm_partition": JOBS["gpu_partition"]} if on_gpu else {}),
+            "attempt": lambda wildcards, attempt: attempt,
+            "walltime_limited": walltime_limited, **resources}
+
+
+def walltime_limited(wildcards):
+    """1 when the job runs as a job of the SLURM executor, whose sbatch --time is its runtime:
+    evaluated again inside the SLURM job, where Snakemake runs in remote mode (the slurm-jobstep
+    executor and the process it starts with srun); 0 otherwise, a local run inside an salloc
+    allocation (SLURM_JOB_ID set, but no remote mode) included (stargrad.job.walltime_s)."""
+    return int(workflow.remote_exec and "SLURM_JOB_ID" in os.environ)
 
 
 def environment(rule):
@@ -184,6 +203,12 @@ def seismic_input():
     if SURVEY_SOURCE == "mock":
         return f"{SURVEY_ROOT}/seismic.csv"
     return config["survey"]["sas"]["seismic_catalogue"] or []
+
+
+def allstar_verified():
+    """The input that stands for a checked allStar. Real data needs its verify_allstar SHA-1
+    (downloaded or placed by hand); the mock, which writes it, needs nothing."""
+    return [] if SURVEY_SOURCE == "mock" else ALLSTAR_VERIFIED
 
 
 def spectra_ready(dataset):

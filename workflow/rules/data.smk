@@ -4,6 +4,7 @@
 rule select_split:
     input:
         allstar=ALLSTAR,
+        verified=allstar_verified(),
         seismic=seismic_input(),
     output:
         "results/data/{dataset}/split.csv",

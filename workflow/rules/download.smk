@@ -4,7 +4,8 @@
 # its manifest (read by that dataset's compile_dataset).
 
 SAS = config["survey"]["sas"]
-FETCH = dict(retries=SAS["retries"], backoff_s=SAS["backoff_s"], timeout_s=SAS["timeout_s"])
+FETCH = dict(retries=SAS["retries"], backoff_s=SAS["backoff_s"], timeout_s=SAS["timeout_s"],
+             allow_http=SAS["allow_http"])
 # params of both spectrum rules
 SPECTRA_FETCH = dict(
     n_chunks=N_CHUNKS,
@@ -32,6 +33,25 @@ rule download_allstar:
         "../../envs/stargrad.yaml"
     script:
         "../../scripts/download_allstar.py"
+
+
+# The allStar every later rule reads, checked against survey.sas.allstar_sha1 whether
+# download_allstar fetched it or it was placed by hand (Snakemake then never runs that rule).
+rule verify_allstar:
+    input:
+        ALLSTAR,
+    output:
+        ALLSTAR_VERIFIED,
+    params:
+        sha1=SAS["allstar_sha1"],
+        code=code_hash("verify_allstar.py"),
+    log:
+        f"logs/download/{SURVEY_NAME}/verify_allstar.log",
+    localrule: True
+    conda:
+        "../../envs/stargrad.yaml"
+    script:
+        "../../scripts/verify_allstar.py"
 
 
 rule download_spectra:
@@ -64,6 +84,7 @@ rule download_spectra:
 rule download_all_spectra:
     input:
         allstar=ALLSTAR,
+        verified=ALLSTAR_VERIFIED,
     output:
         f"{SURVEY_ROOT}/manifests/all/chunk{{chunk}}.csv",
     wildcard_constraints:

@@ -15,7 +15,6 @@ Flags (the FLAG column, bits):
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import fitsio
 import jax.numpy as jnp
@@ -23,17 +22,16 @@ import numpy as np
 import pandas as pd
 
 from .. import survey
+from ..survey import ID_COLUMNS, chunk_of
 from ..api import load
 from ..apogee import is_missing
 from ..dataset import load_split
-from ..download import chunk_of
-from ..compile import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
+from ..spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
 from ..models.pca import fit_components
 from ..predictions import STD_COLUMNS
 from ..provenance import atomic_path
 
 FLAGS = {"NO_SPECTRUM": 1, "QUARANTINED": 2, "LABEL_OUT_OF_RANGE": 4, "UNLIKE_TRAINING": 8}
-ID_COLUMNS = ("APOGEE_ID", "TELESCOPE", "FIELD")
 
 
 # ---------------------------------------------------------------------------- reference
@@ -94,8 +92,10 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
                   log=print) -> None:
     """Predict every star of one shard, reading `block_size` spectra at a time; write the
     shard's rows (ROW, ids, labels with STD_COLUMNS, IN_TRAINING, PCA_CHI2, FLAG) and its
-    quarantine rows. `skip` maps APOGEE_ID -> reason for stars known to have no usable file
-    (failed downloads)."""
+    quarantine rows. Each allStar row is predicted from its own spectrum (its TELESCOPE and
+    FIELD: a star with several rows gets one prediction per row). `skip` maps (APOGEE_ID,
+    TELESCOPE, FIELD) -> reason for rows known to have no usable file (failed downloads); a
+    row whose path parts cannot name a file under the root is quarantined with the reason."""
     t0 = time.perf_counter()
     rows = shard_rows(survey.read_allstar(allstar_path, columns=list(ID_COLUMNS)), shard, n_shards)
     trained = load(model_dir, calibration=calibration_path)
@@ -116,9 +116,7 @@ def predict_shard(allstar_path, survey_root, model_dir, reference_path, split_cs
         index, arrays = [], []
         t_read = time.perf_counter()
         for i, row in zip(block.index, block.itertuples(index=False)):
-            path = Path(survey_root) / survey.spectrum_relpath(spectra, row.TELESCOPE,
-                                                               row.FIELD, row.APOGEE_ID)
-            reason = skip.get(row.APOGEE_ID)
+            path, reason = survey.row_spectrum(survey_root, spectra, row, skip)
             if reason is None and not path.exists():
                 flag[i] |= FLAGS["NO_SPECTRUM"]
                 continue

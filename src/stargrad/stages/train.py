@@ -1,7 +1,6 @@
 """The train rule: fit one model on one task and write its directory."""
 from __future__ import annotations
 
-import dataclasses
 import shutil
 import time
 from pathlib import Path
@@ -29,29 +28,32 @@ def model_batch(data, task: Task, norm: Normalizer, family: str) -> dict:
 WALLTIME_MARGIN = 0.1
 
 
-def time_budget(cfg: train.TrainConfig, walltime_s: float | None) -> float | None:
-    """The training time budget (s): the config's `time_budget_s` and, for a job with a
-    walltime (a SLURM job's runtime), that walltime less a margin, whichever is shorter."""
-    budgets = [b for b in (cfg.time_budget_s,
-                           None if walltime_s is None else walltime_s * (1 - WALLTIME_MARGIN))
-               if b is not None]
-    return min(budgets) if budgets else None
+def walltime_deadline(walltime_s: float | None, job_start: float) -> float | None:
+    """The `time.monotonic()` by which a job with a walltime (a SLURM job's runtime, s) must
+    have saved its training state: `job_start` (when the job began, `stargrad.job.STARTED`)
+    plus the walltime less WALLTIME_MARGIN of it, so that loading the data counts; None
+    without a walltime."""
+    return None if walltime_s is None else job_start + walltime_s * (1 - WALLTIME_MARGIN)
 
 
 def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str, model_spec: dict,
                 seed: int, code_digest: str, config_digest: str, checkpoint_dir=None,
-                walltime_s: float | None = None, run_control: dict | None = None,
-                log=print) -> None:
+                walltime_s: float | None = None, job_start: float | None = None,
+                run_control: dict | None = None, log=print) -> None:
     """Train one model on one task; write params.npz, model.json, norm.json, history.csv.
 
     Training state is checkpointed in `checkpoint_dir` (None: no checkpoints), outside the outputs (which Snakemake
     deletes when a job fails) and named by the code and config digests, so that only a rerun
-    of the same code and config resumes it. A job that would pass its time budget saves and
-    stops (train.TimeBudgetExceeded, a non-zero exit); Snakemake's retry resumes. The
+    of the same code and config resumes it (and `train.fit` resumes it only on the same data).
+    A job that would pass its time budget (`time_budget_s`, or its walltime `walltime_s`
+    counted from `job_start`, a `time.monotonic()` value, by default this call's start) saves
+    and stops (train.TimeBudgetExceeded, a non-zero exit); Snakemake's retry resumes. The
     directory is removed once the model is written. `run_control` may hold the TrainConfig
     fields that steer the run but not its result (train.RUN_CONTROL_FIELDS); other keys in
     it are ignored."""
     out_dir = Path(out_dir)
+    deadline = walltime_deadline(walltime_s, time.monotonic() if job_start is None
+                                 else job_start)
     t0 = time.perf_counter()
     train_data, valid_data = load_split(train_path), load_split(valid_path)
     log(f"train {model_name}/{task.name}: family {model_spec['family']}, {len(train_data)} train / "
@@ -62,12 +64,13 @@ def train_model(train_path, valid_path, out_dir, *, task: Task, model_name: str,
                                 for d in (train_data, valid_data))
     control = {k: v for k, v in (run_control or {}).items() if k in train.RUN_CONTROL_FIELDS}
     cfg = train.TrainConfig.from_dict({"seed": seed, **model_spec.get("train", {}), **control})
-    budget = time_budget(cfg, walltime_s)
-    if budget is not None:
-        log(f"time budget {budget:.0f} s (checkpoints in {checkpoint_dir})")
-    cfg = dataclasses.replace(cfg, time_budget_s=budget)
+    if deadline is not None or cfg.time_budget_s is not None:
+        left = None if deadline is None else deadline - time.monotonic()
+        log(f"time budget: time_budget_s {cfg.time_budget_s}, walltime "
+            f"{'none' if left is None else f'{left:.0f} s left of {walltime_s:.0f} s'} "
+            f"(checkpoints in {checkpoint_dir})")
     params, history = train.fit(model, train_batch, valid_batch, cfg, jax.random.PRNGKey(seed),
-                                checkpoint_dir=checkpoint_dir, log=log)
+                                checkpoint_dir=checkpoint_dir, deadline=deadline, log=log)
     pred = apply_in_chunks(model, params, valid_batch["x"], valid_batch.get("x_err"))["value"]
     valid = valid_batch["valid"]
     if pred.shape == valid.shape:   # supervised: the validation RMS per label

@@ -36,9 +36,6 @@ import time
 import traceback
 from pathlib import Path
 
-#: When this job began (`time.monotonic()`): every rule script imports this module first, so
-#: a walltime counts from here, data loading included.
-STARTED = time.monotonic()
 DEVICES = ("cpu", "gpu", "auto")
 ALLOW_CPU_AS_GPU = "STARGRAD_ALLOW_CPU_AS_GPU"
 EIGEN_FLAG = "--xla_cpu_multi_thread_eigen=false"
@@ -172,6 +169,11 @@ def process_wall_s() -> float:
         return time.clock_gettime(time.CLOCK_BOOTTIME) - ticks / os.sysconf("SC_CLK_TCK")
     except (OSError, ValueError, IndexError, AttributeError):
         return time.monotonic() - _IMPORTED
+
+
+#: When this job's process started, as a `time.monotonic()` value: a walltime counts from here,
+#: interpreter start, imports and data loading included.
+STARTED = time.monotonic() - process_wall_s()
 
 
 def process_cpu_s() -> float:

@@ -131,9 +131,9 @@ def write_aspcapstar(path, flux, error, model=None, header: dict | None = None,
                 fits.write(row)
 
 
-def read_image_hdus(path, extensions) -> list:
-    """The image data of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming
-    the file when it is missing, unreadable, truncated or has too few HDUs."""
+def _read_hdus(path, extensions, read) -> list:
+    """`read(hdu)` of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming the
+    file when it is missing, unreadable, truncated or has too few HDUs."""
     path = Path(path)
     if not path.exists():
         raise SurveyFileError(path, "file is missing")
@@ -145,11 +145,54 @@ def read_image_hdus(path, extensions) -> list:
             if len(fits) <= max(extensions):
                 raise SurveyFileError(path, f"truncated or incomplete FITS: expected at least "
                                             f"{max(extensions) + 1} HDUs, found {len(fits)}")
-            return [fits[ext].read() for ext in extensions]
+            return [read(fits[ext]) for ext in extensions]
     except SurveyFileError:
         raise
     except (OSError, ValueError, IndexError) as exc:
         raise SurveyFileError(path, f"corrupt or truncated FITS: {str(exc).splitlines()[0]}") from exc
+
+
+def read_image_hdus(path, extensions) -> list:
+    """The image data of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming
+    the file when it is missing, unreadable, truncated or has too few HDUs."""
+    return _read_hdus(path, extensions, lambda hdu: hdu.read())
+
+
+#: What HDUs 1–3 of each spectrum product hold (`spectrum_kind` tells them apart by HDU 3).
+SPECTRUM_LAYOUTS = {
+    "aspcapStar": "HDU1 normalized flux, HDU2 error, HDU3 best-fit model: float images of "
+                  "shape (8575,)",
+    "apStar": "HDU1 flux, HDU2 error, HDU3 APOGEE_PIXMASK bits: images of shape (8575,) or "
+              "(n_rows, 8575), HDU3 of integers",
+}
+
+
+def spectrum_kind(path) -> str:
+    """"aspcapStar" or "apStar": which DR17 spectrum product a file is, from its HDU layout,
+    not its name (`SPECTRUM_LAYOUTS`). Both hold images of 8575 pixels a row in HDUs 1–3;
+    HDU 3 is the best-fit model (float, one row) in an aspcapStar and the APOGEE_PIXMASK
+    bits (integers) in an apStar/asStar. SurveyFileError naming the file and both layouts
+    when it is neither."""
+    def layout(hdu):
+        info = hdu.get_info()
+        if hdu.get_exttype() != "IMAGE_HDU":
+            return hdu.get_exttype(), None, False
+        return "IMAGE_HDU", tuple(info["dims"]), info["img_equiv_type"] > 0
+
+    hdus = _read_hdus(path, (1, 2, 3), layout)
+    shapes = {shape for _, shape, _ in hdus}
+    images = all(kind == "IMAGE_HDU" for kind, _, _ in hdus)
+    if images and len(shapes) == 1:
+        shape = shapes.pop()
+        if len(shape) in (1, 2) and shape[-1] == apogee.N_PIX and shape[0] > 0:
+            if hdus[2][2]:
+                return "apStar"
+            if len(shape) == 1 and not any(integer for _, _, integer in hdus):
+                return "aspcapStar"
+    found = ", ".join(f"HDU{k} {kind} shape {shape}{' integer' if integer else ''}"
+                      for k, (kind, shape, integer) in enumerate(hdus, start=1))
+    raise SurveyFileError(path, f"neither an aspcapStar ({SPECTRUM_LAYOUTS['aspcapStar']}) nor "
+                                f"an apStar ({SPECTRUM_LAYOUTS['apStar']}); found {found}")
 
 
 def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:

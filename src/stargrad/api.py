@@ -129,7 +129,8 @@ def spectra(flux, error=None, mask=None):
     mask = np.zeros(flux.shape, bool) if mask is None else _pixels("mask", mask).astype(bool)
     for name, arr in (("error", error), ("mask", mask)):
         if arr is not None and arr.shape != flux.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, flux {flux.shape}")
+            raise ValueError(f"{name} has shape {arr.shape}, flux {flux.shape} (after gap "
+                             f"removal)")
     bad = ~np.isfinite(flux) & ~mask
     if bad.any():
         stars = np.flatnonzero(bad.any(axis=1))

@@ -221,8 +221,8 @@ def test_selection_that_leaves_a_split_empty_is_an_error(tree):
 
 @pytest.fixture(scope="module")
 def api_models(tree, tmp_path_factory):
-    """Ridge (supervised) and a 2-component PCA (generative) trained on the tree's compiled
-    stars (train split as its own validation), as `stargrad.load` gives them."""
+    """Ridge, KNN (not differentiable) and a 2-component PCA (generative) trained on the
+    tree's compiled stars (train split as its own validation), as `stargrad.load` gives them."""
     root, _ = tree
     out = tmp_path_factory.mktemp("models")
     compile_dataset(root / "split.csv", root / survey.ALLSTAR_NAME, None, root,
@@ -230,6 +230,7 @@ def api_models(tree, tmp_path_factory):
     task = make_task("aspcap", {"dataset": "main", "labels": "aspcap"})
     dirs = {}
     for name, spec in {"linear": {"family": "linear", "hyper": {"alpha": 0.1}},
+                       "knn": {"family": "knn", "hyper": {"k": 3}},
                        "pca_2": {"family": "pca", "hyper": {"n_components": 2}}}.items():
         dirs[name] = out / name / "aspcap"
         train_model(out / "train.fits", out / "train.fits", dirs[name], task=task,
@@ -282,6 +283,10 @@ API_ERRORS = {
         "a PCA model's explain(flux)",
         lambda m, root, tmp: stargrad.load(m["pca_2"]).explain(np.ones((2, apogee.N_PIX))),
         ValueError, r"has no labels to explain.*reconstruct"),
+    "non-differentiable model asked for a Jacobian": (
+        "a KNN model's explain(flux)",
+        lambda m, root, tmp: stargrad.load(m["knn"]).explain(np.ones((1, apogee.N_PIX))),
+        ValueError, r"knn/aspcap \(family knn\) is not differentiable in the flux.*no Jacobian"),
     "supervised model asked to reconstruct": (
         "a ridge model's reconstruct(flux)",
         lambda m, root, tmp: stargrad.load(m["linear"]).reconstruct(np.ones((1, apogee.N_PIX))),

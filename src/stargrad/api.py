@@ -79,6 +79,9 @@ class TrainedModel:
         """Per-spectrum Jacobians d label / d flux, (N, K, 7514) float32, in label units per
         unit of continuum-normalized flux (dropout off): `stargrad.attribution.explain`."""
         self._require_labels("explain")
+        if not models.traits(self.meta["family"]).differentiable:
+            raise ValueError(f"{self._name} is not differentiable in the flux (its prediction "
+                             f"is piecewise constant): it has no Jacobian to explain")
         # Imported by name: no workflow rule explains through the API, so the prediction
         # rules' code digests (stargrad.codedigest) must not include the attribution code.
         explain = importlib.import_module("stargrad.attribution.explain").explain

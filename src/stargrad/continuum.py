@@ -20,9 +20,10 @@ def read_apstar(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux, error, bitmask) of an apStar/asStar file on the 8575 grid; flux in
     1e-17 erg s⁻¹ cm⁻² Å⁻¹, bitmask the APOGEE_PIXMASK integers.
 
-    A single-visit file holds 1-D arrays. A multi-visit file holds (NVISITS + 2, 8575) arrays
-    whose rows 0 and 1 are the two combined spectra (pixel- and global-weighted) and rows 2+
-    the visits; this returns row 0, the first combined spectrum."""
+    DR17 files hold (n_rows, 8575) arrays whose rows 0 and 1 are the two combined spectra
+    (pixel- and global-weighted) and rows 2+ the visits (a one-visit star has 2 rows, see
+    tests/data/real_dr17); this returns row 0, the pixel-weighted combination. 1-D arrays (a
+    single spectrum) are read as they are."""
     arrays = read_image_hdus(path, (1, 2, 3))
     out = []
     for name, arr in zip(("flux", "error", "mask"), arrays):

@@ -92,13 +92,13 @@ def read_spectrum(path, kind: str | None = "aspcapStar"):
     pixels, `bad` its masked pixels. The file's own layout says which it is
     (`survey.spectrum_kind`); `kind` None reads either, otherwise a file of the other kind
     is a SurveyFileError."""
-    found = survey.spectrum_kind(path)
+    found, (first, second, third) = survey.read_spectrum_hdus(path)
     if kind is not None and found != kind:
         raise survey.SurveyFileError(path, f"is an {found} file ({survey.SPECTRUM_LAYOUTS[found]}), "
                                            f"expected an {kind}")
     if found == "apStar":
-        return continuum.continuum_normalize(*continuum.read_apstar(path))
-    return (*survey.read_aspcapstar(path), None)
+        return continuum.continuum_normalize(*continuum.apstar_arrays(path, first, second, third))
+    return (*survey.aspcapstar_arrays(path, first, second), None)
 
 
 def read_clean_spectrum(path, kind: str | None = "aspcapStar", bad_error: float = BAD_ERROR,

@@ -24,9 +24,14 @@ def read_apstar(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     (pixel- and global-weighted) and rows 2+ the visits (a one-visit star has 2 rows, see
     tests/data/real_dr17); this returns row 0, the pixel-weighted combination. 1-D arrays (a
     single spectrum) are read as they are."""
-    arrays = read_image_hdus(path, (1, 2, 3))
+    return apstar_arrays(path, *read_image_hdus(path, (1, 2, 3)))
+
+
+def apstar_arrays(path, flux, error, bitmask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`read_apstar` of an apStar's HDU 1–3 data already read: row 0, shapes checked
+    (SurveyFileError naming `path`)."""
     out = []
-    for name, arr in zip(("flux", "error", "mask"), arrays):
+    for name, arr in zip(("flux", "error", "mask"), (flux, error, bitmask)):
         shape = None if arr is None else arr.shape
         if arr is None or arr.ndim not in (1, 2) or arr.shape[-1] != apogee.N_PIX or arr.size == 0:
             raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},) "

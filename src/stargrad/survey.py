@@ -167,32 +167,53 @@ SPECTRUM_LAYOUTS = {
 }
 
 
+def _layout(hdu) -> tuple:
+    """(HDU type, image shape or None, holds integers) of one HDU, without reading its data."""
+    if hdu.get_exttype() != "IMAGE_HDU":
+        return hdu.get_exttype(), None, False
+    info = hdu.get_info()
+    return "IMAGE_HDU", tuple(info["dims"]), info["img_equiv_type"] > 0
+
+
+def _kind_of(path, layouts) -> str:
+    """The spectrum kind of HDUs 1–3's `_layout`s (see `spectrum_kind`)."""
+    shapes = {shape for _, shape, _ in layouts}
+    if all(kind == "IMAGE_HDU" for kind, _, _ in layouts) and len(shapes) == 1:
+        shape = shapes.pop()
+        if len(shape) in (1, 2) and shape[-1] == apogee.N_PIX and shape[0] > 0:
+            if layouts[2][2]:
+                return "apStar"
+            if len(shape) == 1 and not any(integer for _, _, integer in layouts):
+                return "aspcapStar"
+    found = ", ".join(f"HDU{k} {kind} shape {shape}{' integer' if integer else ''}"
+                      for k, (kind, shape, integer) in enumerate(layouts, start=1))
+    raise SurveyFileError(path, f"neither an aspcapStar ({SPECTRUM_LAYOUTS['aspcapStar']}) nor "
+                                f"an apStar ({SPECTRUM_LAYOUTS['apStar']}); found {found}")
+
+
 def spectrum_kind(path) -> str:
     """"aspcapStar" or "apStar": which DR17 spectrum product a file is, from its HDU layout,
     not its name (`SPECTRUM_LAYOUTS`). Both hold images of 8575 pixels a row in HDUs 1–3;
     HDU 3 is the best-fit model (float, one row) in an aspcapStar and the APOGEE_PIXMASK
     bits (integers) in an apStar/asStar. SurveyFileError naming the file and both layouts
     when it is neither."""
-    def layout(hdu):
-        info = hdu.get_info()
-        if hdu.get_exttype() != "IMAGE_HDU":
-            return hdu.get_exttype(), None, False
-        return "IMAGE_HDU", tuple(info["dims"]), info["img_equiv_type"] > 0
+    return _kind_of(path, _read_hdus(path, (1, 2, 3), _layout))
 
-    hdus = _read_hdus(path, (1, 2, 3), layout)
-    shapes = {shape for _, shape, _ in hdus}
-    images = all(kind == "IMAGE_HDU" for kind, _, _ in hdus)
-    if images and len(shapes) == 1:
-        shape = shapes.pop()
-        if len(shape) in (1, 2) and shape[-1] == apogee.N_PIX and shape[0] > 0:
-            if hdus[2][2]:
-                return "apStar"
-            if len(shape) == 1 and not any(integer for _, _, integer in hdus):
-                return "aspcapStar"
-    found = ", ".join(f"HDU{k} {kind} shape {shape}{' integer' if integer else ''}"
-                      for k, (kind, shape, integer) in enumerate(hdus, start=1))
-    raise SurveyFileError(path, f"neither an aspcapStar ({SPECTRUM_LAYOUTS['aspcapStar']}) nor "
-                                f"an apStar ({SPECTRUM_LAYOUTS['apStar']}); found {found}")
+
+def read_spectrum_hdus(path) -> tuple[str, list]:
+    """(`spectrum_kind`, [HDU1, HDU2, HDU3 data]) of a spectrum file, opened once."""
+    read = _read_hdus(path, (1, 2, 3), lambda hdu: (_layout(hdu), hdu.read()))
+    return _kind_of(path, [layout for layout, _ in read]), [data for _, data in read]
+
+
+def aspcapstar_arrays(path, flux, error) -> tuple[np.ndarray, np.ndarray]:
+    """An aspcapStar's HDU1 flux and HDU2 error checked to be (8575,), as float32 (NaN or
+    ±inf pixels as they are); SurveyFileError naming `path` otherwise."""
+    for name, arr in (("flux", flux), ("error", error)):
+        if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
+            shape = None if arr is None else arr.shape
+            raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
+    return flux.astype(np.float32), error.astype(np.float32)
 
 
 def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
@@ -201,12 +222,7 @@ def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises SurveyFileError naming the file for a missing, unreadable, truncated or
     wrong-shaped file."""
-    flux, error = read_image_hdus(path, (1, 2))
-    for name, arr in (("flux", flux), ("error", error)):
-        if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
-            shape = None if arr is None else arr.shape
-            raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
-    return flux.astype(np.float32), error.astype(np.float32)
+    return aspcapstar_arrays(path, *read_image_hdus(path, (1, 2)))
 
 
 def read_seismic(path) -> pd.DataFrame:

@@ -1,7 +1,9 @@
 """A matrix of bad inputs walked through the real entry points: the compile step on a small
 DR17-layout tree (corrupt, truncated, mis-shaped, NaN and non-positive spectra, labels missing
-as −9999 or NaN), the selection, and the workflow itself on config/ci.yaml for config errors
-(`snakemake -n`, which stops before any job). Each bad input must end in a clear error naming
+as −9999 or NaN), the selection, the Python API (`stargrad.load(...)` of models trained on that
+tree: bad spectra, files and model directories, a generative model asked for labels), and the
+workflow itself on config/ci.yaml for config errors (`snakemake -n`, which stops before any
+job). Each bad input must end in a clear error naming
 the file or key, or in a quarantine row with the reason — and every good star must survive.
 The matrix (input → outcome) is printed at the end (`pytest -s` shows it)."""
 from __future__ import annotations
@@ -16,11 +18,13 @@ import pandas as pd
 import pytest
 import yaml
 
+import stargrad
 from stargrad import apogee, download, survey
 from stargrad.apogee import MAGIC_NUMBER
 from stargrad.compile import compile_dataset, labels_from_catalogue
 from stargrad.dataset import Normalizer, batch, load_split
 from stargrad.select import select_and_split
+from stargrad.stages.train import train_model
 from stargrad.tasks import make_task
 
 from dr17_tables import allstar_table
@@ -406,6 +410,136 @@ def test_the_workflow_checks_a_hand_placed_allstar_before_using_it(tmp_path):
     log = (run / "logs/download/dr17/verify_allstar.log").read_text()
     assert str(placed.name) in log and "allstar_sha1" in log, log
     assert not (run / "results/data/main/split.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def api_models(tree, tmp_path_factory):
+    """Ridge, KNN (not differentiable) and a 2-component PCA (generative) trained on the
+    tree's compiled stars (train split as its own validation), as `stargrad.load` gives them."""
+    root, _ = tree
+    out = tmp_path_factory.mktemp("models")
+    compile_dataset(root / "split.csv", root / survey.ALLSTAR_NAME, None, root,
+                    [out / "train.fits"], out / "quarantine.csv", log=lambda msg: None)
+    task = make_task("aspcap", {"dataset": "main", "labels": "aspcap"})
+    dirs = {}
+    for name, spec in {"linear": {"family": "linear", "hyper": {"alpha": 0.1}},
+                       "knn": {"family": "knn", "hyper": {"k": 3}},
+                       "pca_2": {"family": "pca", "hyper": {"n_components": 2}}}.items():
+        dirs[name] = out / name / "aspcap"
+        train_model(out / "train.fits", out / "train.fits", dirs[name], task=task,
+                    model_name=name, model_spec=spec, seed=0, code_digest="test",
+                    config_digest="test", log=lambda msg: None)
+    return dirs
+
+
+def _nan_flux():
+    flux = np.ones((2, apogee.N_PIX))
+    flux[1, 500] = np.nan
+    return flux
+
+
+def _model_dir_copy(model_dir, tmp_path, edit):
+    """A copy of a trained model directory with `edit(copy)` applied."""
+    import shutil
+    copy = tmp_path / "copy" / "aspcap"
+    shutil.copytree(model_dir, copy)
+    edit(copy)
+    return copy
+
+
+def _model_json_with(copy, **fields):
+    meta = json.loads((copy / "model.json").read_text())
+    (copy / "model.json").write_text(json.dumps({**meta, **fields}))
+
+
+#: name -> (the bad input, call(models, tree root, tmp_path), exception, message pattern)
+API_ERRORS = {
+    "wrong pixel count": (
+        "predict(flux of shape (2, 8000))",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(np.ones((2, 8000))),
+        ValueError, r"flux must have 8575 or 7514 pixels per spectrum.*got \(2, 8000\)"),
+    "NaN without a mask": (
+        "predict(flux with a NaN pixel), no mask=",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(_nan_flux()),
+        ValueError, r"1 NaN/inf pixels in spectra \[1\].*pass mask="),
+    "error of another shape": (
+        "predict(flux (2, 8575), error (3, 8575))",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(
+            np.ones((2, apogee.N_PIX)), np.ones((3, apogee.N_PIX))),
+        ValueError, r"error has shape \(3, 7514\), flux \(2, 7514\) \(after gap removal\)"),
+    "generative model asked for labels": (
+        "a PCA model's predict(flux)",
+        lambda m, root, tmp: stargrad.load(m["pca_2"]).predict(np.ones((2, apogee.N_PIX))),
+        ValueError, r"pca_2/aspcap \(family pca\) is a generative model of the spectra: it "
+                    r"has no labels to predict.*reconstruct\(flux\)"),
+    "generative model asked for a Jacobian": (
+        "a PCA model's explain(flux)",
+        lambda m, root, tmp: stargrad.load(m["pca_2"]).explain(np.ones((2, apogee.N_PIX))),
+        ValueError, r"has no labels to explain.*reconstruct"),
+    "non-differentiable model asked for a Jacobian": (
+        "a KNN model's explain(flux)",
+        lambda m, root, tmp: stargrad.load(m["knn"]).explain(np.ones((1, apogee.N_PIX))),
+        ValueError, r"knn/aspcap \(family knn\) is not differentiable in the flux.*no Jacobian"),
+    "supervised model asked to reconstruct": (
+        "a ridge model's reconstruct(flux)",
+        lambda m, root, tmp: stargrad.load(m["linear"]).reconstruct(np.ones((1, apogee.N_PIX))),
+        ValueError, r"linear/aspcap \(family linear\): a supervised model predicts labels"),
+    "path that is no FITS": (
+        "predict(path of random bytes)",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(
+            root / survey.aspcapstar_relpath("apo25m", "F1", _ident("corrupt"))),
+        survey.SurveyFileError, r"aspcapStar-dr17-2M9999.*not a FITS file"),
+    "FITS that is neither spectrum kind": (
+        "predict(path of a FITS with 8000-pixel HDUs)",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(
+            root / survey.aspcapstar_relpath("apo25m", "F1", _ident("wrong_pixels"))),
+        survey.SurveyFileError, r"neither an aspcapStar \(.*\) nor an apStar \(.*\); "
+                                r"found HDU1 IMAGE_HDU shape \(8000,\)"),
+    "path with error=": (
+        "predict(path, error=array)",
+        lambda m, root, tmp: stargrad.load(m["linear"]).predict(
+            root / survey.aspcapstar_relpath("apo25m", "F1", GOOD[0]),
+            error=np.ones(apogee.N_PIX)),
+        ValueError, r"file paths carry their own error and mask"),
+    "unknown model directory": (
+        "load(a directory that does not exist)",
+        lambda m, root, tmp: stargrad.load(tmp / "results/models/nope/aspcap"),
+        ValueError, r"nope/aspcap: no such model directory.*model.json, norm.json, params.npz"),
+    "incomplete model directory": (
+        "load(a model directory without params.npz)",
+        lambda m, root, tmp: stargrad.load(_model_dir_copy(
+            m["linear"], tmp, lambda d: (d / "params.npz").unlink())),
+        ValueError, r"is not a trained model directory: it lacks params.npz"),
+    "corrupt model.json": (
+        "load(a model directory whose model.json is cut short)",
+        lambda m, root, tmp: stargrad.load(_model_dir_copy(
+            m["linear"], tmp, lambda d: (d / "model.json").write_text('{"family": "lin'))),
+        ValueError, r"is not a usable trained model directory: JSONDecodeError"),
+    "unknown family in model.json": (
+        "load(a model directory whose model.json names family gpt)",
+        lambda m, root, tmp: stargrad.load(_model_dir_copy(
+            m["linear"], tmp, lambda d: _model_json_with(d, family="gpt"))),
+        ValueError, r"is not a usable trained model directory.*unknown model family 'gpt'"),
+}
+
+
+@pytest.mark.parametrize("case", list(API_ERRORS))
+def test_api_names_the_problem(api_models, tree, tmp_path, case):
+    what, call, error, pattern = API_ERRORS[case]
+    root, _ = tree
+    with pytest.raises(error, match=pattern) as err:
+        call(api_models, root, tmp_path)
+    message = str(err.value).replace(str(tmp_path), "<tmp>").replace(str(root), "<tree>")
+    MATRIX.append(("api", f"{case}: {what}", f"error: {message[:160]}"))
+
+
+def test_api_masked_nan_and_real_spectra_still_predict(api_models):
+    """The same model takes NaN flux once `mask` says where it is."""
+    flux = _nan_flux()
+    table = stargrad.load(api_models["linear"]).predict(flux, mask=~np.isfinite(flux))
+    assert np.isfinite(table["teff"]).all() and len(table) == 2
+    MATRIX.append(("api", "NaN flux with mask= marking it", "predicted (pixel set to the "
+                                                            "training mean)"))
 
 
 def _dry_run(tmp_path, extra: dict):

@@ -21,7 +21,7 @@ from .spectra import read_clean_spectrum
 from .dataset import Normalizer
 from .mc import predict_with_uncertainty
 from .predictions import STD_COLUMNS
-from .trained import load_trained
+from .trained import apply_in_chunks, load_trained
 
 
 MODEL_FILES = ("model.json", "norm.json", "params.npz")
@@ -30,9 +30,10 @@ MODEL_FILES = ("model.json", "norm.json", "params.npz")
 @dataclass(frozen=True)
 class TrainedModel:
     """A trained model applied to spectra: `predict` (labels with uncertainties) and `explain`
-    (d label / d flux). Spectra are continuum-normalized flux on the
-    8575-pixel apStar grid or the 7514-pixel gap-removed grid, or aspcapStar paths; labels come
-    out in physical units (K, dex, μHz, s; the class-1 probability for classification)."""
+    (d label / d flux) for supervised models, `reconstruct` for generative ones (VAE, PCA).
+    Spectra are continuum-normalized flux on the 8575-pixel apStar grid or the 7514-pixel
+    gap-removed grid, or paths of aspcapStar or apStar files; labels come out in physical
+    units (K, dex, μHz, s; the class-1 probability for classification)."""
     model: models.Model
     params: Any
     norm: Normalizer
@@ -46,7 +47,7 @@ class TrainedModel:
 
     def inputs(self, flux, error=None, mask=None):
         """(normalized flux, normalized errors or None, bad-pixel mask), all (N, 7514), of
-        spectra given as arrays (see `spectra`) or aspcapStar paths."""
+        spectra given as arrays or file paths (see `spectra`)."""
         flux, error, mask = spectra(flux, error, mask)
         x_err = None if error is None else self.norm.input_errors(error, mask)
         return self.norm.inputs(flux, mask), x_err, mask
@@ -58,6 +59,7 @@ class TrainedModel:
         docs/ARCHITECTURE.md). Stochastic (MC-dropout) models average `mc_samples` dropout
         masks drawn from `seed` and each star's ID in `ids` (default: its row number), so a
         star gets the same prediction in any batch (0 samples: one dropout-off pass)."""
+        self._require_labels("predict")
         x, x_err, _ = self.inputs(flux, error, mask)
         out = predict_with_uncertainty(self.model, self.params, x, self.meta,
                                        mc_samples=mc_samples, seed=seed, batch_size=batch_size,
@@ -76,28 +78,62 @@ class TrainedModel:
     def explain(self, flux, error=None, mask=None, *, chunk_size: int = 32) -> np.ndarray:
         """Per-spectrum Jacobians d label / d flux, (N, K, 7514) float32, in label units per
         unit of continuum-normalized flux (dropout off): `stargrad.attribution.explain`."""
+        self._require_labels("explain")
+        if not models.traits(self.meta["family"]).differentiable:
+            raise ValueError(f"{self._name} is not differentiable in the flux (its prediction "
+                             f"is piecewise constant): it has no Jacobian to explain")
         # Imported by name: no workflow rule explains through the API, so the prediction
         # rules' code digests (stargrad.codedigest) must not include the attribution code.
         explain = importlib.import_module("stargrad.attribution.explain").explain
         return explain(self, flux, error, mask, chunk_size=chunk_size)
 
+    def reconstruct(self, flux, error=None, mask=None, *, batch_size: int = 256) -> dict:
+        """A generative model's (VAE, PCA) view of spectra: "flux", the reconstruction (N, 7514)
+        in continuum-normalized flux, and "latent", the latent code z = μ (N, latent size).
+        Masked pixels are replaced by the training mean before encoding."""
+        if models.traits(self.meta["family"]).supervised:
+            raise ValueError(f"{self._name}: a supervised model predicts labels, it does not "
+                             f"reconstruct spectra; use predict() or explain()")
+        x, _, _ = self.inputs(flux, error, mask)
+        out = apply_in_chunks(self.model, self.params, x, batch_size=batch_size)
+        return {"flux": out["value"] * self.norm.input_std + self.norm.input_mean,
+                "latent": out["z_mean"]}
+
+    @property
+    def _name(self) -> str:
+        return f"model {self.meta['model']}/{self.meta['task']} (family {self.meta['family']})"
+
+    def _require_labels(self, method: str) -> None:
+        if not models.traits(self.meta["family"]).supervised:
+            raise ValueError(f"{self._name} is a generative model of the spectra: it has no "
+                             f"labels to {method}. It offers reconstruct(flux), the "
+                             f"reconstructed spectra and their latent codes (stargrad.generative "
+                             f"scores them: reconstruction error, anomaly score)")
+
 
 def spectra(flux, error=None, mask=None):
     """(flux, error or None, mask) on the 7514-pixel grid from arrays of one spectrum (P,) or
-    many (N, P), P = 8575 or 7514, or from aspcapStar paths (read and cleaned as the workflow
-    compiles them: bad pixels masked with flux 1, error 1). `mask` (True = bad pixel) masks
-    pixels of arrays; without it, NaN or infinite flux is an error."""
+    many (N, P), P = 8575 or 7514, or from paths of aspcapStar or apStar files (which one each
+    file is, its HDU layout says: `survey.spectrum_kind`), read and cleaned as the workflow
+    compiles them (apStar: row 0 continuum-normalized; bad pixels masked with flux 1, error 1).
+    `mask` (True = bad pixel) masks pixels of arrays; without it, NaN or infinite flux is an
+    error."""
     if isinstance(flux, (str, Path)) or (isinstance(flux, (list, tuple)) and flux
                                           and isinstance(flux[0], (str, Path))):
         paths = [flux] if isinstance(flux, (str, Path)) else list(flux)
-        read = [read_clean_spectrum(path) for path in paths]
-        return tuple(np.stack(parts) for parts in zip(*read))
+        if error is not None or mask is not None:
+            raise ValueError("spectra given as file paths carry their own error and mask; "
+                             "pass error= and mask= only with flux arrays")
+        read = [read_clean_spectrum(path, kind=None) for path in paths]
+        flux, error, mask = (np.stack(parts) for parts in zip(*read))
+        return flux, error, mask.astype(bool)
     flux = _pixels("flux", flux)
     error = None if error is None else _pixels("error", error)
     mask = np.zeros(flux.shape, bool) if mask is None else _pixels("mask", mask).astype(bool)
     for name, arr in (("error", error), ("mask", mask)):
         if arr is not None and arr.shape != flux.shape:
-            raise ValueError(f"{name} has shape {arr.shape}, flux {flux.shape}")
+            raise ValueError(f"{name} has shape {arr.shape}, flux {flux.shape} (after gap "
+                             f"removal)")
     bad = ~np.isfinite(flux) & ~mask
     if bad.any():
         stars = np.flatnonzero(bad.any(axis=1))
@@ -126,11 +162,18 @@ def load(model_dir, calibration="auto") -> TrainedModel:
     `calibration`: a calibration.csv path, None, or "auto": the workflow's
     `results/predictions/<model>/<task>/calibration.csv` beside the model when it exists."""
     model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"{model_dir}: no such model directory (a trained model is "
+                         f"results/models/<model>/<task>, holding {', '.join(MODEL_FILES)})")
     missing = [name for name in MODEL_FILES if not (model_dir / name).is_file()]
     if missing:
         raise ValueError(f"{model_dir} is not a trained model directory: it lacks "
                          f"{', '.join(missing)}")
-    model, params, norm, meta = load_trained(model_dir)
+    try:
+        model, params, norm, meta = load_trained(model_dir)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{model_dir} is not a usable trained model directory: "
+                         f"{type(exc).__name__}: {exc}") from exc
     if calibration == "auto":
         guess = model_dir.parent.parent.parent / "predictions" / meta["model"] / meta["task"] / \
             "calibration.csv"

@@ -20,12 +20,18 @@ def read_apstar(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(flux, error, bitmask) of an apStar/asStar file on the 8575 grid; flux in
     1e-17 erg s⁻¹ cm⁻² Å⁻¹, bitmask the APOGEE_PIXMASK integers.
 
-    A single-visit file holds 1-D arrays. A multi-visit file holds (NVISITS + 2, 8575) arrays
-    whose rows 0 and 1 are the two combined spectra (pixel- and global-weighted) and rows 2+
-    the visits; this returns row 0, the first combined spectrum."""
-    arrays = read_image_hdus(path, (1, 2, 3))
+    DR17 files hold (n_rows, 8575) arrays whose rows 0 and 1 are the two combined spectra
+    (pixel- and global-weighted) and rows 2+ the visits (a one-visit star has 2 rows, see
+    tests/data/real_dr17); this returns row 0, the pixel-weighted combination. 1-D arrays (a
+    single spectrum) are read as they are."""
+    return apstar_arrays(path, *read_image_hdus(path, (1, 2, 3)))
+
+
+def apstar_arrays(path, flux, error, bitmask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`read_apstar` of an apStar's HDU 1–3 data already read: row 0, shapes checked
+    (SurveyFileError naming `path`)."""
     out = []
-    for name, arr in zip(("flux", "error", "mask"), arrays):
+    for name, arr in zip(("flux", "error", "mask"), (flux, error, bitmask)):
         shape = None if arr is None else arr.shape
         if arr is None or arr.ndim not in (1, 2) or arr.shape[-1] != apogee.N_PIX or arr.size == 0:
             raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},) "

@@ -30,15 +30,22 @@ def clean_spectrum(flux: np.ndarray, error: np.ndarray, bad_error: float = BAD_E
     return flux, error, masked.astype(np.uint8)
 
 
-def read_spectrum(path, kind: str = "aspcapStar"):
-    """(flux, error, bad) of one star: aspcapStar as published (bad None), or apStar
-    continuum-normalized with astroNN's method on 7514 pixels, `bad` its masked pixels."""
-    if kind == "apStar":
-        return continuum.continuum_normalize(*continuum.read_apstar(path))
-    return (*survey.read_aspcapstar(path), None)
+def read_spectrum(path, kind: str | None = "aspcapStar"):
+    """(flux, error, bad) of one star: aspcapStar as published (bad None), or apStar (row 0,
+    the pixel-weighted combined spectrum) continuum-normalized with astroNN's method on 7514
+    pixels, `bad` its masked pixels. The file's own layout says which it is
+    (`survey.spectrum_kind`); `kind` None reads either, otherwise a file of the other kind
+    is a SurveyFileError."""
+    found, (first, second, third) = survey.read_spectrum_hdus(path)
+    if kind is not None and found != kind:
+        raise survey.SurveyFileError(path, f"is an {found} file ({survey.SPECTRUM_LAYOUTS[found]}), "
+                                           f"expected an {kind}")
+    if found == "apStar":
+        return continuum.continuum_normalize(*continuum.apstar_arrays(path, first, second, third))
+    return (*survey.aspcapstar_arrays(path, first, second), None)
 
 
-def read_clean_spectrum(path, kind: str = "aspcapStar", bad_error: float = BAD_ERROR,
+def read_clean_spectrum(path, kind: str | None = "aspcapStar", bad_error: float = BAD_ERROR,
                         max_bad_fraction: float = MAX_BAD_FRACTION):
     """`clean_spectrum` of `read_spectrum`: (flux, error, mask) on 7514 pixels. Raises
     SurveyFileError naming the file when more than `max_bad_fraction` of the pixels are bad."""

@@ -306,9 +306,9 @@ def write_aspcapstar(path, flux, error, model=None, header: dict | None = None,
                 fits.write(row)
 
 
-def read_image_hdus(path, extensions) -> list:
-    """The image data of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming
-    the file when it is missing, unreadable, truncated or has too few HDUs."""
+def _read_hdus(path, extensions, read) -> list:
+    """`read(hdu)` of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming the
+    file when it is missing, unreadable, truncated or has too few HDUs."""
     path = Path(path)
     if not path.exists():
         raise SurveyFileError(path, "file is missing")
@@ -320,11 +320,75 @@ def read_image_hdus(path, extensions) -> list:
             if len(fits) <= max(extensions):
                 raise SurveyFileError(path, f"truncated or incomplete FITS: expected at least "
                                             f"{max(extensions) + 1} HDUs, found {len(fits)}")
-            return [fits[ext].read() for ext in extensions]
+            return [read(fits[ext]) for ext in extensions]
     except SurveyFileError:
         raise
     except (OSError, ValueError, IndexError) as exc:
         raise SurveyFileError(path, f"corrupt or truncated FITS: {str(exc).splitlines()[0]}") from exc
+
+
+def read_image_hdus(path, extensions) -> list:
+    """The image data of HDUs `extensions` (numbers) of a FITS file; SurveyFileError naming
+    the file when it is missing, unreadable, truncated or has too few HDUs."""
+    return _read_hdus(path, extensions, lambda hdu: hdu.read())
+
+
+#: What HDUs 1–3 of each spectrum product hold (`spectrum_kind` tells them apart by HDU 3).
+SPECTRUM_LAYOUTS = {
+    "aspcapStar": "HDU1 normalized flux, HDU2 error, HDU3 best-fit model: float images of "
+                  "shape (8575,)",
+    "apStar": "HDU1 flux, HDU2 error, HDU3 APOGEE_PIXMASK bits: images of shape (8575,) or "
+              "(n_rows, 8575), HDU3 of integers",
+}
+
+
+def _layout(hdu) -> tuple:
+    """(HDU type, image shape or None, holds integers) of one HDU, without reading its data."""
+    if hdu.get_exttype() != "IMAGE_HDU":
+        return hdu.get_exttype(), None, False
+    info = hdu.get_info()
+    return "IMAGE_HDU", tuple(info["dims"]), info["img_equiv_type"] > 0
+
+
+def _kind_of(path, layouts) -> str:
+    """The spectrum kind of HDUs 1–3's `_layout`s (see `spectrum_kind`)."""
+    shapes = {shape for _, shape, _ in layouts}
+    if all(kind == "IMAGE_HDU" for kind, _, _ in layouts) and len(shapes) == 1:
+        shape = shapes.pop()
+        if len(shape) in (1, 2) and shape[-1] == apogee.N_PIX and shape[0] > 0:
+            if layouts[2][2]:
+                return "apStar"
+            if len(shape) == 1 and not any(integer for _, _, integer in layouts):
+                return "aspcapStar"
+    found = ", ".join(f"HDU{k} {kind} shape {shape}{' integer' if integer else ''}"
+                      for k, (kind, shape, integer) in enumerate(layouts, start=1))
+    raise SurveyFileError(path, f"neither an aspcapStar ({SPECTRUM_LAYOUTS['aspcapStar']}) nor "
+                                f"an apStar ({SPECTRUM_LAYOUTS['apStar']}); found {found}")
+
+
+def spectrum_kind(path) -> str:
+    """"aspcapStar" or "apStar": which DR17 spectrum product a file is, from its HDU layout,
+    not its name (`SPECTRUM_LAYOUTS`). Both hold images of 8575 pixels a row in HDUs 1–3;
+    HDU 3 is the best-fit model (float, one row) in an aspcapStar and the APOGEE_PIXMASK
+    bits (integers) in an apStar/asStar. SurveyFileError naming the file and both layouts
+    when it is neither."""
+    return _kind_of(path, _read_hdus(path, (1, 2, 3), _layout))
+
+
+def read_spectrum_hdus(path) -> tuple[str, list]:
+    """(`spectrum_kind`, [HDU1, HDU2, HDU3 data]) of a spectrum file, opened once."""
+    read = _read_hdus(path, (1, 2, 3), lambda hdu: (_layout(hdu), hdu.read()))
+    return _kind_of(path, [layout for layout, _ in read]), [data for _, data in read]
+
+
+def aspcapstar_arrays(path, flux, error) -> tuple[np.ndarray, np.ndarray]:
+    """An aspcapStar's HDU1 flux and HDU2 error checked to be (8575,), as float32 (NaN or
+    ±inf pixels as they are); SurveyFileError naming `path` otherwise."""
+    for name, arr in (("flux", flux), ("error", error)):
+        if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
+            shape = None if arr is None else arr.shape
+            raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
+    return flux.astype(np.float32), error.astype(np.float32)
 
 
 def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
@@ -333,12 +397,7 @@ def read_aspcapstar(path) -> tuple[np.ndarray, np.ndarray]:
 
     Raises SurveyFileError naming the file for a missing, unreadable, truncated or
     wrong-shaped file."""
-    flux, error = read_image_hdus(path, (1, 2))
-    for name, arr in (("flux", flux), ("error", error)):
-        if arr is None or arr.ndim != 1 or arr.shape[0] != apogee.N_PIX:
-            shape = None if arr is None else arr.shape
-            raise SurveyFileError(path, f"{name} has shape {shape}, expected ({apogee.N_PIX},)")
-    return flux.astype(np.float32), error.astype(np.float32)
+    return aspcapstar_arrays(path, *read_image_hdus(path, (1, 2)))
 
 
 def read_seismic(path) -> pd.DataFrame:

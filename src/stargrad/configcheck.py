@@ -44,7 +44,7 @@ def _check_generative(config: dict, tasks: dict) -> None:
                     if not models.traits(spec["family"]).supervised]
     if unsupervised and gen["task"] not in tasks:
         raise ConfigError(f"config: generative.task {gen['task']!r} is not a task")
-    choices = (("latent_model", gen, {"vae", "ae"}), ("anomaly_model", gen, {"vae", "pca"}),
+    choices = (("latent_model", gen, {"vae", "ae"}), ("anomaly_model", gen, {"vae", "ae", "pca"}),
                ("samples.vae_model", gen["samples"], {"vae"}),
                ("samples.pca_model", gen["samples"], {"pca"}))
     for key, section, families in choices:

@@ -10,22 +10,23 @@ whitened scores s = (x − m)Vᵀ/√λ of a spectrum, concatenated with c, to o
 leaky ReLU (slope 0.2).
 
 Why the basis and not a 1-D transposed convolution: a spectrum of 7514 pixels has a few
-dozen degrees of freedom (64 components hold the mock's signal; the rest is noise), so the
-basis makes every step O(K) instead of O(P) per layer — a convolutional generator and
-discriminator on the full grid cost two orders of magnitude more per step on CPU (measured in
-README, generative samples), which the ≤ 3 min training budget on 2 cores does not allow — and
-it keeps every sample on the manifold PCA already captures, leaving the GAN to learn the
-non-Gaussian distribution of the coefficients, which is what Gaussian-in-PCA sampling cannot.
-A discriminator on pixels would also tell real spectra from any noise-free sample by their
-photon noise alone.
+dozen degrees of freedom (64 components hold the mock's signal; the rest is noise), so on the
+basis a step costs O(K·P) per spectrum for the projection and O(K·width) for the networks: ~1
+MFLOP per spectrum, against ~100 MFLOP for one 8-tap, 32×32-channel convolution layer over the
+full grid (7514·8·32·32·2), i.e. two orders of magnitude per layer, which the ≤ 3 min training
+budget on 2 CPU cores does not allow. The basis also keeps every sample on the manifold PCA
+already captures, leaving the GAN to learn the non-Gaussian distribution of the coefficients —
+what Gaussian-in-PCA sampling cannot. A discriminator on pixels would moreover tell real spectra
+from any noise-free sample by their photon noise alone.
 
 Loss: the non-saturating GAN loss (Goodfellow+2014): discriminator
 L_D = E softplus(−D(x_real, c)) + E softplus(D(G(ε, c), c)), generator
 L_G = E softplus(−D(G(ε, c), c)), the labels c of the batch's real stars (stars with a
-missing conditioning label carry weight 0). It trained stably here with simultaneous updates
-(no mode collapse, no divergence, see README); WGAN-GP needs several critic steps per
-generator step and a gradient penalty's second derivatives, i.e. ~5× the cost per generator
-update, for no measured gain on a 64-dimensional problem.
+missing conditioning label carry weight 0). With one simultaneous update of both players per
+step it trains without divergence on the mock (README: loss curves near the equilibrium
+L_D ≈ 2 ln 2, L_G ≈ ln 2, samples' spread close to the real spectra's); WGAN-GP would need
+several critic steps per generator step and the gradient penalty's second derivatives, several
+times the cost per generator update, and was not needed.
 
 Two players in the one training loop (`stargrad.train.fit`): `loss` returns
 L_D(θ_D, sg θ_G) + L_G(sg θ_D, θ_G) with sg = stop_gradient, so the gradient with respect to

@@ -161,6 +161,8 @@ def generative_samples(gan_dirs, train_path, valid_path, test_path, out_csv, lin
             reference.update(_label_errors(label_model_dir, test.flux[known],
                                            truth[known].reset_index(drop=True)))
     table = pd.DataFrame([reference] + rows_out)
+    first = ["source", "kind", "n_samples", "frechet", "auc_mean", "auc_std"]
+    table = table[first + [c for c in table.columns if c not in first]]
     _write_csv(out_csv, table)
     plots_generative.plot_line_depths(lines_png, lines, test_depths, depths)
     plots_generative.plot_nearest_distances(nearest_png, test_nn, nearest)

@@ -101,11 +101,11 @@ def plot_latent_space(path, z, labels: Mapping[str, np.ndarray]) -> None:
     if by_population:
         ax = axes[0, -1]
         groups = populations(labels["Fe"], labels["evstate"])
-        for name in ("RGB", "RC", "halo"):
+        for name, text in (("RGB", "RGB"), ("RC", "RC"), ("halo", f"[Fe/H] < {HALO_FEH}")):
             ax.scatter(z[groups == name, 0], z[groups == name, 1], s=4, lw=0, alpha=0.7,
-                       label=name)
+                       label=text)
         ax.legend(fontsize=8, markerscale=3)
-        ax.set_title(f"population (halo: [Fe/H] < {HALO_FEH})")
+        ax.set_title("population")
         ax.set_xlabel("z₁")
         ax.set_ylabel("z₂")
     save_figure(fig, path)

@@ -13,6 +13,9 @@ SAMPLES = GEN["samples"]
 # Models the generative_samples rule reads besides the GANs (None: left out).
 SAMPLE_MODELS = {"vae": SAMPLES["vae_model"], "pca": SAMPLES["pca_model"],
                  "labels": SAMPLES["label_model"]}
+# Their directories, [] for those left out.
+SAMPLE_DIRS = {role: [f"results/models/{m}/{GEN_TASK}"] if m else []
+               for role, m in SAMPLE_MODELS.items()}
 SAMPLE_FILES = ["results/generative/{task}/samples.csv",
                 "results/generative/{task}/samples_lines.png",
                 "results/generative/{task}/samples_nearest.png",
@@ -223,19 +226,12 @@ if SURVEY_SOURCE == "mock":
             "../../scripts/generative_denoise.py"
 
 
-def sample_model_dir(role):
-    """Directory of the model SAMPLE_MODELS[role] on the generative task, [] when none."""
-    model = SAMPLE_MODELS[role]
-    return [f"results/models/{model}/{GEN_TASK}"] if model else []
-
-
 rule generative_samples:
     wildcard_constraints:
         task=GEN_TASK,
     input:
         gans=expand("results/models/{model}/{{task}}/{file}", model=GAN_MODELS, file=MODEL_FILES),
-        others=[f"{d}/{f}" for role in SAMPLE_MODELS for d in sample_model_dir(role)
-                for f in MODEL_FILES],
+        others=[f"{d}/{f}" for dirs in SAMPLE_DIRS.values() for d in dirs for f in MODEL_FILES],
         splits=lambda wc: expand("results/data/{dataset}/{split}.fits",
                                  dataset=task_dataset(wc), split=["train", "valid", "test"]),
         allstar=ALLSTAR if SURVEY_SOURCE == "mock" else [],
@@ -256,10 +252,10 @@ rule generative_samples:
     params:
         **jax_params("generative_samples"),
         gan_dirs=[f"results/models/{m}/{GEN_TASK}" for m in GAN_MODELS],
-        vae_dir=sample_model_dir("vae"),
-        pca_dir=sample_model_dir("pca"),
-        label_model_dir=sample_model_dir("labels"),
-        survey_root=SURVEY_ROOT if SURVEY_SOURCE == "mock" else [],
+        vae_dir=SAMPLE_DIRS["vae"],
+        pca_dir=SAMPLE_DIRS["pca"],
+        label_model_dir=SAMPLE_DIRS["labels"],
+        survey_root=lambda wc, input: str(Path(input.allstar).parent) if input.allstar else "",
         n_components=SAMPLES["n_components"],
         n_seeds=SAMPLES["n_seeds"],
         line_species=SAMPLES["line_species"],

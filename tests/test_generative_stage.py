@@ -174,6 +174,6 @@ def test_supervised_model_dir_is_rejected(world, tmp_path):
     train_model(world["splits"]["train"], world["splits"]["valid"], model_dir, task=TASK,
                 model_name="linear", model_spec={"family": "linear", "hyper": {"alpha": 1.0}},
                 seed=0, code_digest="test", config_digest="test", **QUIET)
-    with pytest.raises(ValueError, match="not a generative model"):
+    with pytest.raises(ValueError, match="is not a model with an encoder"):
         stage.reconstruction([model_dir], world["splits"]["test"], tmp_path / "r.csv",
                              tmp_path / "r.png", **QUIET)

@@ -70,7 +70,7 @@ def test_split_and_compiled_files(run, config):
 
 def test_models_predictions_and_metrics(run, config):
     for model, spec in config["models"].items():
-        if spec["family"] in ("vae", "pca"):      # unsupervised: see the generative test
+        if spec["family"] in ("vae", "ae", "pca", "gan"):   # unsupervised: generative test
             continue
         for task in spec["tasks"]:
             d = run / f"results/models/{model}/{task}"
@@ -181,8 +181,10 @@ CATALOGUE = ("catalogue_reference", "catalogue_shard", "catalogue")
 CODE_EDITS = {
     "censored model built on bcnn.py": ("src/stargrad/models/bcnn.py",
                                         {"train", "predict", "attribute"},
-                                        {"compare_task", "plot_pred_vs_true", *CATALOGUE},
+                                        {"compare_task", "plot_pred_vs_true", *CATALOGUE,
+                                         "generative_samples"},   # its label model
                                         {"bcnn", "bcnn_censored"}),
+    "the GAN": ("src/stargrad/models/gan.py", {"train", "generative_samples"}, set(), {"gan"}),
     "attribution engine": ("src/stargrad/attribution/jacobian.py", {"attribute"},
                            {"compare_task"}, set()),
     "a plot": ("src/stargrad/plots.py", {"compare_task", "plot_pred_vs_true"}, set(), set()),
@@ -195,7 +197,8 @@ CODE_EDITS = {
                                   "attribute", "compare_task", "plot_pred_vs_true",
                                   "generative_reconstruction", "generative_latent_space",
                                   "generative_latent_regression", "generative_decoder",
-                                  "generative_anomalies", "generative_denoise", *CATALOGUE},
+                                  "generative_anomalies", "generative_denoise",
+                                  "generative_samples", *CATALOGUE},
                                  None),
 }
 
@@ -289,7 +292,8 @@ def test_report_is_valid_html_with_every_figure(run):
     html = (run / "report.html").read_text(errors="replace")
     assert html.lstrip().lower().startswith("<!doctype html") and "</html>" in html.lower()
     for name in ("summary.png", "ranking.png", "scorecard.csv", "metrics.csv", "lines.csv",
-                 "windows.csv", "pred_vs_true_mlp.png", "Mg.png"):
+                 "windows.csv", "pred_vs_true_mlp.png", "Mg.png", "samples.csv",
+                 "samples_lines.png"):
         assert name in html, f"{name} missing from the report"
     # per-label Jacobian figures only for attribute.report_labels; the rest stay on disk
     assert "Ti2.png" not in html
@@ -299,7 +303,7 @@ def test_report_is_valid_html_with_every_figure(run):
 def test_generative_stage_outputs(run):
     d = run / "results/generative/aspcap"
     recon = pd.read_csv(d / "reconstruction.csv")
-    assert set(recon["family"]) == {"vae", "pca"}
+    assert set(recon["family"]) == {"vae", "ae", "pca"}
     pca = recon[recon["family"] == "pca"].sort_values("size")
     assert pca["mean_error"].is_monotonic_decreasing
     anomalies = pd.read_csv(next(d.glob("anomalies_*.csv")))
@@ -308,11 +312,30 @@ def test_generative_stage_outputs(run):
     assert len(planted) and (planted["rank"] <= len(anomalies) / 2).all()
     regression = pd.read_csv(next(d.glob("latent_regression_*.csv")))
     assert np.isfinite(regression["test_mse"]).all()
+    samples = pd.read_csv(d / "samples.csv")
+    assert list(samples["kind"]) == ["reference", "gan", "vae_prior", "gaussian_pca", "real"]
+    scored = samples.iloc[1:]
+    assert (scored["frechet"] > 0).all() and scored["auc_mean"].between(0, 1).all()
+    assert (scored["auc_std"] >= 0).all() and (scored["spread_ratio"] > 0).all()
+    assert {"ks_Fe_I", "ks_Mg_I", "ks_Al_I", "ks_K_I"} <= set(samples.columns)
+    assert scored.filter(like="ks_").stack().between(0, 1).all()
+    # the conditional GAN and the real test spectra: χ² against the noiseless mock flux and
+    # the label model's errors at the conditioning labels; the real spectra's χ² is ≈ 1
+    conditional = samples[samples["kind"].isin(["reference", "gan"])]
+    assert conditional[["chi2_median", "dteff_median", "dlogg_median", "dFe_median"]].notna().all().all()
+    assert 0.7 < samples["chi2_median"].iat[0] < 1.5
+    for name in ("samples_lines.png", "samples_nearest.png", "samples_scores.png"):
+        assert (d / name).stat().st_size > 0
+    assert (d / "latent_space_ae_2.png").exists()
 
 
 @pytest.mark.parametrize("override,message", [
     ('predict={"mc_splits": ["test"]}', "predict.mc_splits must list both or neither"),
     ('predict={"mc_samples": -1}', "mc_samples"),
+    ('generative={"samples": {"pca_model": "vae_2"}}',
+     "generative.samples.pca_model 'vae_2' is not a model of family ['pca']"),
+    ('generative={"samples": {"label_model": "pca_2"}}',
+     "generative.samples.label_model 'pca_2' is not a supervised model"),
 ])
 def test_config_errors_stop_before_any_job(tmp_path, override, message):
     proc = snakemake(tmp_path, "-n", "--config", override, check=False)

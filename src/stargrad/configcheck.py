@@ -52,13 +52,23 @@ def _check_generative(config: dict, tasks: dict) -> None:
                     if not models.traits(spec["family"]).supervised]
     if unsupervised and gen["task"] not in tasks:
         raise ConfigError(f"config: generative.task {gen['task']!r} is not a task")
-    for key, families in (("latent_model", {"vae"}), ("anomaly_model", {"vae", "pca"})):
-        chosen = gen[key]
+    choices = (("latent_model", gen, {"vae", "ae"}), ("anomaly_model", gen, {"vae", "ae", "pca"}),
+               ("samples.vae_model", gen["samples"], {"vae"}),
+               ("samples.pca_model", gen["samples"], {"pca"}))
+    for key, section, families in choices:
+        chosen = section[key.split(".")[-1]]
         if chosen is not None and (chosen not in generative
                                    or config["models"][chosen]["family"] not in families):
             raise ConfigError(f"config: generative.{key} {chosen!r} is not a model of family "
                               f"{sorted(families)} of task {gen['task']!r} (those are "
                               f"{generative})")
+    label_model = gen["samples"]["label_model"]
+    if label_model is not None:
+        spec = config["models"].get(label_model)
+        if (spec is None or not models.traits(spec["family"]).supervised
+                or gen["task"] not in spec["tasks"]):
+            raise ConfigError(f"config: generative.samples.label_model {label_model!r} is not a "
+                              f"supervised model trained on task {gen['task']!r}")
     try:
         TrainConfig.from_dict(gen["regression_train"])
     except (TypeError, ValueError) as exc:

@@ -1,4 +1,4 @@
-"""Analyses of the generative models (VAE, PCA) of spectra: reconstruction error, denoising,
+"""Analyses of the generative models (VAE, autoencoder, PCA) of spectra: reconstruction error, denoising,
 label regression from the latent space, anomaly scores, decoder Jacobians, prior samples.
 
 Spectra are normalized the way the model's `input_norm` says (training mean subtracted, and for
@@ -193,7 +193,7 @@ def rank_anomalies(scores, ids=None, top: int | None = None) -> pd.DataFrame:
 
 
 def _decoder(params, n_pixels: int):
-    """z (B, d) -> spectra (B, P) for VAE or PCA parameters."""
+    """z (B, d) -> spectra (B, P) for VAE, autoencoder or PCA parameters."""
     if "components" in params:
         return lambda z: params["mean"] + z @ params["components"]
     if "decoder" in params:
@@ -203,10 +203,10 @@ def _decoder(params, n_pixels: int):
 
 
 def latent_dim_of(params) -> int:
-    """Latent dimension of VAE parameters or number of PCA components."""
+    """Latent dimension of VAE or autoencoder parameters, or number of PCA components."""
     if "components" in params:
         return int(params["components"].shape[0])
-    return int(params["encoder"]["log_var"]["b"].shape[0])
+    return int(params["encoder"]["mu"]["b"].shape[0])
 
 
 def decoder_jacobian(params, z0, n_pixels: int = N_PIX_GAPLESS) -> np.ndarray:

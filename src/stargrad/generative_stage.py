@@ -24,6 +24,8 @@ from .tasks import Task
 from .train import TrainConfig
 
 LATENT_LABELS = ("teff", "logg", "Fe", "evstate")
+#: Families that encode spectra into a latent code and decode them back.
+ENCODER_FAMILIES = ("vae", "ae", "pca")
 
 
 def _write_csv(path, table: pd.DataFrame) -> None:
@@ -48,13 +50,13 @@ def _nonempty(data: SplitData, path) -> SplitData:
 
 
 def _load_models(model_dirs) -> list[tuple]:
-    """[(model, params, norm, meta)] of trained VAE/PCA model directories."""
+    """[(model, params, norm, meta)] of trained VAE/AE/PCA model directories."""
     out = []
     for model_dir in model_dirs:
         model, params, norm, meta = load_trained(model_dir)
-        if meta["family"] not in ("vae", "pca"):
-            raise ValueError(f"{model_dir}: family {meta['family']!r} is not a generative model "
-                             "(vae or pca)")
+        if meta["family"] not in ENCODER_FAMILIES:
+            raise ValueError(f"{model_dir}: family {meta['family']!r} is not a model with an "
+                             f"encoder ({', '.join(ENCODER_FAMILIES)})")
         out.append((model, params, norm, meta))
     if not out:
         raise ValueError("no generative model directories given")

@@ -1,6 +1,7 @@
 """Figures of the generative models (matplotlib, Agg; one file per call): reconstruction
-error against latent size, the latent space coloured by labels, denoising, prior samples,
-decoder Jacobians and the most anomalous spectra. Spectra are on the 7514-pixel gap-removed
+error against latent size, the latent space coloured by labels and by population, denoising,
+prior samples, decoder Jacobians, the most anomalous spectra, and generated against real spectra
+(line depths, nearest training spectra, principal-component scores). Spectra are on the 7514-pixel gap-removed
 grid, drawn against vacuum wavelength (Å) with the chip gaps left blank."""
 from __future__ import annotations
 
@@ -18,6 +19,19 @@ from .figures import save_figure  # noqa: E402
 from .tasks import unit  # noqa: E402
 
 _EVSTATE_NAMES = {0: "RGB", 1: "RC"}
+#: [Fe/H] (dex) below which a star counts as metal-poor halo in the population panel (the mock
+#: puts its accreted halo there, and the disk's metal-poor tail).
+HALO_FEH = -0.8
+
+
+def populations(fe, evstate) -> np.ndarray:
+    """The mock's three populations: "halo" ([Fe/H] < HALO_FEH), else "RC" (evstate 1) or
+    "RGB" (evstate 0); "" where a label is missing."""
+    fe, evstate = np.asarray(fe, dtype=float), np.asarray(evstate, dtype=float)
+    out = np.where(evstate == 1, "RC", "RGB").astype(object)
+    out[fe < HALO_FEH] = "halo"
+    out[apogee.is_missing(fe) | apogee.is_missing(evstate)] = ""
+    return out
 
 
 def _on_grid(name: str, spectra) -> np.ndarray:
@@ -55,13 +69,16 @@ def plot_error_vs_size(path, table: pd.DataFrame) -> None:
 
 def plot_latent_space(path, z, labels: Mapping[str, np.ndarray]) -> None:
     """Latent means (N, d ≥ 2), first two dimensions, one panel per label (e.g. teff, logg, Fe,
-    evstate); `evstate` (0 RGB, 1 RC) is drawn as classes; −9999/NaN are grey."""
+    evstate); `evstate` (0 RGB, 1 RC) is drawn as classes; −9999/NaN are grey. With both Fe and
+    evstate, a last panel colours the three populations (`populations`)."""
     z = np.asarray(z, dtype=float)
     if z.ndim != 2 or z.shape[1] < 2:
         raise ValueError(f"plot_latent_space: z must have shape (N, d >= 2), got {z.shape}")
     if not labels:
         raise ValueError("plot_latent_space: give at least one label to colour by")
-    fig, axes = plt.subplots(1, len(labels), figsize=(3.6 * len(labels), 3.4),
+    by_population = "Fe" in labels and "evstate" in labels
+    n_panels = len(labels) + by_population
+    fig, axes = plt.subplots(1, n_panels, figsize=(3.6 * n_panels, 3.4),
                              constrained_layout=True, squeeze=False)
     for ax, (name, values) in zip(axes[0], labels.items()):
         values = np.asarray(values, dtype=float)
@@ -79,6 +96,16 @@ def plot_latent_space(path, z, labels: Mapping[str, np.ndarray]) -> None:
             sc = ax.scatter(z[ok, 0], z[ok, 1], c=values[ok], s=4, lw=0, cmap="viridis")
             fig.colorbar(sc, ax=ax, label=f"{name} [{unit(name)}]")
         ax.set_title(name)
+        ax.set_xlabel("z₁")
+        ax.set_ylabel("z₂")
+    if by_population:
+        ax = axes[0, -1]
+        groups = populations(labels["Fe"], labels["evstate"])
+        for name, text in (("RGB", "RGB"), ("RC", "RC"), ("halo", f"[Fe/H] < {HALO_FEH}")):
+            ax.scatter(z[groups == name, 0], z[groups == name, 1], s=4, lw=0, alpha=0.7,
+                       label=text)
+        ax.legend(fontsize=8, markerscale=3)
+        ax.set_title("population")
         ax.set_xlabel("z₁")
         ax.set_ylabel("z₂")
     save_figure(fig, path)
@@ -165,4 +192,68 @@ def plot_anomalies(path, x, recon, ranking: pd.DataFrame, n: int = 5) -> None:
         ax.set_ylabel("flux")
     axes[0, 0].legend(fontsize=8, ncol=2)
     _wave_limits(axes[-1, 0])
+    save_figure(fig, path)
+
+
+def _step_hist(ax, values, bins, **style) -> None:
+    values = np.asarray(values, dtype=float)
+    values = values[np.isfinite(values)]
+    if len(values):
+        ax.hist(values, bins=bins, histtype="step", density=True, **style)
+
+
+def plot_line_depths(path, lines: pd.DataFrame, real_depths, depths: Mapping[str, np.ndarray]):
+    """One panel per line (a `sample_quality.strongest_lines` table): the depth distribution of
+    the real test spectra (filled) and of each source's samples (steps)."""
+    real_depths = np.asarray(real_depths, dtype=float)
+    if real_depths.shape[1:] != (len(lines),):
+        raise ValueError(f"plot_line_depths: real depths have shape {real_depths.shape}, "
+                         f"expected (N, {len(lines)})")
+    fig, axes = plt.subplots(1, len(lines), figsize=(3.4 * len(lines), 3.2),
+                             constrained_layout=True, squeeze=False)
+    for j, (ax, line) in enumerate(zip(axes[0], lines.itertuples())):
+        real = real_depths[:, j][np.isfinite(real_depths[:, j])]
+        bins = np.linspace(*np.percentile(real, [0.5, 99.5]), 30) if len(real) else 30
+        ax.hist(real, bins=bins, density=True, color="0.8", label="real test")
+        for i, (name, depth) in enumerate(depths.items()):
+            _step_hist(ax, np.asarray(depth)[:, j], bins, color=f"C{i}", label=name)
+        ax.set_title(f"{line.species} {line.vac:.2f} Å", fontsize=9)
+        ax.set_xlabel("line depth (1 − flux)")
+    axes[0, 0].set_ylabel("density")
+    axes[0, -1].legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_nearest_distances(path, real_nn, nearest: Mapping[str, np.ndarray]) -> None:
+    """Distance of each sample to its nearest training spectrum (principal components), per
+    source, against the real test spectra's own: far lower means memorised spectra."""
+    real_nn = np.asarray(real_nn, dtype=float)
+    fig, ax = plt.subplots(figsize=(5.5, 3.6), constrained_layout=True)
+    everything = np.concatenate([real_nn, *map(np.ravel, nearest.values())])
+    bins = np.linspace(0.0, np.percentile(everything, 99), 40)
+    ax.hist(real_nn, bins=bins, density=True, color="0.8", label="real test")
+    for i, (name, nn) in enumerate(nearest.items()):
+        _step_hist(ax, nn, bins, color=f"C{i}", label=name)
+    ax.set_xlabel("distance to the nearest training spectrum (PC scores, flux units)")
+    ax.set_ylabel("density")
+    ax.legend(fontsize=7)
+    save_figure(fig, path)
+
+
+def plot_sample_scores(path, real_scores, scores: Mapping[str, np.ndarray]) -> None:
+    """First two principal-component scores of each source's samples over the real test
+    spectra's, one panel per source."""
+    real_scores = np.asarray(real_scores, dtype=float)
+    if not scores:
+        raise ValueError("plot_sample_scores: no sources")
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.4 * len(scores), 3.3),
+                             constrained_layout=True, squeeze=False, sharex=True, sharey=True)
+    for i, (ax, (name, sc)) in enumerate(zip(axes[0], scores.items())):
+        sc = np.asarray(sc, dtype=float)
+        ax.scatter(real_scores[:, 0], real_scores[:, 1], s=3, lw=0, color="0.6", label="real test")
+        ax.scatter(sc[:, 0], sc[:, 1], s=3, lw=0, color=f"C{i}", alpha=0.7, label=name)
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("PC 1")
+        ax.legend(fontsize=7, markerscale=3)
+    axes[0, 0].set_ylabel("PC 2")
     save_figure(fig, path)

@@ -53,7 +53,7 @@ REPORT_LABELS = "|".join(sorted(set(config["attribute"]["report_labels"])
 # (the mock survey, its truth products).
 GPU_RULES = ("train", "predict", "attribute", "catalogue_shard", "generative_reconstruction",
              "generative_latent_space", "generative_latent_regression", "generative_decoder",
-             "generative_anomalies", "generative_denoise")
+             "generative_anomalies", "generative_denoise", "generative_samples")
 DEVICE = config["device"]
 JOBS = config["jobs"]
 

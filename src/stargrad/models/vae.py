@@ -63,12 +63,11 @@ TRAITS = Traits(supervised=False)
 INITIAL_LOG_VAR = -4.0
 
 
-def _positive_ints(name: str, values) -> tuple[int, ...]:
+def _positive_ints(name: str, values, family: str = "vae") -> tuple[int, ...]:
     values = tuple(values)
     if not values or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1
                              for v in values):
-
-        raise ValueError(f"vae: {name} must be positive integers, got {values!r}")
+        raise ValueError(f"{family}: {name} must be positive integers, got {values!r}")
     return values
 
 
@@ -175,26 +174,29 @@ def fit_basis(x, pixel_valid, n_components: int) -> dict:
             "scale": jnp.maximum(scale, 1e-6 * scale[0])}
 
 
-def init_basis_params(key, basis: dict, *, latent_dim: int = 2, num_hidden=(128, 64)) -> dict:
+def init_basis_params(key, basis: dict, *, latent_dim: int = 2, num_hidden=(128, 64),
+                      variational: bool = True) -> dict:
     """Initial parameters of the PCA-basis VAE on `basis` (K components; see `fit_basis`).
 
     The linear paths start as PCA with `latent_dim` components: μ = the first d whitened
     scores, decoded coefficients = z on the first d components. The nonlinear corrections'
     output layers and the log σ² head start at zero (log σ² = INITIAL_LOG_VAR), so the initial
-    model reconstructs exactly as PCA-d; hidden layers are He-normal."""
+    model reconstructs exactly as PCA-d; hidden layers are He-normal. `variational=False`
+    (the plain autoencoder, models/ae.py) leaves out the log σ² head."""
     n_basis = basis["components"].shape[0]
     if latent_dim > n_basis:
-        raise ValueError(f"vae: latent_dim ({latent_dim}) exceeds basis ({n_basis})")
+        raise ValueError(f"latent_dim ({latent_dim}) exceeds basis ({n_basis})")
     enc_widths = (n_basis,) + tuple(num_hidden)
     dec_widths = (latent_dim,) + tuple(reversed(num_hidden))
     layers = _he_layers(key, list(zip(enc_widths[:-1], enc_widths[1:]))
                         + list(zip(dec_widths[:-1], dec_widths[1:])))
     eye = jnp.eye(n_basis, latent_dim)
-    log_var = _zero_layer(num_hidden[-1], latent_dim)
-    log_var["b"] = jnp.full(latent_dim, INITIAL_LOG_VAR)
-    return {"frozen": basis,
-            "encoder": {"linear": eye, "dense": layers[:len(num_hidden)],
-                        "mu": _zero_layer(num_hidden[-1], latent_dim), "log_var": log_var},
+    encoder = {"linear": eye, "dense": layers[:len(num_hidden)],
+               "mu": _zero_layer(num_hidden[-1], latent_dim)}
+    if variational:
+        encoder["log_var"] = _zero_layer(num_hidden[-1], latent_dim)
+        encoder["log_var"]["b"] = jnp.full(latent_dim, INITIAL_LOG_VAR)
+    return {"frozen": basis, "encoder": encoder,
             "decoder": {"linear": eye.T, "dense": layers[len(num_hidden):],
                         "out": _zero_layer(num_hidden[0], n_basis)}}
 
@@ -214,7 +216,8 @@ def _encode_basis(params, x):
     scores = (x - basis["mean"]) @ basis["components"].T / basis["scale"]
     enc = params["encoder"]
     h = _mlp(scores, enc["dense"])
-    return scores @ enc["linear"] + _dense(h, enc["mu"]), _dense(h, enc["log_var"])
+    log_var = _dense(h, enc["log_var"]) if "log_var" in enc else None
+    return scores @ enc["linear"] + _dense(h, enc["mu"]), log_var
 
 
 def _decode_basis(params, z):
@@ -227,7 +230,8 @@ def _decode_basis(params, z):
 # ---------------------------------------------------------------------------- both
 
 def encode(params, x, pool_length: int = 4):
-    """(B, P) normalized flux -> (z_mean, z_log_var), each (B, latent_dim)."""
+    """(B, P) normalized flux -> (z_mean, z_log_var), each (B, latent_dim); z_log_var is None
+    for a plain autoencoder's parameters (no log σ² head)."""
     if "frozen" in params:
         return _encode_basis(params, x)
     return _encode_conv(params, x, pool_length)
@@ -256,60 +260,102 @@ def build(*, n_inputs: int, n_outputs: int | None = None, kind: str = "regressio
     `upsample` unused), whose `init_data` fits that basis."""
     del n_outputs, kind  # unsupervised: the target is the spectrum itself
     check_input_norm("vae", input_norm)
-    for name, value in (("n_inputs", n_inputs), ("latent_dim", latent_dim),
-                        ("filter_len", filter_len), ("pool_length", pool_length),
+    for name, value in (("filter_len", filter_len), ("pool_length", pool_length),
                         ("upsample", upsample)):
         _positive_ints(name, (value,))
     num_filters = _positive_ints("num_filters", num_filters)
-    num_hidden = _positive_ints("num_hidden", num_hidden)
     if pool_length > n_inputs or upsample > n_inputs:
         raise ValueError(f"vae: pool_length ({pool_length}) and upsample ({upsample}) must not "
                          f"exceed n_inputs ({n_inputs})")
     if not beta >= 0:
         raise ValueError(f"vae: beta must be >= 0, got {beta!r}")
+    if basis:
+        return basis_model("vae", n_inputs=n_inputs, latent_dim=latent_dim, basis=basis,
+                           num_hidden=num_hidden, input_norm=input_norm, beta=beta)
+    num_hidden = _check_sizes("vae", n_inputs, latent_dim, basis, num_hidden)
+    arch = dict(latent_dim=latent_dim, num_filters=num_filters, filter_len=filter_len,
+                pool_length=pool_length, num_hidden=num_hidden, upsample=upsample)
+
+    @jax.jit  # one compilation instead of eager per-op compiles (seconds on CPU)
+    def init(key):
+        return init_params(key, n_inputs=n_inputs, **arch)
+
+    return _model(init, None, n_inputs, pool_length, beta, input_norm)
+
+
+def _check_sizes(family: str, n_inputs: int, latent_dim: int, basis: int, num_hidden):
+    """Check the sizes shared by both VAEs and the autoencoder; return num_hidden as a tuple."""
+    for name, value in (("n_inputs", n_inputs), ("latent_dim", latent_dim)):
+        _positive_ints(name, (value,), family)
     if not (isinstance(basis, int) and not isinstance(basis, bool)
             and (basis == 0 or latent_dim <= basis <= n_inputs)):
-        raise ValueError(f"vae: basis must be 0 (convolutional) or an integer in "
-                         f"[latent_dim, n_inputs] = [{latent_dim}, {n_inputs}], got {basis!r}")
-    init_data = None
-    if basis:
-        def basis_params(key, frame):
-            return init_basis_params(key, frame, latent_dim=latent_dim, num_hidden=num_hidden)
+        conv = "0 (convolutional) or " if family == "vae" else ""
+        raise ValueError(f"{family}: basis must be {conv}an integer in [latent_dim, n_inputs] "
+                         f"= [{latent_dim}, {n_inputs}], got {basis!r}")
+    return _positive_ints("num_hidden", num_hidden, family)
 
-        @jax.jit
-        def init(key):
-            # Without data: a zero basis of unit scale, i.e. the training-mean spectrum.
-            return basis_params(key, {"mean": jnp.zeros(n_inputs),
-                                      "components": jnp.zeros((basis, n_inputs)),
-                                      "scale": jnp.ones(basis)})
 
-        @jax.jit
-        def init_data(train_batch, key):
-            return basis_params(key, fit_basis(jnp.asarray(train_batch["x"]),
-                                               pixel_valid_of(train_batch), basis))
-    else:
-        arch = dict(latent_dim=latent_dim, num_filters=num_filters, filter_len=filter_len,
-                    pool_length=pool_length, num_hidden=num_hidden, upsample=upsample)
+def basis_model(family: str, *, n_inputs: int, latent_dim: int, basis: int, num_hidden,
+                input_norm: str, beta: float | None) -> Model:
+    """The PCA-basis model on `basis` components: the VAE (`beta` ≥ 0 weighs its KL term), or
+    with `beta=None` the plain autoencoder (no log σ² head, no sampling, no KL; models/ae.py).
+    `family` names the model in error messages."""
+    num_hidden = _check_sizes(family, n_inputs, latent_dim, basis, num_hidden)
+    check_input_norm(family, input_norm)
+    variational = beta is not None
 
-        @jax.jit  # one compilation instead of eager per-op compiles (seconds on CPU)
-        def init(key):
-            return init_params(key, n_inputs=n_inputs, **arch)
+    def basis_params(key, frame):
+        return init_basis_params(key, frame, latent_dim=latent_dim, num_hidden=num_hidden,
+                                 variational=variational)
+
+    init, init_data = basis_initializers(basis_params, n_inputs, basis)
+    return _model(init, init_data, n_inputs, 4, beta, input_norm, family)
+
+
+def basis_initializers(params_on, n_inputs: int, basis: int):
+    """(init, init_data) of a model on a frozen PCA basis, given `params_on(key, frame)` that
+    builds its parameters on a basis frame (`fit_basis`'s dict): `init(key)` puts them on a
+    zero basis of unit scale (every output the training-mean spectrum), `init_data(train_batch,
+    key)` on the training spectra's first `basis` components."""
+
+    @jax.jit
+    def init(key):
+        return params_on(key, {"mean": jnp.zeros(n_inputs),
+                               "components": jnp.zeros((basis, n_inputs)),
+                               "scale": jnp.ones(basis)})
+
+    @jax.jit
+    def init_data(train_batch, key):
+        return params_on(key, fit_basis(jnp.asarray(train_batch["x"]),
+                                        pixel_valid_of(train_batch), basis))
+
+    return init, init_data
+
+
+def _model(init, init_data, n_inputs: int, pool_length: int, beta: float | None,
+           input_norm: str, family: str = "vae") -> Model:
+    """The Model around an encoder/decoder: z = μ (+ σ ε when `apply` gets a key, VAE only),
+    loss = pixel-mean masked MSE (+ β KL for the VAE, `beta` not None)."""
 
     def apply(params, x, key=None, train=False, x_err=None):
         del train  # no dropout: train and inference passes are the same
         if x.ndim != 2 or x.shape[1] != n_inputs:
-            raise ValueError(f"vae.apply: x must have shape (B, {n_inputs}), got {x.shape}")
+            raise ValueError(f"{family}.apply: x must have shape (B, {n_inputs}), got {x.shape}")
         z_mean, z_log_var = encode(params, x, pool_length)
         z = z_mean
-        if key is not None:
-            z = z + jnp.exp(0.5 * z_log_var) * jax.random.normal(key, z_mean.shape)
-        return {"value": decode(params, z, n_inputs), "z_mean": z_mean,
-                "z_log_var": z_log_var, "z": z}
+        out = {"z_mean": z_mean}
+        if z_log_var is not None:
+            if key is not None:
+                z = z + jnp.exp(0.5 * z_log_var) * jax.random.normal(key, z_mean.shape)
+            out["z_log_var"] = z_log_var
+        return {"value": decode(params, z, n_inputs), "z": z, **out}
 
     def loss(params, batch, key):
         valid = pixel_valid_of(batch)
         out = apply(params, fill_masked(batch["x"], valid), key)
         recon = jnp.mean(masked_mse(out["value"], batch["x"], valid))
+        if beta is None:
+            return recon, {"recon": recon}
         kl = jnp.mean(kl_divergence(out["z_mean"], out["z_log_var"]))
         return recon + beta * kl, {"recon": recon, "kl": kl}
 

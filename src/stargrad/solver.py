@@ -28,6 +28,10 @@ Convergence (`converged`): the Newton decrement gᵀH⁻¹g over the labels not 
 (the objective's predicted further decrease, χ² units) is below `tol` and the objective finite.
 A star that does not converge is flagged, never an error.
 
+Pixel weights: `inverse_variance` 1/(σ² + s²) with a model's intrinsic scatter s, fitted by
+maximum likelihood from residuals (`fit_scatter`); starts from training labels
+(`prototype_labels`).
+
 Formal covariance: H⁻¹ = (AᵀWA + I/τ²)⁻¹ at the solution (the inverse Fisher matrix when the
 data dominate the prior).
 
@@ -44,6 +48,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 LM_DAMPING = 1e-3       # initial Levenberg-Marquardt damping, relative to diag(H)
@@ -53,7 +58,66 @@ DAMPING_RANGE = (1e-12, 1e12)
 #: Newton decrement gᵀH⁻¹g (χ² units) below which a fit counts as converged: the optimum is
 #: within about sqrt(tol) = 0.1 formal standard deviations.
 CONVERGENCE_TOL = 1e-2
+#: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
+MIN_VARIANCE = 1e-12
+BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
 
+
+# --------------------------------------------------------------------------- pixel weights
+
+def inverse_variance(flux_var, scatter):
+    """1 / (σ² + s²) with σ², s² ≥ 0 and either possibly +inf (weight 0), floored variance."""
+    total = flux_var + jnp.square(scatter)
+    return jnp.where(jnp.isfinite(total), 1.0 / jnp.maximum(total, MIN_VARIANCE), 0.0)
+
+
+def typical_flux_var(flux_var) -> np.ndarray:
+    """Per-pixel median over stars of the finite flux variances (P,); +inf where none is."""
+    finite = np.where(np.isfinite(flux_var), flux_var, np.nan)
+    seen = np.isfinite(finite).any(axis=0)
+    typical = np.full(finite.shape[1], np.inf)
+    typical[seen] = np.nanmedian(finite[:, seen], axis=0)
+    return typical
+
+
+@partial(jax.jit, static_argnames="n_terms_")
+def fit_scatter(resid_t, flux_var_t, n_terms_: int):
+    """Maximum-likelihood intrinsic variance s² (P,) of each pixel from residuals (P, N) and
+    flux variances σ² (P, N) (+inf: masked): the root of Σ_n (c r_n² − σ_n² − s²)/(σ_n² + s²)²
+    with c = N_p/(N_p − T), by bisection in log s² (0 when the residuals are within the flux
+    errors); +inf for pixels with N_p ≤ T unmasked stars."""
+    good = jnp.isfinite(flux_var_t)
+    n_good = good.sum(axis=1)
+    dof = n_good / jnp.maximum(n_good - n_terms_, 1)
+    r2 = jnp.where(good, jnp.square(resid_t), 0.0) * dof[:, None]
+    var = jnp.where(good, flux_var_t, 1.0)
+
+    def slope(log_s2):      # the likelihood's derivative in s², up to a positive factor
+        w = jnp.where(good, 1.0 / jnp.maximum(var + jnp.exp(log_s2)[:, None], MIN_VARIANCE), 0.0)
+        return jnp.sum(w * (w * r2 - 1.0), axis=1)
+
+    lo = jnp.full(n_good.shape, jnp.log(MIN_VARIANCE), jnp.float32)
+    hi = jnp.log(jnp.maximum(r2.max(axis=1), 2.0 * MIN_VARIANCE))
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        rising = slope(mid) > 0
+        return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
+
+    lo, hi = lax.fori_loop(0, BISECTION_STEPS, bisect, (lo, hi))
+    s2 = jnp.where(slope(lo) > 0, jnp.exp(0.5 * (lo + hi)), 0.0)
+    return jnp.where(n_good > n_terms_, s2, jnp.inf)
+
+
+def prototype_labels(labels, n_prototypes: int) -> np.ndarray:
+    """(J, K) candidate starting points of standardized labels: the training mean (0) and up to
+    `n_prototypes` − 1 training label vectors (N, K), evenly spaced through the training set."""
+    rows = np.unique(np.linspace(0, len(labels) - 1, max(n_prototypes - 1, 0)).astype(int))
+    return np.concatenate([np.zeros((1, labels.shape[1])), labels[rows]])
+
+
+# --------------------------------------------------------------------------- iterations
 
 def scaled_solve(h, g, free, damping=0.0, scale=None):
     """δ solving (H_ff + λ diag(scale)_ff) δ_f = g_f with δ = 0 at fixed labels (free False);

@@ -55,7 +55,7 @@ treats no pixel as masked, so masked pixels should hold the training mean — wh
 with input_norm "mean" (0), and why this family uses it rather than "none" (masked pixels are
 0 flux there, a line as deep as the continuum). Pixels with fewer than T + 1 unmasked training
 stars cannot be fitted and get s_p = +inf, i.e. weight 0 at test time. Variances are floored at
-MIN_VARIANCE.
+`solver.MIN_VARIANCE`.
 
 Missing labels (`missing_labels`). "infer" (default): fit on the stars with every label, infer
 only the missing labels of the other stars with the test step holding their known labels fixed,
@@ -81,6 +81,7 @@ import numpy as np
 from jax import lax
 
 from .. import solver
+from ..solver import fit_scatter, inverse_variance, prototype_labels, typical_flux_var
 from ..losses import label_loss
 from . import Model, Traits
 
@@ -88,15 +89,12 @@ TRAITS = Traits(uses_flux_errors=True)
 
 ORDERS = (1, 2)
 MISSING_LABELS = ("infer", "drop")
-#: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
-MIN_VARIANCE = 1e-12
 #: Relative diagonal jitter of the per-pixel normal equations (in the orthonormal basis their
 #: condition number is the spread of the weights, far below 1/JITTER).
 JITTER = 1e-7
 #: Singular values of the scaled label vectors below this fraction of the largest are dropped
 #: (an exactly duplicated or constant label): the fit takes the minimum-norm coefficients.
 RANK_TOL = 1e-8
-BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
 
 
 # --------------------------------------------------------------------------- label vectors
@@ -158,12 +156,6 @@ def flux_errors(error, mask, input_std=1.0) -> np.ndarray:
     error = np.asarray(error, np.float64) / np.asarray(input_std, np.float64)
     bad = np.asarray(mask, bool) | ~np.isfinite(error) | (error <= 0)
     return np.where(bad, np.inf, error).astype(np.float32)
-
-
-def inverse_variance(flux_var, scatter):
-    """1 / (σ² + s²) with σ², s² ≥ 0 and either possibly +inf (weight 0), floored variance."""
-    total = flux_var + jnp.square(scatter)
-    return jnp.where(jnp.isfinite(total), 1.0 / jnp.maximum(total, MIN_VARIANCE), 0.0)
 
 
 # --------------------------------------------------------------------------- training step
@@ -289,36 +281,6 @@ def unscale(scaled, design: Design) -> np.ndarray:
     theta = scaled / design.scale
     theta[:, 0] = scaled[:, 0] - theta[:, 1:] @ design.mean[1:]
     return theta
-
-
-@partial(jax.jit, static_argnames="n_terms_")
-def fit_scatter(resid_t, flux_var_t, n_terms_: int):
-    """Maximum-likelihood intrinsic variance s² (P,) of each pixel from residuals (P, N) and
-    flux variances σ² (P, N) (+inf: masked): the root of Σ_n (c r_n² − σ_n² − s²)/(σ_n² + s²)²
-    with c = N_p/(N_p − T), by bisection in log s² (0 when the residuals are within the flux
-    errors); +inf for pixels with N_p ≤ T unmasked stars."""
-    good = jnp.isfinite(flux_var_t)
-    n_good = good.sum(axis=1)
-    dof = n_good / jnp.maximum(n_good - n_terms_, 1)
-    r2 = jnp.where(good, jnp.square(resid_t), 0.0) * dof[:, None]
-    var = jnp.where(good, flux_var_t, 1.0)
-
-    def slope(log_s2):      # the likelihood's derivative in s², up to a positive factor
-        w = jnp.where(good, 1.0 / jnp.maximum(var + jnp.exp(log_s2)[:, None], MIN_VARIANCE), 0.0)
-        return jnp.sum(w * (w * r2 - 1.0), axis=1)
-
-    lo = jnp.full(n_good.shape, jnp.log(MIN_VARIANCE), jnp.float32)
-    hi = jnp.log(jnp.maximum(r2.max(axis=1), 2.0 * MIN_VARIANCE))
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        rising = slope(mid) > 0
-        return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
-
-    lo, hi = lax.fori_loop(0, BISECTION_STEPS, bisect, (lo, hi))
-    s2 = jnp.where(slope(lo) > 0, jnp.exp(0.5 * (lo + hi)), 0.0)
-    return jnp.where(n_good > n_terms_, s2, jnp.inf)
 
 
 def fit_pixels(labels, flux_t, flux_var_t, *, order: int, scatter: bool, scatter_iter: int,
@@ -595,22 +557,6 @@ def training_flux_var(batch: dict) -> np.ndarray:
     if "pixel_valid" in batch:
         var = np.where(np.asarray(batch["pixel_valid"], bool), var, np.inf)
     return var.astype(np.float32)
-
-
-def typical_flux_var(flux_var) -> np.ndarray:
-    """Per-pixel median over stars of the finite flux variances (P,); +inf where none is."""
-    finite = np.where(np.isfinite(flux_var), flux_var, np.nan)
-    seen = np.isfinite(finite).any(axis=0)
-    typical = np.full(finite.shape[1], np.inf)
-    typical[seen] = np.nanmedian(finite[:, seen], axis=0)
-    return typical
-
-
-def prototype_labels(labels, n_prototypes: int) -> np.ndarray:
-    """(J, K) starting points for the test step: the training mean (0) and up to
-    `n_prototypes` − 1 training label vectors, evenly spaced through the training set."""
-    rows = np.unique(np.linspace(0, len(labels) - 1, max(n_prototypes - 1, 0)).astype(int))
-    return np.concatenate([np.zeros((1, labels.shape[1])), labels[rows]])
 
 
 def _parameters(labels, flux_t, var_t, theta, s2, flux_var, *, scatter: bool, scatter_iter: int,

@@ -14,6 +14,9 @@ import pandas as pd
 from .provenance import atomic_path
 from .survey import read_table
 
+#: The model name of the mock's oracle (the true forward model fitted by χ², `stages.oracle`):
+#: reserved, and first in every scorecard.
+ORACLE = "oracle"
 #: Uncertainty columns of a PREDICTIONS table, per label (physical units).
 STD_COLUMNS = ("std_model", "std_predictive", "std_total", "std_calibrated")
 

@@ -58,6 +58,9 @@ DAMPING_RANGE = (1e-12, 1e12)
 #: Newton decrement gᵀH⁻¹g (χ² units) below which a fit counts as converged: the optimum is
 #: within about sqrt(tol) = 0.1 formal standard deviations.
 CONVERGENCE_TOL = 1e-2
+#: Smallest eigenvalue of the Jacobi-scaled H kept by `covariance`, relative to the largest
+#: (about float32 resolution).
+EIGEN_FLOOR = 1e-7
 #: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
 MIN_VARIANCE = 1e-12
 BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
@@ -131,9 +134,13 @@ def scaled_solve(h, g, free, damping=0.0, scale=None):
 
 
 def covariance(h):
-    """H⁻¹ (K, K) of a symmetric positive definite H, Jacobi-scaled before the inverse."""
+    """H⁻¹ (K, K) of a symmetric positive semi-definite H, Jacobi-scaled and inverted through
+    its eigenvalues, floored at EIGEN_FLOOR of the largest: a direction the data (nearly) leave
+    free gets a large, finite, positive variance instead of a rounding-error sign."""
     d = jnp.sqrt(jnp.maximum(jnp.diagonal(h), 1e-30))
-    return jnp.linalg.inv(h / jnp.outer(d, d)) / jnp.outer(d, d)
+    eig, vec = jnp.linalg.eigh(h / jnp.outer(d, d))
+    eig = jnp.maximum(eig, EIGEN_FLOOR * jnp.max(eig))
+    return (vec / eig) @ vec.T / jnp.outer(d, d)
 
 
 def _clip(labels, lower, upper):

@@ -15,7 +15,10 @@ N test stars (no noise, the stars' own σ as weights): the median |error| / CRB 
 pure model bias. Wall times depend on the machine's load (the 1-minute load average is printed).
 
     PYTHONPATH=src .venv/bin/python bench/bench_payne.py --run . [--noise-free 100]
-        [--jacobian-stars 200] [--json PATH]
+        [--oracle-stars 200] [--jacobian-stars 200] [--json PATH]
+
+Without the workflow's oracle predictions, `--oracle-stars N` fits the oracle here to the first
+N test stars and scores every model on those N stars (the oracle's z spread is then raw).
 """
 from __future__ import annotations
 
@@ -46,10 +49,45 @@ TASK = Task("aspcap", "main", tuple(apogee.ASPCAP_LABELS))
 MODELS = ("oracle", "payne", "cannon")
 
 
-def scorecard(run: Path, crb: pd.DataFrame) -> pd.DataFrame:
-    """crb_ratio and calibrated z spread per (model, label) from the test predictions."""
+def oracle_subset(run: Path, n: int) -> pd.DataFrame:
+    """Oracle PREDICTIONS-like table of the first n test stars, fitted here (std uncalibrated)
+    and kept in <run>/results/bench/oracle_test_<n>.csv, which a later call reads back."""
+    cache = run / f"results/bench/oracle_test_{n}.csv"
+    if cache.exists():
+        return pd.read_csv(cache, dtype={"APOGEE_ID": str})
+    test = load_split(run / "results/data/main/test.fits")
+    train = load_split(run / "results/data/main/train.fits")
+    box = training_box(task_labels(train, TASK), 0.1, 32)
+    rows = slice(0, min(n, len(test)))
+    t0, c0 = time.perf_counter(), time.process_time()
+    fit = fit_oracle(test.flux[rows], test.error[rows], test.mask[rows], box, n_iter=10)
+    print(f"oracle: {len(fit['value'])} test stars in {time.perf_counter() - t0:.0f} s "
+          f"({time.process_time() - c0:.0f} CPU s), {int(fit['converged'].sum())} converged")
+    truth = task_labels(test, TASK)[rows]
+    table = {"APOGEE_ID": test.ids[rows]}
+    for k, label in enumerate(TASK.labels):
+        table[label], table[f"{label}_true"] = fit["value"][:, k], truth[:, k]
+        for col in ("std_total", "std_calibrated"):
+            table[f"{label}_{col}"] = fit["std"][:, k]
+    table["converged"] = fit["converged"]
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(table).to_csv(cache, index=False)
+    return pd.DataFrame(table)
+
+
+def scorecard(run: Path, crb: pd.DataFrame, oracle_stars: int) -> pd.DataFrame:
+    """crb_ratio and calibrated z spread per (model, label) from the test predictions; with
+    `oracle_stars` and no oracle predictions, the oracle fitted here to that many test stars and
+    every model scored on those stars."""
     predictions = {(m, "test"): read_predictions(run / f"results/predictions/{m}/aspcap/test.fits")
                    for m in MODELS if (run / f"results/predictions/{m}/aspcap/test.fits").exists()}
+    if oracle_stars and ("oracle", "test") not in predictions:
+        oracle = oracle_subset(run, oracle_stars)
+        ids = set(oracle["APOGEE_ID"])
+        predictions = {key: table[table["APOGEE_ID"].isin(ids)].reset_index(drop=True)
+                       for key, table in predictions.items()}
+        predictions[("oracle", "test")] = oracle
+    print("stars scored:", {m: len(t) for (m, _), t in predictions.items()})
     metrics = task_metrics(predictions, list(TASK.labels), "regression", "aspcap", crb)
     return metrics.pivot(index="label", columns="model",
                          values=["crb_ratio", "z_mad_std_calibrated"]).loc[list(TASK.labels)]
@@ -124,12 +162,18 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", type=Path, default=Path("."))
     parser.add_argument("--noise-free", type=int, default=0)
+    parser.add_argument("--oracle-stars", type=int, default=0)
     parser.add_argument("--jacobian-stars", type=int, default=200)
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--oracle-only", action="store_true",
+                        help="fit and cache the oracle's test subset, then stop")
     args = parser.parse_args()
+    if args.oracle_only:
+        oracle_subset(args.run, args.oracle_stars)
+        return
     print(f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
     crb = read_table(args.run / "results/truth/main/crb.fits", "CRB", what="CRB table")
-    card = scorecard(args.run, crb)
+    card = scorecard(args.run, crb, args.oracle_stars)
     pd.set_option("display.width", 200)
     print(card.round(3).to_string())
     medians = card["crb_ratio"].median().round(3).to_dict()

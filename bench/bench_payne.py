@@ -15,7 +15,8 @@ N test stars (no noise, the stars' own σ as weights): the median |error| / CRB 
 pure model bias. Wall times depend on the machine's load (the 1-minute load average is printed).
 
     PYTHONPATH=src .venv/bin/python bench/bench_payne.py --run . [--noise-free 100]
-        [--oracle-stars 200] [--jacobian-stars 200] [--json PATH]
+        [--oracle-stars 200] [--payne-stars 200] [--rate-stars 256] [--jacobian-stars 200]
+        [--json PATH]
 
 Without the workflow's oracle predictions, `--oracle-stars N` fits the oracle here to the first
 N test stars and scores every model on those N stars (the oracle's z spread is then raw).
@@ -75,10 +76,24 @@ def oracle_subset(run: Path, n: int) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
-def scorecard(run: Path, crb: pd.DataFrame, oracle_stars: int) -> pd.DataFrame:
+def payne_subset(run: Path, n: int) -> pd.DataFrame:
+    """Payne predictions of the first n test stars (std_calibrated = std_total, uncalibrated)."""
+    test = load_split(run / "results/data/main/test.fits")
+    trained = stargrad.load(run / "results/models/payne/aspcap", calibration=None)
+    table = trained.predict(test.flux[:n], test.error[:n], test.mask[:n], mc_samples=0)
+    truth = task_labels(test, TASK)[:n]
+    for k, label in enumerate(TASK.labels):
+        table[f"{label}_std_calibrated"] = table[f"{label}_std_total"]
+        table[f"{label}_true"] = truth[:, k]
+    table["APOGEE_ID"] = test.ids[:n]
+    return table
+
+
+def scorecard(run: Path, crb: pd.DataFrame, oracle_stars: int, payne_stars: int) -> pd.DataFrame:
     """crb_ratio and calibrated z spread per (model, label) from the test predictions; with
     `oracle_stars` and no oracle predictions, the oracle fitted here to that many test stars and
-    every model scored on those stars."""
+    every model scored on those stars; with `payne_stars` and no payne predictions, payne
+    predicted here (uncalibrated) on that many test stars."""
     predictions = {(m, "test"): read_predictions(run / f"results/predictions/{m}/aspcap/test.fits")
                    for m in MODELS if (run / f"results/predictions/{m}/aspcap/test.fits").exists()}
     if oracle_stars and ("oracle", "test") not in predictions:
@@ -87,6 +102,8 @@ def scorecard(run: Path, crb: pd.DataFrame, oracle_stars: int) -> pd.DataFrame:
         predictions = {key: table[table["APOGEE_ID"].isin(ids)].reset_index(drop=True)
                        for key, table in predictions.items()}
         predictions[("oracle", "test")] = oracle
+    if payne_stars and ("payne", "test") not in predictions:    # uncalibrated
+        predictions[("payne", "test")] = payne_subset(run, payne_stars)
     print("stars scored:", {m: len(t) for (m, _), t in predictions.items()})
     metrics = task_metrics(predictions, list(TASK.labels), "regression", "aspcap", crb)
     return metrics.pivot(index="label", columns="model",
@@ -117,14 +134,14 @@ def valid_chi2(run: Path) -> dict:
     return out
 
 
-def rates(run: Path, n_jacobian: int) -> dict:
-    """Payne test step (stars/s) on 256 test stars after a compiling call, and the implicit
-    Jacobian of n_jacobian stars (s, after compiling its chunk)."""
+def rates(run: Path, n_rate: int, n_jacobian: int) -> dict:
+    """Payne test step (stars/s) on n_rate test stars after a compiling call, and the implicit
+    Jacobian of n_jacobian stars (s, after compiling its chunk of 32)."""
     trained = stargrad.load(run / "results/models/payne/aspcap", calibration=None)
     test = load_split(run / "results/data/main/test.fits")
     x, x_err, _ = trained.inputs(test.flux, test.error, test.mask)
     apply = jax.jit(lambda p, xs, es: trained.model.apply(p, xs, x_err=es)["value"])
-    n = min(256, len(x))
+    n = min(n_rate, len(x))
     jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
     t0, c0 = time.perf_counter(), time.process_time()
     jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
@@ -163,7 +180,9 @@ def main() -> None:
     parser.add_argument("--run", type=Path, default=Path("."))
     parser.add_argument("--noise-free", type=int, default=0)
     parser.add_argument("--oracle-stars", type=int, default=0)
+    parser.add_argument("--payne-stars", type=int, default=0)
     parser.add_argument("--jacobian-stars", type=int, default=200)
+    parser.add_argument("--rate-stars", type=int, default=256)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--oracle-only", action="store_true",
                         help="fit and cache the oracle's test subset, then stop")
@@ -173,7 +192,7 @@ def main() -> None:
         return
     print(f"load average (1 min) before: {os.getloadavg()[0]:.2f}")
     crb = read_table(args.run / "results/truth/main/crb.fits", "CRB", what="CRB table")
-    card = scorecard(args.run, crb, args.oracle_stars)
+    card = scorecard(args.run, crb, args.oracle_stars, args.payne_stars)
     pd.set_option("display.width", 200)
     print(card.round(3).to_string())
     medians = card["crb_ratio"].median().round(3).to_dict()
@@ -183,7 +202,7 @@ def main() -> None:
     bench = args.run / "benchmarks/train/payne/aspcap.tsv"
     train_s = float(pd.read_csv(bench, sep="\t")["s"].iloc[0]) if bench.exists() else None
     print("payne training (benchmark file, s):", train_s)
-    speed = rates(args.run, args.jacobian_stars)
+    speed = rates(args.run, args.rate_stars, args.jacobian_stars)
     print("rates:", {k: round(v, 3) for k, v in speed.items()})
     result = {"crb_ratio": card["crb_ratio"].to_dict(), "median_crb_ratio": medians,
               "z_calibrated": card["z_mad_std_calibrated"].to_dict(), "valid_chi2": chi2,

@@ -125,6 +125,20 @@ def test_crb_ratio_reported_on_the_mock(run):
     assert test["crb_ratio"].notna().all() and (test["crb_ratio"] > 0.3).all()
 
 
+def test_oracle_row_first_and_chi2_fits_flag_convergence(run, config):
+    """The mock's oracle (the true forward model fitted by the shared solver) heads the aspcap
+    scorecard with a CRB ratio per label; every χ²-fitted family writes `converged`."""
+    card = pd.read_csv(run / "results/compare/aspcap/scorecard.csv")
+    assert card["model"].iloc[0] == "oracle"
+    oracle = card[card["model"] == "oracle"]
+    assert len(oracle) == 22 and oracle["crb_ratio"].notna().all()
+    for model, spec in config["models"].items():
+        if spec["family"] in ("cannon", "payne"):
+            pred = fitsio.read(str(run / f"results/predictions/{model}/aspcap/test.fits"),
+                               ext="PREDICTIONS")
+            assert "converged" in pred.dtype.names
+
+
 def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
     dry = snakemake(run, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr

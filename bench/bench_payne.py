@@ -35,7 +35,8 @@ import numpy as np
 import pandas as pd
 
 import stargrad
-from stargrad import apogee, attribution
+from stargrad import apogee
+from stargrad.attribution.jacobian import jacobian
 from stargrad.compare import task_metrics
 from stargrad.dataset import load_split, task_labels
 from stargrad.mock.forward import batch_spectra
@@ -148,9 +149,9 @@ def rates(run: Path, n_rate: int, n_jacobian: int) -> dict:
     wall, cpu = time.perf_counter() - t0, time.process_time() - c0
     out = {"test_step_stars_per_s": n / wall, "test_step_cpu_s_per_star": cpu / n}
     m = min(n_jacobian, len(x))
-    attribution.jacobian(trained.model, trained.params, x[:32], x_err=x_err[:32], chunk_size=32)
+    jacobian(trained.model, trained.params, x[:32], x_err=x_err[:32], chunk_size=32)
     t0, c0 = time.perf_counter(), time.process_time()
-    attribution.jacobian(trained.model, trained.params, x[:m], x_err=x_err[:m], chunk_size=32)
+    jacobian(trained.model, trained.params, x[:m], x_err=x_err[:m], chunk_size=32)
     out.update(jacobian_stars=m, jacobian_s=time.perf_counter() - t0,
                jacobian_cpu_s=time.process_time() - c0)
     return out

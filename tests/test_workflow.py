@@ -125,6 +125,20 @@ def test_crb_ratio_reported_on_the_mock(run):
     assert test["crb_ratio"].notna().all() and (test["crb_ratio"] > 0.3).all()
 
 
+def test_oracle_row_first_and_chi2_fits_flag_convergence(run, config):
+    """The mock's oracle (the true forward model fitted by the shared solver) heads the aspcap
+    scorecard with a CRB ratio per label; every χ²-fitted family writes `converged`."""
+    card = pd.read_csv(run / "results/compare/aspcap/scorecard.csv")
+    assert card["model"].iloc[0] == "oracle"
+    oracle = card[card["model"] == "oracle"]
+    assert len(oracle) == 22 and oracle["crb_ratio"].notna().all()
+    for model, spec in config["models"].items():
+        if spec["family"] in ("cannon", "payne"):
+            pred = fitsio.read(str(run / f"results/predictions/{model}/aspcap/test.fits"),
+                               ext="PREDICTIONS")
+            assert "converged" in pred.dtype.names
+
+
 def test_second_run_does_nothing_and_one_target_rebuilds_alone(run):
     dry = snakemake(run, "-n")
     assert "Nothing to be done" in dry.stdout + dry.stderr
@@ -191,8 +205,10 @@ CODE_EDITS = {
     # the HTTP side of real-data downloads: no rule of the mock run imports it (the survey I/O
     # the stages share lives in survey.py), so nothing reruns
     "the HTTP download code": ("src/stargrad/download.py", set(), set(), set()),
+    "the shared χ² solver": ("src/stargrad/solver.py", {"train", "predict", "attribute", "oracle"},
+                             {"compare_task", "plot_pred_vs_true"}, {"cannon", "payne"}),
     "the mock's forward model": ("src/stargrad/mock/forward.py",
-                                 {"mock_spectra", "mock_survey", "truth_products"},
+                                 {"mock_spectra", "mock_survey", "truth_products", "oracle"},
                                  {"select_split", "compile_dataset", "train", "predict",
                                   "attribute", "compare_task", "plot_pred_vs_true",
                                   "generative_reconstruction", "generative_latent_space",

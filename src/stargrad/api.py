@@ -56,7 +56,7 @@ class TrainedModel:
                 seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
         """Labels and uncertainties of spectra: one row per spectrum and, per label, the value
         and `<label>_std_model`, `_std_predictive`, `_std_total`, `_std_calibrated` (see
-        docs/ARCHITECTURE.md). Stochastic (MC-dropout) models average `mc_samples` dropout
+        docs/ARCHITECTURE.md); families that fit each star by χ² add `converged`. Stochastic (MC-dropout) models average `mc_samples` dropout
         masks drawn from `seed` and each star's ID in `ids` (default: its row number), so a
         star gets the same prediction in any batch (0 samples: one dropout-off pass)."""
         self._require_labels("predict")
@@ -72,6 +72,8 @@ class TrainedModel:
             columns[label] = out["value"][:, k] * self.norm.label_std[k] + self.norm.label_mean[k]
             for name in STD_COLUMNS:
                 columns[f"{label}_{name}"] = out[name][:, k] * self.norm.label_std[k]
+        if "converged" in out:
+            columns["converged"] = np.asarray(out["converged"], bool)
         return pd.DataFrame(columns)
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 from .apogee import ASPCAP_LABELS, is_missing
 from .attribution.files import read_jacobian_fits
 from .attribution.similarity import similarity_matrix
-from .predictions import mad_std, read_predictions
+from .predictions import ORACLE, mad_std, read_predictions
 from .plots import plot_metric_by_label, plot_ranking
 from .plots_attribution import plot_jacobian_comparison
 from .provenance import atomic_path
@@ -141,7 +141,7 @@ def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFra
     """One row per (model, label): test accuracy (MSE, mad_std, bias, per-class accuracy),
     calibration (z_mad_std raw and calibrated), the Cramér–Rao ratio, the cluster's recovered
     spread and, for differentiable models, attribution fidelity and window shares (own element,
-    Fe).
+    Fe). The oracle's rows (mock surveys) come first.
 
     `attribution` maps model -> {"fidelity": DataFrame(label, fidelity),
     "windows": window_shares DataFrame}."""
@@ -164,6 +164,7 @@ def scorecard(metrics: pd.DataFrame, attribution: dict[str, dict[str, pd.DataFra
                 out["share_own"] = win.loc[label, "share_own"]
                 out["share_Fe"] = win.loc[label, "Fe"] if "Fe" in win else np.nan
         rows.append(out)
+    rows.sort(key=lambda r: r["model"] != ORACLE)       # the measured ceiling first
     return pd.DataFrame(rows, columns=list(SCORECARD_COLUMNS))
 
 

@@ -5,6 +5,9 @@ mode and the generative stage's choices. Each error names the config key."""
 from __future__ import annotations
 
 from . import models
+from .predictions import ORACLE
+from .stages.oracle import check_oracle_task
+from .stages.predict import check_calibration_mode
 from .tasks import tasks_from_config
 from .train import TrainConfig
 from .trained import build_model
@@ -12,15 +15,6 @@ from .trained import build_model
 
 class ConfigError(ValueError):
     """A config entry that cannot work; the message names it."""
-
-
-def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") -> None:
-    """Calibration is fitted on the valid split and applied to test: with MC dropout both
-    must be predicted the same way (both in `mc_splits` or neither)."""
-    if calibrate and ("test" in mc_splits) != ("valid" in mc_splits):
-        raise ValueError(f"{where}: predict.calibrate fits on the valid split and applies to "
-                         f"test, so predict.mc_splits must list both or neither (it is "
-                         f"{sorted(mc_splits)}), or set predict.calibrate: false")
 
 
 def _check_model(name: str, spec: dict, tasks: dict) -> None:
@@ -75,6 +69,20 @@ def _check_generative(config: dict, tasks: dict) -> None:
         raise ConfigError(f"config: generative.regression_train: {exc}") from None
 
 
+def _check_oracle(config: dict, tasks: dict) -> None:
+    if ORACLE in config["models"]:
+        raise ConfigError(f"config: models.{ORACLE}: {ORACLE!r} is reserved (the mock's true "
+                          f"forward model, config key oracle); name the model otherwise")
+    for name in config["oracle"]["tasks"]:
+        if name not in tasks:
+            raise ConfigError(f"config: oracle.tasks: unknown task {name!r} (tasks are "
+                              f"{sorted(tasks)})")
+        try:
+            check_oracle_task(tasks[name])
+        except ValueError as exc:
+            raise ConfigError(f"config: oracle.tasks: {exc}") from None
+
+
 def check_config(config: dict) -> None:
     """Raise ConfigError naming the first entry of a schema-valid config that cannot work."""
     try:
@@ -94,6 +102,7 @@ def check_config(config: dict) -> None:
             raise ConfigError(f"config: models.{name}.tasks: unknown tasks {unknown} (tasks are "
                               f"{sorted(tasks)})")
         _check_model(name, spec, tasks)
+    _check_oracle(config, tasks)
     predict = config["predict"]
     try:
         check_calibration_mode(predict["calibrate"], predict["mc_splits"])

@@ -42,11 +42,15 @@ def _with_total(out: dict) -> dict:
 
 
 def _deterministic(model, params, x, x_err=None) -> dict:
+    """One dropout-off pass: std_predictive from `log_var`, std_model from `log_var_model`
+    (a χ² fit's measurement-noise variance, the Payne), 0 where absent; a per-star
+    `converged` flag passes through."""
     out = model.apply(params, x, None, x_err=x_err)
-    std_predictive = (jnp.exp(0.5 * out["log_var"]) if "log_var" in out
-                      else jnp.zeros_like(out["value"]))
-    return _with_total({"value": out["value"], "std_model": jnp.zeros_like(out["value"]),
-                        "std_predictive": std_predictive})
+    zeros = jnp.zeros_like(out["value"])
+    std = {name: jnp.exp(0.5 * out[key]) if key in out else zeros
+           for name, key in (("std_predictive", "log_var"), ("std_model", "log_var_model"))}
+    extra = {"converged": out["converged"]} if "converged" in out else {}
+    return _with_total({"value": out["value"], **std, **extra})
 
 
 @functools.lru_cache(maxsize=32)

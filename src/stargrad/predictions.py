@@ -1,7 +1,9 @@
 """The predictions file contract: one PREDICTIONS table per (model, task, split), physical units.
 
 Columns: APOGEE_ID, then per label `<l>` (value), `<l>_std_model`, `<l>_std_predictive`,
-`<l>_std_total`, `<l>_std_calibrated` and `<l>_true` (the catalogue value, −9999 when missing).
+`<l>_std_total`, `<l>_std_calibrated` and `<l>_true` (the catalogue value, −9999 when missing);
+then `converged` (bool) for families that fit each star by χ² (`stargrad.solver`): False marks a
+fit that did not converge.
 """
 from __future__ import annotations
 
@@ -11,6 +13,11 @@ import pandas as pd
 
 from .provenance import atomic_path
 from .survey import read_table
+
+#: The model name of the mock's oracle (the true forward model fitted by χ², `stages.oracle`):
+#: reserved, and first in every scorecard.
+ORACLE = "oracle"
+
 
 #: 1 / Φ⁻¹(3/4): the median absolute deviation of a normal distribution is σ / 1.4826...
 MAD_TO_STD = 1.482602218505602
@@ -38,6 +45,8 @@ def write_predictions(path, ids, predicted: pd.DataFrame, truth: np.ndarray, lab
         for name in (label, *(f"{label}_{s}" for s in STD_COLUMNS)):
             columns[name] = predicted[name].to_numpy(np.float64)
         columns[f"{label}_true"] = np.asarray(truth[:, k], np.float64)
+    if "converged" in predicted:
+        columns["converged"] = predicted["converged"].to_numpy(bool)
     table = np.empty(len(ids), dtype=[(n, v.dtype) for n, v in columns.items()])
     for n, v in columns.items():
         table[n] = v

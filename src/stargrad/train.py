@@ -11,6 +11,9 @@ Calling conventions for family authors:
   (dropout off), so the validation loss is the same every time it is computed;
 - a family with `model.init_data` gets its initial parameters from `init_data(train, key)`
   (the training batch dict) instead of `init(key)`: data-derived constants such as a PCA basis;
+- a family with `model.finish` gets the best parameters through `finish(params, train, valid)`
+  after the loop: constants measured with the trained model (the Payne's emulator scatter
+  from validation residuals);
 - a top-level `"frozen"` entry of a params dict is never updated (its updates are zeroed
   after the optimizer, weight decay included): constants the loss reads but does not train.
 """
@@ -553,4 +556,6 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     if sched["stopped"]:
         log(f"early stopping after epoch {sched['epoch']}")
     log(f"best valid_loss {sched['best_valid']:.6g} at epoch {sched['best_epoch']}")
+    if model.finish is not None:
+        best_params = model.finish(best_params, train, valid)
     return best_params, _history_frame(history)

@@ -28,6 +28,7 @@ ALLSTAR = f"{SURVEY_ROOT}/allStar-dr17-synspec_rev1.fits"
 ALLSTAR_VERIFIED = f"{SURVEY_ROOT}/manifests/allStar.sha1"
 N_CHUNKS = config["survey"]["sas"]["n_chunks"]
 SPLITS = ["train", "valid", "test", "cluster"]
+ORACLE_SPLITS = ["valid", "test"]     # valid for the oracle's calibration, test for its score
 DATASETS = list(config["datasets"])
 TASKS = tasks_from_config(config)
 MODELS = config["models"]
@@ -283,8 +284,18 @@ def differentiable_models_of_task(task):
     return [m for m in models_of_task(task) if TRAITS[m].differentiable]
 
 
+def oracle_tasks():
+    """Tasks given an oracle row: mock surveys only (the true forward model is the mock's)."""
+    return config["oracle"]["tasks"] if SURVEY_SOURCE == "mock" else []
+
+
+def oracle_predictions(task):
+    return (expand("results/predictions/oracle/{task}/{split}.fits", task=task,
+                   split=ORACLE_SPLITS) if task in oracle_tasks() else [])
+
+
 def all_targets():
-    targets = []
+    targets = [f"results/predictions/oracle/{t}/calibration.csv" for t in oracle_tasks()]
     for model, task in model_task_pairs():
         targets += expand("results/predictions/{model}/{task}/{split}.fits", model=model,
                           task=task, split=SPLITS)

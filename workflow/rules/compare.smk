@@ -6,7 +6,7 @@ rule compare_task:
     input:
         predictions=lambda wc: expand("results/predictions/{model}/{task}/{split}.fits",
                                       model=models_of_task(wc.task), task=wc.task,
-                                      split=task_splits(wc.task)),
+                                      split=task_splits(wc.task)) + oracle_predictions(wc.task),
         crb=lambda wc: f"results/truth/{task_dataset(wc)}/crb.fits" if has_truth(wc.task) else [],
         jacobians=lambda wc: expand("results/attribution/{model}/{task}/jacobian.fits",
                                     model=differentiable_models_of_task(wc.task), task=wc.task),

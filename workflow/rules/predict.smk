@@ -33,3 +33,35 @@ rule predict:
         environment("predict")
     script:
         "../../scripts/predict_splits.py"
+
+
+if SURVEY_SOURCE == "mock":
+
+    rule oracle:
+        input:
+            train=lambda wc: f"results/data/{task_dataset(wc)}/train.fits",
+            splits=lambda wc: expand("results/data/{dataset}/{split}.fits",
+                                     dataset=task_dataset(wc), split=ORACLE_SPLITS),
+        output:
+            splits=expand("results/predictions/oracle/{{task}}/{split}.fits",
+                          split=ORACLE_SPLITS),
+            calibration="results/predictions/oracle/{task}/calibration.csv",
+        params:
+            **jax_params("oracle"),
+            task_spec=lambda wc: config["tasks"][wc.task],
+            settings=config["oracle"],
+            config_hash=lambda wc: config_digest(*dataset_entries(task_dataset(wc)),
+                                                 ("tasks", wc.task), ("oracle",)),
+            code=code_hash("oracle_predictions.py"),
+        log:
+            "logs/oracle/{task}.log",
+        benchmark:
+            "benchmarks/oracle/{task}.tsv"
+        threads: 2
+        resources:
+            mem_mb=4000,
+            runtime=minutes(30, 0.2),
+        conda:
+            environment("oracle")
+        script:
+            "../../scripts/oracle_predictions.py"

@@ -26,6 +26,7 @@ class Model(NamedTuple):
     stochastic: bool = False
     input_norm: str = "mean"
     init_data: Callable | None = None
+    finish: Callable | None = None
 
 
 @lru_cache(maxsize=1)

@@ -20,7 +20,7 @@ polynomial terms. The scatter's likelihood uses residuals scaled by N_p/(N_p −
 leverage of a star is T/N_p), so that a pixel the polynomial fits exactly gets s_p ≈ the
 residual spread rather than an overfit fraction of it.
 
-Test step (`apply`), star by star: the labels minimising χ²(ℓ) = Σ_p (x_p − f_p(ℓ))² / (σ_p² +
+Test step (`apply`), star by star, with the shared solver (`stargrad.solver`): the labels minimising χ²(ℓ) = Σ_p (x_p − f_p(ℓ))² / (σ_p² +
 s_p²) + |ℓ|²/τ², jittable and vmapped, in a fixed number of iterations: `n_iter` Gauss-Newton
 Levenberg-Marquardt iterations from each of two starting points — the least-squares labels of
 an order-1 Cannon fitted alongside (linear in ℓ, so solved exactly) and the training label
@@ -35,10 +35,11 @@ a quadratic form in v(ℓ) whose T × T matrix ΘᵀC⁻¹Θ is formed once per 
 Outputs (standardized label units): `value` (B, K); `log_var` (B, K), log of the diagonal of the
 formal covariance (AᵀC⁻¹A + I/τ²)⁻¹ at the optimum, A = ∂f/∂ℓ (P, K), C = diag(σ_p² + s_p²)
 (the inverse Fisher matrix when the data dominate the prior); `chi2` (B,), the χ² of the
-spectrum at `value` (prior term excluded); `chi2_red` (B,), chi2 / (unmasked pixels − K).
+spectrum at `value` (prior term excluded); `chi2_red` (B,), chi2 / (unmasked pixels − K);
+`converged` (B,) bool, `solver.converged` at `value`.
 
 Derivatives. With `implicit` (default) the labels are differentiated through the optimality
-condition g(ℓ*, x) = ∇_ℓ ½χ² = 0 (implicit function theorem, `jax.lax.custom_root`):
+condition g(ℓ*, x) = ∇_ℓ ½χ² = 0 (`solver.implicit_solution`):
 dℓ*/dx = H⁻¹ AᵀC⁻¹ with H = AᵀC⁻¹A + I/τ² − 2 Σ_p r_p Q_p / (σ_p² + s_p²), Q_p the symmetric
 matrix of the pixel's quadratic terms and r the residual; at zero residual (and τ → ∞) this is
 the efficient estimator (AᵀC⁻¹A)⁻¹AᵀC⁻¹, and it is what differentiating the iterations gives
@@ -54,7 +55,7 @@ treats no pixel as masked, so masked pixels should hold the training mean — wh
 with input_norm "mean" (0), and why this family uses it rather than "none" (masked pixels are
 0 flux there, a line as deep as the continuum). Pixels with fewer than T + 1 unmasked training
 stars cannot be fitted and get s_p = +inf, i.e. weight 0 at test time. Variances are floored at
-MIN_VARIANCE.
+`solver.MIN_VARIANCE`.
 
 Missing labels (`missing_labels`). "infer" (default): fit on the stars with every label, infer
 only the missing labels of the other stars with the test step holding their known labels fixed,
@@ -79,6 +80,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from .. import solver
+from ..solver import fit_scatter, inverse_variance, prototype_labels, typical_flux_var
 from ..losses import label_loss
 from . import Model, Traits
 
@@ -86,16 +89,12 @@ TRAITS = Traits(uses_flux_errors=True)
 
 ORDERS = (1, 2)
 MISSING_LABELS = ("infer", "drop")
-#: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
-MIN_VARIANCE = 1e-12
 #: Relative diagonal jitter of the per-pixel normal equations (in the orthonormal basis their
 #: condition number is the spread of the weights, far below 1/JITTER).
 JITTER = 1e-7
 #: Singular values of the scaled label vectors below this fraction of the largest are dropped
 #: (an exactly duplicated or constant label): the fit takes the minimum-norm coefficients.
 RANK_TOL = 1e-8
-LM_DAMPING = 1e-3       # initial Levenberg-Marquardt damping, relative to diag(H)
-BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
 
 
 # --------------------------------------------------------------------------- label vectors
@@ -157,12 +156,6 @@ def flux_errors(error, mask, input_std=1.0) -> np.ndarray:
     error = np.asarray(error, np.float64) / np.asarray(input_std, np.float64)
     bad = np.asarray(mask, bool) | ~np.isfinite(error) | (error <= 0)
     return np.where(bad, np.inf, error).astype(np.float32)
-
-
-def inverse_variance(flux_var, scatter):
-    """1 / (σ² + s²) with σ², s² ≥ 0 and either possibly +inf (weight 0), floored variance."""
-    total = flux_var + jnp.square(scatter)
-    return jnp.where(jnp.isfinite(total), 1.0 / jnp.maximum(total, MIN_VARIANCE), 0.0)
 
 
 # --------------------------------------------------------------------------- training step
@@ -288,36 +281,6 @@ def unscale(scaled, design: Design) -> np.ndarray:
     theta = scaled / design.scale
     theta[:, 0] = scaled[:, 0] - theta[:, 1:] @ design.mean[1:]
     return theta
-
-
-@partial(jax.jit, static_argnames="n_terms_")
-def fit_scatter(resid_t, flux_var_t, n_terms_: int):
-    """Maximum-likelihood intrinsic variance s² (P,) of each pixel from residuals (P, N) and
-    flux variances σ² (P, N) (+inf: masked): the root of Σ_n (c r_n² − σ_n² − s²)/(σ_n² + s²)²
-    with c = N_p/(N_p − T), by bisection in log s² (0 when the residuals are within the flux
-    errors); +inf for pixels with N_p ≤ T unmasked stars."""
-    good = jnp.isfinite(flux_var_t)
-    n_good = good.sum(axis=1)
-    dof = n_good / jnp.maximum(n_good - n_terms_, 1)
-    r2 = jnp.where(good, jnp.square(resid_t), 0.0) * dof[:, None]
-    var = jnp.where(good, flux_var_t, 1.0)
-
-    def slope(log_s2):      # the likelihood's derivative in s², up to a positive factor
-        w = jnp.where(good, 1.0 / jnp.maximum(var + jnp.exp(log_s2)[:, None], MIN_VARIANCE), 0.0)
-        return jnp.sum(w * (w * r2 - 1.0), axis=1)
-
-    lo = jnp.full(n_good.shape, jnp.log(MIN_VARIANCE), jnp.float32)
-    hi = jnp.log(jnp.maximum(r2.max(axis=1), 2.0 * MIN_VARIANCE))
-
-    def bisect(_, bracket):
-        lo, hi = bracket
-        mid = 0.5 * (lo + hi)
-        rising = slope(mid) > 0
-        return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
-
-    lo, hi = lax.fori_loop(0, BISECTION_STEPS, bisect, (lo, hi))
-    s2 = jnp.where(slope(lo) > 0, jnp.exp(0.5 * (lo + hi)), 0.0)
-    return jnp.where(n_good > n_terms_, s2, jnp.inf)
 
 
 def fit_pixels(labels, flux_t, flux_var_t, *, order: int, scatter: bool, scatter_iter: int,
@@ -446,44 +409,9 @@ def _objective(form: ChiSquare, labels, prior_prec, order: int):
     return obj, h, _curvature(q, labels.shape[0], order), g
 
 
-def _scaled_solve(h, g, free, damping=0.0, scale=None):
-    """δ solving (H_ff + λ diag(scale)_ff) δ_f = g_f with δ = 0 at fixed labels (free False);
-    `scale` (default H) also sets the Jacobi scaling of the solve (labels differ by orders of
-    magnitude in how well the flux constrains them)."""
-    scale = h if scale is None else scale
-    d = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(scale)), 1e-30))
-    hs = h / jnp.outer(d, d) + damping * jnp.eye(h.shape[0], dtype=h.dtype)
-    both = free[:, None] & free[None, :]
-    hs = jnp.where(both, hs, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
-    return jnp.linalg.solve(hs, jnp.where(free, g / d, 0.0)) / d
-
-
-def levenberg_marquardt(form: ChiSquare, start, free, prior_prec, order: int, n_iter: int,
-                        newton: bool = False):
-    """Labels (K,) and objective after `n_iter` Levenberg-Marquardt iterations from `start`.
-
-    Steps solve (H + λ diag H) δ = g (Gauss-Newton), or with `newton` (H + S + λ diag H) δ = g,
-    S the residual curvature: far from the optimum H + S can be indefinite and Gauss-Newton is
-    the robust choice, but near it the model misfit makes S comparable to H and Gauss-Newton
-    converges only linearly (about halving the step each iteration) where Newton converges
-    quadratically. λ starts at LM_DAMPING, ÷10 on an accepted step and ×10 on a rejected one;
-    only `free` labels move."""
-    obj, h, curv, g = _objective(form, start, prior_prec, order)
-    use_curv = 1.0 if newton else 0.0
-
-    def step(state, _):
-        labels, obj, h, curv, g, damping = state
-        trial = labels + _scaled_solve(h + use_curv * curv, g, free, damping, scale=h)
-        obj_t, h_t, curv_t, g_t = _objective(form, trial, prior_prec, order)
-        better = obj_t < obj
-        pick = lambda new, old: jnp.where(better, new, old)
-        return (pick(trial, labels), pick(obj_t, obj), pick(h_t, h), pick(curv_t, curv),
-                pick(g_t, g), jnp.where(better, damping * 0.1, damping * 10.0)), None
-
-    damping = jnp.asarray(LM_DAMPING, obj.dtype)
-    state = (start, obj, h, curv, g, damping)
-    (labels, obj, *_), _ = lax.scan(step, state, None, length=n_iter)
-    return labels, obj
+def _objective_of(form: ChiSquare, prior_prec, order: int):
+    """The `solver` objective of one star: labels -> `_objective(form, labels, ...)`."""
+    return lambda labels: _objective(form, labels, prior_prec, order)
 
 
 def linear_estimate(theta1, x, inv_var1, known, free, prior_prec):
@@ -492,7 +420,7 @@ def linear_estimate(theta1, x, inv_var1, known, free, prior_prec):
     start = jnp.where(free, 0.0, known)
     form = chi_square(theta1, x, inv_var1, start, 1)
     _, h, _, g = _objective(form, start, prior_prec, 1)
-    return start + _scaled_solve(h, g, free)
+    return start + solver.scaled_solve(h, g, free)
 
 
 def prototype_start(proto_flux, proto_flux2, prototypes, x, inv_var):
@@ -505,28 +433,22 @@ def prototype_start(proto_flux, proto_flux2, prototypes, x, inv_var):
 
 def best_labels(theta, x, inv_var, form: ChiSquare, linear, prototype, known, free, prior_prec,
                 order: int, n_iter: int, n_polish: int):
-    """One star's test step: `n_iter` Levenberg-Marquardt iterations from the order-1 estimate
-    `linear` (the reference of `form`) and from the best training `prototype`; then `n_polish`
-    more from the better one with χ² referenced there, so that the last steps compare χ² values
-    whose float32 rounding is far below their differences. Labels (K,); only `free` move."""
+    """One star's test step: `n_iter` Levenberg-Marquardt iterations (`solver`) from the order-1
+    estimate `linear` (the reference of `form`) and from the best training `prototype`; then
+    `n_polish` Newton iterations from the better one with χ² referenced there, so that the last
+    steps compare χ² values whose float32 rounding is far below their differences. Labels (K,);
+    only `free` move."""
     starts = jnp.stack([linear, jnp.where(free, prototype, known)])
-    labels, objs = jax.vmap(
-        lambda s: levenberg_marquardt(form, s, free, prior_prec, order, n_iter))(starts)
-    best = labels[jnp.argmin(objs)]
+    best, _ = solver.best_of_starts(_objective_of(form, prior_prec, order), starts, free, n_iter)
     near = chi_square(theta, x, inv_var, best, order, m=form.m)
-    return levenberg_marquardt(near, best, free, prior_prec, order, n_polish, newton=True)[0]
+    return solver.levenberg_marquardt(_objective_of(near, prior_prec, order), best, free,
+                                      n_polish, newton=True)[0]
 
 
 def _model_flux(theta, labels, n_labels: int, order: int):
     """f(ℓ) (P,) and A = ∂f/∂ℓ (P, K) directly from the pixels (for derivatives)."""
     poly = polynomial(theta, n_labels, order)
     return flux_and_gradient(poly, labels)
-
-
-def _tangent_solve(linear_fn, y):
-    """Solve H z = y for the implicit derivative, H the Jacobian of the optimality condition."""
-    h = jax.jacfwd(linear_fn)(y)
-    return _scaled_solve(h, y, jnp.ones(y.shape, bool))
 
 
 def implicit_labels(theta, x, inv_var, form: ChiSquare, linear, prototype, prior_prec,
@@ -540,22 +462,23 @@ def implicit_labels(theta, x, inv_var, form: ChiSquare, linear, prototype, prior
         f, a = _model_flux(theta, labels, n_labels, order)
         return prior_prec * labels - a.T @ (inv_var * (x - f))
 
-    def solve(_, guess):
+    def solve(_):
         return best_labels(theta, x, inv_var, form, linear, prototype, known, free, prior_prec,
                            order, n_iter, n_polish)
 
-    return lax.custom_root(optimality, known, solve, _tangent_solve)
+    return solver.implicit_solution(optimality, solve, known)
 
 
-def star_result(form: ChiSquare, labels, n_pixels, prior_prec, order: int) -> dict:
+def star_result(form: ChiSquare, labels, n_pixels, free, prior_prec, order: int) -> dict:
     """Outputs of one star at its labels: value, log_var (log diag of the formal covariance
-    (AᵀC⁻¹A + I/τ²)⁻¹), chi2 (prior term excluded) and chi2_red = chi2 / (n_pixels − K)."""
-    obj, h, _, _ = _objective(form, labels, prior_prec, order)
-    d = jnp.sqrt(jnp.diagonal(h))
-    var = jnp.diagonal(jnp.linalg.inv(h / jnp.outer(d, d))) / jnp.square(d)
+    (AᵀC⁻¹A + I/τ²)⁻¹), chi2 (prior term excluded), chi2_red = chi2 / (n_pixels − K) and
+    converged (`solver.converged`)."""
+    objective = _objective_of(form, prior_prec, order)
+    obj, h, _, _ = objective(labels)
     chi2 = obj - prior_prec * jnp.sum(labels * labels)
-    return {"value": labels, "log_var": jnp.log(var), "chi2": chi2,
-            "chi2_red": chi2 / jnp.maximum(n_pixels - labels.shape[0], 1)}
+    return {"value": labels, "log_var": jnp.log(jnp.diagonal(solver.covariance(h))),
+            "chi2": chi2, "chi2_red": chi2 / jnp.maximum(n_pixels - labels.shape[0], 1),
+            "converged": solver.converged(objective, labels, free)}
 
 
 # --------------------------------------------------------------------------- batches of stars
@@ -599,7 +522,7 @@ def test_step(params, x, x_err=None, *, order: int, n_iter: int, n_polish: int,
             labels = best_labels(theta, xs, w, form, linear, proto, kn, fr, prior_prec, order,
                                  n_iter, n_polish)
         final = chi_square(theta, xs, w, labels, order, m=form.m)
-        return star_result(final, labels, jnp.sum(w > 0), prior_prec, order)
+        return star_result(final, labels, jnp.sum(w > 0), fr, prior_prec, order)
 
     args = (x, inv_var, inv_var1)
     if known is not None:
@@ -634,22 +557,6 @@ def training_flux_var(batch: dict) -> np.ndarray:
     if "pixel_valid" in batch:
         var = np.where(np.asarray(batch["pixel_valid"], bool), var, np.inf)
     return var.astype(np.float32)
-
-
-def typical_flux_var(flux_var) -> np.ndarray:
-    """Per-pixel median over stars of the finite flux variances (P,); +inf where none is."""
-    finite = np.where(np.isfinite(flux_var), flux_var, np.nan)
-    seen = np.isfinite(finite).any(axis=0)
-    typical = np.full(finite.shape[1], np.inf)
-    typical[seen] = np.nanmedian(finite[:, seen], axis=0)
-    return typical
-
-
-def prototype_labels(labels, n_prototypes: int) -> np.ndarray:
-    """(J, K) starting points for the test step: the training mean (0) and up to
-    `n_prototypes` − 1 training label vectors, evenly spaced through the training set."""
-    rows = np.unique(np.linspace(0, len(labels) - 1, max(n_prototypes - 1, 0)).astype(int))
-    return np.concatenate([np.zeros((1, labels.shape[1])), labels[rows]])
 
 
 def _parameters(labels, flux_t, var_t, theta, s2, flux_var, *, scatter: bool, scatter_iter: int,

@@ -16,6 +16,15 @@ from ..provenance import atomic_path, header_cards
 from ..tasks import Task
 
 
+def check_calibration_mode(calibrate: bool, mc_splits, where: str = "config") -> None:
+    """Calibration is fitted on the valid split and applied to test: with MC dropout both
+    must be predicted the same way (both in `mc_splits` or neither)."""
+    if calibrate and ("test" in mc_splits) != ("valid" in mc_splits):
+        raise ValueError(f"{where}: predict.calibrate fits on the valid split and applies to "
+                         f"test, so predict.mc_splits must list both or neither (it is "
+                         f"{sorted(mc_splits)}), or set predict.calibrate: false")
+
+
 def calibration_scales(predicted: pd.DataFrame, truth: np.ndarray, labels,
                        min_stars: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """Per-label variance-scaling factors (Laves et al. 2020 "sigma scaling", robust): the

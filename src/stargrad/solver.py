@@ -1,0 +1,282 @@
+"""Labels of a spectrum by χ² minimisation: one damped Gauss-Newton / Levenberg-Marquardt solver
+for every forward model (the Cannon's polynomial, the Payne's emulator, the mock's true
+generator), with box bounds, several starts, a convergence flag, the formal covariance and the
+implicit derivative of the labels in the flux.
+
+The problem. For one star of flux x (P,) with per-pixel inverse variances w (P,) (0 at masked
+pixels) and a differentiable flux model f(ℓ) (P,) of labels ℓ (K,), the labels minimise
+
+    χ²(ℓ) + |ℓ − μ|²/τ²,   χ²(ℓ) = Σ_p w_p (x_p − f_p(ℓ))²,
+
+inside a box lower ≤ ℓ ≤ upper; the optional weak Gaussian prior (precision 1/τ², about μ)
+keeps a label the spectrum does not constrain at μ with a formal error ≈ τ. With A = ∂f/∂ℓ
+(P, K) and r = x − f: g = −½∇ = Aᵀ W r − (ℓ − μ)/τ², the Gauss-Newton matrix H = AᵀWA + I/τ²,
+and the Newton matrix H + S with the residual curvature S = −Σ_p w_p r_p ∇²f_p.
+
+Any model enters through an *objective*: `objective(labels) -> (value, H, S, g)` as above
+(`flux_objective` builds it from `flux_fn(labels) -> (P,)` with one forward-mode Jacobian per
+evaluation and S = 0; the Cannon builds its own, O(T²) per evaluation, in models/cannon.py).
+
+Iterations (`levenberg_marquardt`): δ solves (H + λ diag H) δ = g in Jacobi-scaled form (labels
+differ by orders of magnitude in how well the flux constrains them: Teff in K, abundances in
+dex), the trial ℓ + δ is clipped to the box and kept if it lowers the objective; λ starts at
+LM_DAMPING, ÷10 on an accepted step and ×10 on a rejected one (within DAMPING_RANGE). A fixed number of iterations, so
+everything jits and vmaps over stars. `best_of_starts` runs them from several starts and keeps
+the one of least objective.
+
+Convergence (`converged`): the Newton decrement gᵀH⁻¹g over the labels not held at a bound
+(the objective's predicted further decrease, χ² units) is below `tol` and the objective finite.
+A star that does not converge is flagged, never an error.
+
+Pixel weights: `inverse_variance` 1/(σ² + s²) with a model's intrinsic scatter s, fitted by
+maximum likelihood from residuals (`fit_scatter`); starts from training labels
+(`prototype_labels`).
+
+Formal covariance: H⁻¹ = (AᵀWA + I/τ²)⁻¹ at the solution (the inverse Fisher matrix when the
+data dominate the prior).
+
+Derivative (`implicit_solution`): the labels are differentiated through the optimality
+condition ∇(χ² + |ℓ − μ|²/τ²) = 0 by the implicit function theorem (`jax.lax.custom_root`):
+dℓ/dx = (H + S)⁻¹ AᵀW, which at zero residual is the efficient estimator (AᵀWA + I/τ²)⁻¹AᵀW
+and is what differentiating the converged iterations gives. A label held at a bound gets the
+unconstrained derivative.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+LM_DAMPING = 1e-3       # initial Levenberg-Marquardt damping, relative to diag(H)
+#: λ stays in this range: a long run of rejected (or accepted) steps at the optimum must not
+#: overflow (underflow) it in float32.
+DAMPING_RANGE = (1e-12, 1e12)
+#: Newton decrement gᵀH⁻¹g (χ² units) below which a fit counts as converged: the optimum is
+#: within about sqrt(tol) = 0.1 formal standard deviations.
+CONVERGENCE_TOL = 1e-2
+#: Smallest eigenvalue of the Jacobi-scaled H kept by `covariance`, relative to the largest
+#: (about float32 resolution).
+EIGEN_FLOOR = 1e-7
+#: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
+MIN_VARIANCE = 1e-12
+BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
+
+
+# --------------------------------------------------------------------------- pixel weights
+
+def inverse_variance(flux_var, scatter):
+    """1 / (σ² + s²) with σ², s² ≥ 0 and either possibly +inf (weight 0), floored variance."""
+    total = flux_var + jnp.square(scatter)
+    return jnp.where(jnp.isfinite(total), 1.0 / jnp.maximum(total, MIN_VARIANCE), 0.0)
+
+
+def typical_flux_var(flux_var) -> np.ndarray:
+    """Per-pixel median over stars of the finite flux variances (P,); +inf where none is."""
+    finite = np.where(np.isfinite(flux_var), flux_var, np.nan)
+    seen = np.isfinite(finite).any(axis=0)
+    typical = np.full(finite.shape[1], np.inf)
+    typical[seen] = np.nanmedian(finite[:, seen], axis=0)
+    return typical
+
+
+@partial(jax.jit, static_argnames="n_terms_")
+def fit_scatter(resid_t, flux_var_t, n_terms_: int):
+    """Maximum-likelihood intrinsic variance s² (P,) of each pixel from residuals (P, N) and
+    flux variances σ² (P, N) (+inf: masked): the root of Σ_n (c r_n² − σ_n² − s²)/(σ_n² + s²)²
+    with c = N_p/(N_p − T), by bisection in log s² (0 when the residuals are within the flux
+    errors); +inf for pixels with N_p ≤ T unmasked stars."""
+    good = jnp.isfinite(flux_var_t)
+    n_good = good.sum(axis=1)
+    dof = n_good / jnp.maximum(n_good - n_terms_, 1)
+    r2 = jnp.where(good, jnp.square(resid_t), 0.0) * dof[:, None]
+    var = jnp.where(good, flux_var_t, 1.0)
+
+    def slope(log_s2):      # the likelihood's derivative in s², up to a positive factor
+        w = jnp.where(good, 1.0 / jnp.maximum(var + jnp.exp(log_s2)[:, None], MIN_VARIANCE), 0.0)
+        return jnp.sum(w * (w * r2 - 1.0), axis=1)
+
+    lo = jnp.full(n_good.shape, jnp.log(MIN_VARIANCE), jnp.float32)
+    hi = jnp.log(jnp.maximum(r2.max(axis=1), 2.0 * MIN_VARIANCE))
+
+    def bisect(_, bracket):
+        lo, hi = bracket
+        mid = 0.5 * (lo + hi)
+        rising = slope(mid) > 0
+        return jnp.where(rising, mid, lo), jnp.where(rising, hi, mid)
+
+    lo, hi = lax.fori_loop(0, BISECTION_STEPS, bisect, (lo, hi))
+    s2 = jnp.where(slope(lo) > 0, jnp.exp(0.5 * (lo + hi)), 0.0)
+    return jnp.where(n_good > n_terms_, s2, jnp.inf)
+
+
+def prototype_labels(labels, n_prototypes: int) -> np.ndarray:
+    """(J, K) candidate starting points of standardized labels: the training mean (0) and up to
+    `n_prototypes` − 1 training label vectors (N, K), evenly spaced through the training set."""
+    rows = np.unique(np.linspace(0, len(labels) - 1, max(n_prototypes - 1, 0)).astype(int))
+    return np.concatenate([np.zeros((1, labels.shape[1])), labels[rows]])
+
+
+# --------------------------------------------------------------------------- iterations
+
+def scaled_solve(h, g, free, damping=0.0, scale=None):
+    """δ solving (H_ff + λ diag(scale)_ff) δ_f = g_f with δ = 0 at fixed labels (free False);
+    `scale` (default H) also sets the Jacobi scaling of the solve."""
+    scale = h if scale is None else scale
+    d = jnp.sqrt(jnp.maximum(jnp.abs(jnp.diagonal(scale)), 1e-30))
+    hs = h / jnp.outer(d, d) + damping * jnp.eye(h.shape[0], dtype=h.dtype)
+    both = free[:, None] & free[None, :]
+    hs = jnp.where(both, hs, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
+    return jnp.linalg.solve(hs, jnp.where(free, g / d, 0.0)) / d
+
+
+def covariance(h):
+    """H⁻¹ (K, K) of a symmetric positive semi-definite H, Jacobi-scaled and inverted through
+    its eigenvalues, floored at EIGEN_FLOOR of the largest: a direction the data (nearly) leave
+    free gets a large, finite, positive variance instead of a rounding-error sign."""
+    d = jnp.sqrt(jnp.maximum(jnp.diagonal(h), 1e-30))
+    eig, vec = jnp.linalg.eigh(h / jnp.outer(d, d))
+    eig = jnp.maximum(eig, EIGEN_FLOOR * jnp.max(eig))
+    return (vec / eig) @ vec.T / jnp.outer(d, d)
+
+
+def _clip(labels, lower, upper):
+    return labels if lower is None else jnp.clip(labels, lower, upper)
+
+
+def _inside(free, labels, g, lower, upper):
+    """`free` without the labels held at a bound by a gradient pointing out of the box (the
+    active set: the step of the others must not assume those move)."""
+    if lower is None:
+        return free
+    return free & ~(((labels <= lower) & (g < 0)) | ((labels >= upper) & (g > 0)))
+
+
+def levenberg_marquardt(objective: Callable, start, free, n_iter: int, *, newton: bool = False,
+                        lower=None, upper=None):
+    """Labels (K,) and objective value after `n_iter` Levenberg-Marquardt iterations from
+    `start`; only `free` labels move, and stay inside [lower, upper] (None: unbounded): a label
+at a bound whose gradient points out of the box is held there for the step.
+
+    Steps solve (H + λ diag H) δ = g (Gauss-Newton), or with `newton` (H + S + λ diag H) δ = g:
+    far from the optimum H + S can be indefinite and Gauss-Newton is the robust choice, but
+    near it the model misfit can make S comparable to H, where Newton converges quadratically
+    and Gauss-Newton only linearly."""
+    obj, h, curv, g = objective(start)
+    use_curv = 1.0 if newton else 0.0
+
+    def step(state, _):
+        labels, obj, h, curv, g, damping = state
+        delta = scaled_solve(h + use_curv * curv, g, _inside(free, labels, g, lower, upper),
+                             damping, scale=h)
+        trial = _clip(labels + delta, lower, upper)
+        obj_t, h_t, curv_t, g_t = objective(trial)
+        better = obj_t < obj
+        pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
+        return (pick(trial, labels), pick(obj_t, obj), pick(h_t, h), pick(curv_t, curv),
+                pick(g_t, g), jnp.clip(jnp.where(better, damping * 0.1, damping * 10.0),
+                                       *DAMPING_RANGE)), None
+
+    damping = jnp.asarray(LM_DAMPING, obj.dtype)
+    (labels, obj, *_), _ = lax.scan(step, (start, obj, h, curv, g, damping), None,
+                                    length=n_iter)
+    return labels, obj
+
+
+def best_of_starts(objective: Callable, starts, free, n_iter: int, *, lower=None, upper=None):
+    """(labels (K,), objective) of the least objective after `n_iter` iterations from each row of
+    `starts` (S, K) (clipped to the box first)."""
+    labels, objs = jax.vmap(lambda s: levenberg_marquardt(
+        objective, _clip(s, lower, upper), free, n_iter, lower=lower, upper=upper))(starts)
+    best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
+    return labels[best], objs[best]
+
+
+def newton_decrement(objective: Callable, labels, free, lower=None, upper=None):
+    """gᵀH⁻¹g over the free labels not held at a bound by a gradient pointing out of the box:
+    the further decrease of the objective a Newton step predicts (χ² units)."""
+    _, h, _, g = objective(labels)
+    return jnp.dot(g, scaled_solve(h, g, _inside(free, labels, g, lower, upper)))
+
+
+def converged(objective: Callable, labels, free, lower=None, upper=None,
+              tol: float = CONVERGENCE_TOL):
+    """True when the objective is finite and the Newton decrement below `tol`."""
+    obj = objective(labels)[0]
+    decrement = newton_decrement(objective, labels, free, lower, upper)
+    return jnp.isfinite(obj) & jnp.all(jnp.isfinite(labels)) & (decrement < tol)
+
+
+def _tangent_solve(linear_fn, y):
+    """Solve M z = y for the implicit derivative, M the Jacobian of the optimality condition."""
+    m = jax.jacfwd(linear_fn)(y)
+    return scaled_solve(m, y, jnp.ones(y.shape, bool))
+
+
+def implicit_solution(optimality: Callable, solve: Callable, guess):
+    """`solve(guess)` differentiated by the implicit function theorem at the root of
+    `optimality(labels) -> (K,)` (½ the objective's gradient): what closed-over arrays
+    (flux, weights, model parameters) get as derivatives does not depend on the iterations."""
+    return lax.custom_root(optimality, guess, lambda _, g: solve(g), _tangent_solve)
+
+
+# --------------------------------------------------------------------------- any flux model
+
+def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
+    """The objective of one star (x, inv_var (P,)) under `flux_fn(labels (K,)) -> (P,)`:
+    labels -> (χ² + |ℓ − μ|²/τ², H = AᵀWA + I/τ², S = 0, g = AᵀWr − (ℓ − μ)/τ²), with A from
+    one forward-mode Jacobian (K forward passes)."""
+    def objective(labels):
+        a, f = jax.jacfwd(lambda ell: (flux_fn(ell), flux_fn(ell)), has_aux=True)(labels)
+        w_resid = inv_var * (x - f)
+        offset = labels - prior_mean
+        h = a.T @ (a * inv_var[:, None]) + prior_prec * jnp.eye(labels.shape[0], dtype=a.dtype)
+        value = jnp.dot(x - f, w_resid) + prior_prec * jnp.dot(offset, offset)
+        return value, h, jnp.zeros_like(h), a.T @ w_resid - prior_prec * offset
+    return objective
+
+
+def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
+    """½∇(χ² + |ℓ − μ|²/τ²) = (ℓ − μ)/τ² − AᵀW(x − f(ℓ)) as a function of the labels, written
+    with a vector-Jacobian product so that its own Jacobian (the Newton matrix) is exact."""
+    def optimality(labels):
+        f, vjp = jax.vjp(flux_fn, labels)
+        return prior_prec * (labels - prior_mean) - vjp(inv_var * (x - f))[0]
+    return optimality
+
+
+def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, lower=None, upper=None,
+             prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
+             tol: float = CONVERGENCE_TOL) -> dict:
+    """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
+    `starts` (S, K), the best kept. Returns value (K,), covariance (K, K) = H⁻¹ at the
+    solution, chi2 (prior excluded), converged (bool). With `implicit`, value is differentiated
+    through the optimality condition (else through the iterations)."""
+    objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
+    free = jnp.ones(starts.shape[-1], bool)
+
+    def solve(_):
+        return best_of_starts(objective, starts, free, n_iter, lower=lower, upper=upper)[0]
+
+    if implicit:
+        optimality = flux_optimality(flux_fn, x, inv_var, prior_prec, prior_mean)
+        labels = implicit_solution(optimality, solve, starts[0])
+    else:
+        labels = solve(starts[0])
+    obj, h, _, _ = objective(labels)
+    offset = labels - prior_mean
+    return {"value": labels, "covariance": covariance(h),
+            "chi2": obj - prior_prec * jnp.dot(offset, offset),
+            "converged": converged(objective, labels, free, lower, upper, tol)}
+
+
+def fit_stars(flux_fn: Callable, x, inv_var, starts, *, star_chunk: int = 64, **options) -> dict:
+    """`fit_star` over stars: x, inv_var (B, P), starts (B, S, K); the same `options` for all.
+    Stars go `star_chunk` at a time through one vmapped program (memory ~ star_chunk × P × K).
+    Returns value (B, K), covariance (B, K, K), chi2 (B,), converged (B,)."""
+    one = partial(fit_star, flux_fn, **options)
+    return lax.map(lambda args: one(*args), (x, inv_var, starts),
+                   batch_size=min(star_chunk, x.shape[0]))

@@ -1,0 +1,128 @@
+"""The shared χ² solver: a linear model's fit is weighted least squares, bounds hold, a star that
+cannot converge is flagged (not fatal), and the implicit derivative equals differentiating the
+unrolled iterations."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from stargrad import solver
+
+N_PIXELS, N_LABELS = 40, 3
+RNG = np.random.default_rng(0)
+OFFSET = RNG.normal(1.0, 0.1, N_PIXELS).astype(np.float32)
+SLOPES = RNG.normal(0.0, 0.3, (N_PIXELS, N_LABELS)).astype(np.float32)
+SLOPES[:, 0] *= 100.0               # labels constrained on very different scales, as Teff vs dex
+
+
+def linear_flux(labels):
+    return jnp.asarray(OFFSET) + jnp.asarray(SLOPES) @ labels
+
+
+def curved_flux(labels):
+    """A nonlinear model: line depths that saturate in the labels."""
+    return 1.0 - 0.5 * jnp.tanh(jnp.asarray(SLOPES) @ labels + 0.3) ** 2
+
+
+def stars(flux_fn, n, seed, noise=0.01):
+    rng = np.random.default_rng(seed)
+    labels = rng.normal(0.0, 0.3, (n, N_LABELS)).astype(np.float32)
+    labels[:, 0] *= 0.01
+    sigma = rng.uniform(0.5, 2.0, (n, N_PIXELS)).astype(np.float32) * noise
+    x = np.stack([np.asarray(flux_fn(jnp.asarray(t))) for t in labels])
+    x = (x + rng.normal(size=x.shape) * sigma).astype(np.float32)
+    return labels, x, (1.0 / sigma ** 2).astype(np.float32)
+
+
+def fit(flux_fn, x, inv_var, starts, **options):
+    options = {"n_iter": 20, **options}
+    out = jax.jit(lambda x, w, s: solver.fit_stars(flux_fn, x, w, s, **options))(
+        x, inv_var, starts)
+    return {name: np.asarray(value) for name, value in out.items()}
+
+
+def test_linear_model_fit_is_weighted_least_squares():
+    _, x, inv_var = stars(linear_flux, 5, seed=1)
+    inv_var[0, :10] = 0.0                                   # masked pixels
+    starts = np.zeros((5, 2, N_LABELS), np.float32)
+    starts[:, 1] = [0.05, 1.0, -1.0]
+    out = fit(linear_flux, x, inv_var, starts)
+    a = SLOPES.astype(np.float64)
+    for i in range(5):
+        w = inv_var[i].astype(np.float64)
+        fisher = a.T @ (a * w[:, None])
+        wls = np.linalg.solve(fisher, a.T @ (w * (x[i] - OFFSET)))
+        formal = np.sqrt(np.diag(np.linalg.inv(fisher)))
+        assert np.all(np.abs(out["value"][i] - wls) < 1e-3 * formal + 1e-4 * np.abs(wls))
+        np.testing.assert_allclose(out["covariance"][i], np.linalg.inv(fisher), rtol=1e-3,
+                                   atol=1e-12)
+        resid = x[i] - OFFSET - a @ wls
+        np.testing.assert_allclose(out["chi2"][i], resid @ (w * resid), rtol=1e-3)
+    assert np.all(out["converged"])
+
+
+def test_prior_pulls_an_unconstrained_label_to_its_mean_with_error_tau():
+    _, x, inv_var = stars(linear_flux, 2, seed=2)
+    blind = lambda t: linear_flux(t * jnp.array([1.0, 1.0, 0.0]))  # noqa: E731
+    out = fit(blind, x, inv_var, np.zeros((2, 1, N_LABELS), np.float32),
+              prior_prec=1.0 / 4.0 ** 2, prior_mean=jnp.array([0.0, 0.0, 0.5]))
+    np.testing.assert_allclose(out["value"][:, 2], 0.5, atol=1e-5)
+    np.testing.assert_allclose(np.sqrt(out["covariance"][:, 2, 2]), 4.0, rtol=1e-4)
+
+
+def test_labels_stay_inside_the_bounds():
+    labels, x, inv_var = stars(curved_flux, 4, seed=3)
+    upper = np.array([1.0, 1.0, 1.0], np.float32)
+    lower = np.array([-1.0, -1.0, labels[:, 2].max() + 0.1], np.float32)  # truth outside
+    out = fit(curved_flux, x, inv_var, np.zeros((4, 1, N_LABELS), np.float32),
+              lower=lower, upper=upper)
+    assert np.all(out["value"] >= lower - 1e-7) and np.all(out["value"] <= upper + 1e-7)
+    np.testing.assert_allclose(out["value"][:, 2], lower[2], atol=1e-6)
+    assert np.all(out["converged"])        # held at the bound, optimal inside the box
+
+
+def test_star_that_cannot_converge_is_flagged_not_fatal():
+    labels, x, inv_var = stars(curved_flux, 3, seed=4)
+    x[1, 5] = np.nan                                    # a broken spectrum
+    starts = np.zeros((3, 1, N_LABELS), np.float32)
+    out = fit(curved_flux, x, inv_var, starts)
+    assert out["converged"].tolist() == [True, False, True]
+    assert np.all(np.isfinite(out["value"][[0, 2]]))
+    # too few iterations from a far start: not converged, and said so
+    far = np.tile(np.array([[0.3, -2.0, 2.0]], np.float32), (3, 1, 1))
+    x[1, 5] = x[0, 5]
+    short = fit(curved_flux, x, inv_var, far, n_iter=1)
+    assert not np.any(short["converged"])
+    assert np.all(fit(curved_flux, x, inv_var, starts, n_iter=40)["converged"])
+
+
+def test_several_starts_keep_the_least_chi2():
+    labels, x, inv_var = stars(curved_flux, 1, seed=5)
+    bad = np.array([0.5, 3.0, -3.0], np.float32)
+    good = labels[0]
+    one = fit(curved_flux, x, inv_var, bad[None, None], n_iter=3)
+    both = fit(curved_flux, x, inv_var, np.stack([bad, good])[None], n_iter=3)
+    assert both["chi2"][0] < one["chi2"][0]
+    np.testing.assert_allclose(both["value"][0], good, atol=0.05)
+
+
+def test_implicit_jacobian_equals_unrolled():
+    """d label / d flux through the optimality condition = jax.jacrev through the iterations,
+    on a nonlinear model with a misfit (the Newton matrix then differs from Gauss-Newton)."""
+    labels, x, inv_var = stars(curved_flux, 2, seed=6, noise=0.03)
+    starts = labels[:, None] + 0.02
+
+    def jacobians(implicit):
+        def value(xs, ws, ss):
+            return solver.fit_star(curved_flux, xs, ws, ss, n_iter=40, implicit=implicit,
+                                   prior_prec=0.01)["value"]
+        return np.asarray(jax.jit(jax.vmap(jax.jacrev(value)))(x, inv_var, starts))
+
+    implicit, unrolled = jacobians(True), jacobians(False)
+    assert implicit.shape == (2, N_LABELS, N_PIXELS)
+    np.testing.assert_allclose(implicit, unrolled, atol=2e-3 * np.abs(implicit).max())
+    # and differs from the Gauss-Newton (zero-residual) estimator by the misfit's curvature
+    out = fit(curved_flux, x, inv_var, starts, n_iter=30, prior_prec=0.01)
+    a = np.asarray(jax.jacfwd(curved_flux)(jnp.asarray(out["value"][0])), np.float64)
+    w = inv_var[0].astype(np.float64)
+    gauss_newton = np.linalg.solve(a.T @ (a * w[:, None]) + 0.01 * np.eye(N_LABELS), a.T * w)
+    assert not np.allclose(implicit[0], gauss_newton, atol=1e-3 * np.abs(implicit).max())

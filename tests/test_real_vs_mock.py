@@ -1,6 +1,6 @@
-"""The real-vs-mock machinery (bench/real_vs_mock.py): on a spectrum the forward model made, the
-fit returns the labels within their Cramér–Rao errors and a reduced χ² of 1 (σ²/(σ² + floor²)
-with the floor), and the residual is white; on the real giant it gives a finite χ² and a
+"""The real-vs-mock machinery (bench/real_vs_mock.py): on a spectrum the forward model made,
+the fit returns the labels within their Cramér–Rao errors and a reduced χ² of 1
+(σ²/(σ² + floor²) with the floor), and the residual is white; on the real giant it gives a finite χ² and a
 figure; residual features are named from the line list."""
 from pathlib import Path
 

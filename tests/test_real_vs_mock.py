@@ -1,7 +1,7 @@
 """The real-vs-mock machinery (bench/real_vs_mock.py): on a spectrum the forward model made,
 the fit returns the labels within their Cramér–Rao errors and a reduced χ² of 1
-(σ²/(σ² + floor²) with the floor), and the residual is white; on the real giant it gives a finite χ² and a
-figure; residual features are named from the line list."""
+(σ²/(σ² + floor²) with the floor), and the residual is white; on the real giant it gives a
+finite χ² and a figure; residual features are named from the line list."""
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +13,8 @@ from stargrad.mock import crb, forward
 GIANT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_dr17" / \
     "apStar-dr17-2M17335483-2753043.fits"
 N_ITER = 10
+#: One start besides the population's mean and best prototype (exercises `extra_starts`).
+STARTS = real_vs_mock.label_vector(4500.0, 2.5, 0.0)[None]
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +33,7 @@ def test_fit_of_a_mock_spectrum_returns_its_labels_and_unit_reduced_chi2(box):
     mask = np.zeros(flux.shape, bool)
     mask[2000:2100] = True
     flux[2000:2100] = 7.0                                   # masked pixels hold anything
-    fits = real_vs_mock.fit_real(flux, error, mask, box, n_iter=N_ITER)
+    fits = real_vs_mock.fit_real(flux, error, mask, box, starts=STARTS, n_iter=N_ITER)
     raw, floor = fits["raw"], fits["floor"]
     assert raw["converged"] and raw["dof"] == apogee.N_PIX_GAPLESS - 100 - 22
     assert abs(raw["reduced_chi2"] - 1.0) < 0.05
@@ -68,7 +70,7 @@ def test_features_are_named_from_the_line_list():
 def test_real_giant_gives_a_finite_chi2_and_a_figure(box, tmp_path):
     flux, error, mask = real_vs_mock.read_real(GIANT)
     assert flux.shape == (apogee.N_PIX_GAPLESS,) and 0 < mask.sum() < 1000
-    fits = real_vs_mock.fit_real(flux, error, mask, box, n_iter=N_ITER)
+    fits = real_vs_mock.fit_real(flux, error, mask, box, starts=STARTS, n_iter=N_ITER)
     fit = fits["floor"]
     assert np.isfinite(fit["reduced_chi2"]) and fit["reduced_chi2"] > 1.0
     assert fits["raw"]["reduced_chi2"] > fit["reduced_chi2"]

@@ -76,9 +76,11 @@ def training_box(train_labels, bound_margin: float, n_prototypes: int):
             solver.prototype_labels(complete, n_prototypes))
 
 
-def fit_oracle(flux, error, mask, box, *, n_iter: int, batch_size: int = 32) -> dict:
+def fit_oracle(flux, error, mask, box, *, n_iter: int, batch_size: int = 32,
+               extra_starts=None) -> dict:
     """Fit the true forward model to spectra (N, 7514): dict of value, std (N, 22) in label
-    units, chi2, converged (N,)."""
+    units, chi2, converged (N,). `extra_starts` (S, 22) in label units, clipped into the box,
+    are tried for every star besides the training mean and the best prototype."""
     mean, std, lower, upper, prototypes = box
     with jax.enable_x64(True):
         proto_flux = np.asarray(jax.vmap(true_flux(mean, std))(jnp.asarray(prototypes)))
@@ -88,6 +90,10 @@ def fit_oracle(flux, error, mask, box, *, n_iter: int, batch_size: int = 32) -> 
             + inv_var @ (proto_flux ** 2).T
         best = prototypes[np.argmin(chi2, axis=1)]
         starts = np.stack([np.zeros_like(best), best], axis=1)
+        if extra_starts is not None:
+            extra = np.clip((np.asarray(extra_starts, np.float64) - mean) / std, lower, upper)
+            starts = np.concatenate([starts, np.broadcast_to(extra, (len(x), *extra.shape))],
+                                    axis=1)
         out = {"value": [], "std": [], "chi2": [], "converged": []}
         for _, n_valid, (xc, wc, sc) in padded_chunks((x, inv_var, starts), batch_size,
                                                       pad="edge"):

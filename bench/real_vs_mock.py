@@ -1,5 +1,5 @@
 """The mock held against reality, as a number (issue 22, part 3): the mock's true forward model
-fitted with all 22 labels free to the two real DR17 apStar spectra in ../shared/data/real_dr17
+fitted with all 22 labels free to the two real DR17 apStar spectra in tests/data/real_dr17
 (row 0, continuum-normalized as compile reads apStar), by the oracle's fit and the shared χ²
 solver (`stargrad.real_vs_mock`). Prints per star the best fit's reduced χ² with the raw
 errors and with a 0.01 error floor, the fitted labels, the χ² shares by pixel class (mock
@@ -25,7 +25,7 @@ import numpy as np
 from stargrad import real_vs_mock
 from stargrad.mock import LABELS
 
-REAL = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_dr17"
+REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_dr17"
 #: name: (file, Doppler's Teff K, log g, [Fe/H]) from real_dr17/README.md.
 STARS = {"giant": ("apStar-dr17-2M17335483-2753043.fits", 3768.0, 0.32, -0.61),
          "dwarf": ("apStar-dr17-2M19485057+5005279.fits", 5134.0, 5.0, -0.31)}

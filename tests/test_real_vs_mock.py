@@ -10,8 +10,7 @@ import pytest
 from stargrad import apogee, mock, real_vs_mock
 from stargrad.mock import crb, forward
 
-GIANT = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "real_dr17" / \
-    "apStar-dr17-2M17335483-2753043.fits"
+GIANT = Path(__file__).parent / "data" / "real_dr17" / "apStar-dr17-2M17335483-2753043.fits"
 N_ITER = 10
 #: One start besides the population's mean and best prototype (exercises `extra_starts`).
 STARTS = real_vs_mock.label_vector(4500.0, 2.5, 0.0)[None]

@@ -32,6 +32,12 @@ def run(tmp_path_factory):
     return workdir
 
 
+def pytest_collection_modifyitems(items):
+    """The tests that await a background SLURM run go last: the other tests run while those
+    runs go on, instead of waiting on them halfway through the session."""
+    items.sort(key=lambda item: item.originalname in slurm_runs_module.RUNS)
+
+
 @pytest.fixture
 def no_proxy(monkeypatch):
     """No HTTP proxy: the tests' downloads go to the loopback server of tests/httpserver.py."""

@@ -26,7 +26,7 @@ import time
 
 import numpy as np
 
-# Spelled out rather than imported from stargrad.apogee: this runs in astroNN's venv, which
+# Spelled out rather than imported from stargrad.sdss.apogee: this runs in astroNN's venv, which
 # has no stargrad (nor the JAX it imports).
 N_PIX = 7514
 #: astroNN's 22 censored-model targets, in its order (its ApogeeBCNNCensored requires them).

@@ -31,8 +31,9 @@ import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
 
-from stargrad import apogee, attribution, models
-from stargrad.dataset import Normalizer, batch, load_split
+from stargrad.sdss import apogee
+from stargrad import attribution, models
+from stargrad.datasets.dataset import Normalizer, batch, load_split
 from stargrad.models import cannon
 from stargrad.tasks import Task
 

@@ -21,7 +21,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stargrad import apogee, layers
+from stargrad.sdss import apogee
+from stargrad import layers
 from stargrad.attribution.jacobian import _masked_sums
 from stargrad.models import bcnn
 

@@ -28,7 +28,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from stargrad import apogee, models, train
+from stargrad.sdss import apogee
+from stargrad import models, train
 from stargrad.models import bcnn as bcnn_module
 from stargrad.attribution.jacobian import mean_jacobian
 from stargrad.mc import mc_predict

@@ -35,16 +35,16 @@ import numpy as np
 import pandas as pd
 
 import stargrad
-from stargrad import apogee
+from stargrad.sdss import apogee
 from stargrad.attribution.jacobian import jacobian
-from stargrad.compare import task_metrics
-from stargrad.dataset import load_split, task_labels
+from stargrad.stages.compare import task_metrics
+from stargrad.datasets.dataset import load_split, task_labels
 from stargrad.mock.forward import batch_spectra
 from stargrad.mock.writer import read_truth
 from stargrad.models import cannon, payne
 from stargrad.predictions import read_predictions
 from stargrad.stages.oracle import fit_oracle, training_box
-from stargrad.survey import read_table
+from stargrad.sdss.survey import read_table
 from stargrad.tasks import Task
 
 TASK = Task("aspcap", "main", tuple(apogee.ASPCAP_LABELS))

@@ -23,9 +23,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from stargrad import generative, generative_stage, train
-from stargrad.apogee import ASPCAP_LABELS, N_PIX_GAPLESS
-from stargrad.dataset import Normalizer, batch, load_split
+from stargrad.generative import analysis as generative
+from stargrad.stages import generative as generative_stage
+from stargrad import train
+from stargrad.sdss.apogee import ASPCAP_LABELS, N_PIX_GAPLESS
+from stargrad.datasets.dataset import Normalizer, batch, load_split
 from stargrad.mock import read_truth
 from stargrad.models import build
 from stargrad.tasks import Task

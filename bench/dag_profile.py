@@ -6,8 +6,8 @@ start-up seconds, and the critical path through the DAG.
 Reads what the run left in RUNDIR:
 - `.snakemake/metadata/` (one record per output file): each job's rule, inputs, log, start and
   end time (wall = end - start, Snakemake's own bookkeeping included);
-- `logs/**.log`: the job's SET_UP and DONE lines (`stargrad.job`): start-up = seconds from the
-  job's process start to the end of its set-up (Python, Snakemake's script preamble, JAX
+- `logs/**.log`: the job's SET_UP and DONE lines (`stargrad.pipeline.job`): start-up = seconds from
+  the job's process start to the end of its set-up (Python, Snakemake's script preamble, JAX
   imported and its backend up; the stage's own imports come after), and the job's CPU seconds
   (its process and children) when it ends;
 - `benchmarks/**.tsv` beside a log (logs/X.log -> benchmarks/X.tsv): CPU seconds of jobs whose
@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from stargrad.job import job_timing  # noqa: E402
+from stargrad.pipeline.job import job_timing  # noqa: E402
 
 
 @dataclass

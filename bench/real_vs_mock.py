@@ -1,7 +1,7 @@
 """The mock held against reality, as a number (issue 22, part 3): the mock's true forward model
 fitted with all 22 labels free to the two real DR17 apStar spectra in tests/data/real_dr17
 (row 0, continuum-normalized as compile reads apStar), by the oracle's fit and the shared χ²
-solver (`stargrad.real_vs_mock`). Prints per star the best fit's reduced χ² with the raw
+solver (`stargrad.mock.real_vs_mock`). Prints per star the best fit's reduced χ² with the raw
 errors and with a 0.01 error floor, the fitted labels, the χ² shares by pixel class (mock
 molecular / atomic / Brackett lines, the mock's continuum), the large-scale residual share, the
 residual autocorrelation width against the LSF's, and the strongest residual features named from
@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from stargrad import real_vs_mock
+from stargrad.mock import real_vs_mock
 from stargrad.mock import LABELS
 
 REAL = Path(__file__).resolve().parents[1] / "tests" / "data" / "real_dr17"

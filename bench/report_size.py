@@ -8,8 +8,8 @@ report is built there with `snakemake --report` unless --report names one. It pr
 report's size, its largest embedded files, and, per rule, the projection to CONFIG (default
 config/config.yaml): each job `snakemake -n --configfile CONFIG` plans in a scratch directory
 gets the files of the measured run's jobs of the same rule and task at their mean size
-(`stargrad.reportsize.project`). Figures that grow with the data (scatter plots of more stars)
-make the projection from a small run a lower bound.
+(`stargrad.pipeline.reportsize.project`). Figures that grow with the data (scatter plots of more
+stars) make the projection from a small run a lower bound.
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from stargrad import reportsize
+from stargrad.pipeline import reportsize
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,7 +1,7 @@
 """Rule attribute: mean Jacobians, top lines, window shares and fidelity of one model."""
 from pathlib import Path
 
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.attribute import attribute

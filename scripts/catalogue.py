@@ -1,5 +1,5 @@
 """Rule catalogue: gather the shards into one row per allStar row, with the report figures."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.catalogue_table import gather

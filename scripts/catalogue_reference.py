@@ -1,5 +1,5 @@
 """Rule catalogue_reference: training-set PCA, χ² threshold and label ranges for the flags."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.catalogue import write_reference

@@ -1,9 +1,9 @@
 """Rule catalogue_shard: predict every star of one shard of the survey, streamed in blocks."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.catalogue import predict_shard
-    from stargrad.survey import manifest_skips
+    from stargrad.sdss.survey import manifest_skips
     p = snakemake.params
     predict_shard(snakemake.input.allstar, p.survey_root, p.model_dir, snakemake.input.reference,
                   snakemake.input.split, snakemake.output.shard, snakemake.output.quarantine,

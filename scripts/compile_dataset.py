@@ -1,8 +1,8 @@
 """Rule compile_dataset: compile every split of a dataset to <split>.fits + quarantine.csv."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
-    from stargrad.compile import compile_dataset
+    from stargrad.datasets.compile import compile_dataset
     compile_dataset(snakemake.input.split, snakemake.input.allstar, snakemake.input.seismic or None,
                     snakemake.params.survey_root, snakemake.output.splits,
                     snakemake.output.quarantine,

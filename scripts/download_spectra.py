@@ -1,9 +1,9 @@
 """Rules download_spectra and download_all_spectra: fetch, verify or quarantine the spectra of
 one download chunk, of a dataset's selected stars or of every allStar star."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
-    from stargrad.download import download_chunk
+    from stargrad.sdss.download import download_chunk
     p = snakemake.params
     splits = [snakemake.input.split] if "split" in snakemake.input.keys() else []
     download_chunk(snakemake.input.allstar, splits, int(snakemake.wildcards.chunk),

@@ -1,8 +1,8 @@
 """Rule generative_decoder: prior samples and decoder Jacobian of one VAE."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
-    from stargrad.generative_stage import decoder_plots
+    from stargrad.stages.generative import decoder_plots
     decoder_plots(snakemake.params.model_dir, snakemake.input.split, snakemake.output.prior,
                   snakemake.output.jacobian, n_samples=snakemake.params.n_samples,
                   seed=snakemake.params.seed, log=log)

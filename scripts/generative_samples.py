@@ -1,8 +1,8 @@
 """Rule generative_samples: GAN, VAE-prior and Gaussian-PCA samples judged against real spectra."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
-    from stargrad.generative_samples import generative_samples
+    from stargrad.stages.generative_samples import generative_samples
     p = snakemake.params
     generative_samples(p.gan_dirs, *snakemake.input.splits, snakemake.output.table,
                        snakemake.output.lines, snakemake.output.nearest, snakemake.output.scores,

@@ -1,7 +1,7 @@
 """Rule mock_spectra: the aspcapStar files of one shard of the embedded mock survey."""
 from pathlib import Path
 
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.mock.writer import write_mock_shard

@@ -2,7 +2,7 @@
 every shard of its spectra is written."""
 from pathlib import Path
 
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.mock.writer import mock_population, write_mock_catalogues

@@ -1,5 +1,5 @@
 """Rule oracle: the mock's true forward model fitted to a task's valid and test stars."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.oracle import oracle_predictions

@@ -1,5 +1,5 @@
 """Rule predict: predict every split of a task's dataset with one trained model."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.stages.predict import predict_splits

@@ -1,7 +1,7 @@
 """Rule train: train one model on one task."""
 from pathlib import Path
 
-from stargrad.job import STARTED, rule_job, walltime_s
+from stargrad.pipeline.job import STARTED, rule_job, walltime_s
 
 with rule_job(snakemake) as log:
     from stargrad.stages.train import train_model

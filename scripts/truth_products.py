@@ -1,5 +1,5 @@
 """Rule truth_products: Cramér–Rao bounds and efficient-estimator weights of the mock."""
-from stargrad.job import rule_job
+from stargrad.pipeline.job import rule_job
 
 with rule_job(snakemake) as log:
     from stargrad.mock.crb import write_truth_products

@@ -1,12 +1,12 @@
-"""Test session set-up: JAX as a CPU workflow job runs it (stargrad.job), before JAX is imported,
-with one compilation cache for the session: the tests and every workflow run they start (the
-local CI run, the SLURM runs, the reruns) load what another already compiled. A fresh directory
-per session, removed at its end, unless STARGRAD_COMPILATION_CACHE names one."""
+"""Test session set-up: JAX as a CPU workflow job runs it (stargrad.pipeline.job), before JAX is
+imported, with one compilation cache for the session: the tests and every workflow run they start
+(the local CI run, the SLURM runs, the reruns) load what another already compiled. A fresh
+directory per session, removed at its end, unless STARGRAD_COMPILATION_CACHE names one."""
 import os
 import shutil
 import tempfile
 
-from stargrad.job import CACHE_ENV, jax_environment
+from stargrad.pipeline.job import CACHE_ENV, jax_environment
 
 SESSION_CACHE = None if os.environ.get(CACHE_ENV) else tempfile.mkdtemp(prefix="stargrad-jax-")
 if SESSION_CACHE:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from stargrad import apogee
+from stargrad.sdss import apogee
 
 
 def allstar_table(ids, fields, rng) -> pd.DataFrame:

@@ -9,8 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stargrad import apogee
-from stargrad.attribution import files, jacobian as jacobians, lines as line_matching, similarity, units, windows
+from stargrad.sdss import apogee
+from stargrad.attribution import (files, jacobian as jacobians, lines as line_matching,
+                                  similarity, units, windows)
 from stargrad.models import Model
 from stargrad.provenance import header_cards
 
@@ -243,7 +244,7 @@ def test_jacobian_fits_round_trip(tmp_path):
 
 
 def test_plots_write_png(tmp_path):
-    from stargrad import plots_attribution as pa
+    from stargrad.plots import attribution as pa
 
     jac = np.zeros(apogee.N_PIX_GAPLESS)
     jac[_mg_pixel()] = 1.0

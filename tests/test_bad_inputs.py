@@ -19,11 +19,11 @@ import pytest
 import yaml
 
 import stargrad
-from stargrad import apogee, download, survey
-from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compile import compile_dataset, labels_from_catalogue
-from stargrad.dataset import Normalizer, batch, load_split
-from stargrad.select import select_and_split
+from stargrad.sdss import apogee, download, survey
+from stargrad.sdss.apogee import MAGIC_NUMBER
+from stargrad.datasets.compile import compile_dataset, labels_from_catalogue
+from stargrad.datasets.dataset import Normalizer, batch, load_split
+from stargrad.datasets.select import select_and_split
 from stargrad.stages.train import train_model
 from stargrad.tasks import make_task
 

@@ -7,7 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stargrad import apogee, layers, models, train
+from stargrad.sdss import apogee
+from stargrad import layers, models, train
 from stargrad.mc import _moments, mc_predict, star_seeds
 from stargrad.models import bcnn
 

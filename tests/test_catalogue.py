@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 import stargrad
-from stargrad import apogee, survey
-from stargrad.dataset import load_split
+from stargrad.sdss import apogee, survey
+from stargrad.datasets.dataset import load_split
 from stargrad.predictions import read_predictions
 from stargrad.stages.catalogue import FLAGS, predict_shard
 

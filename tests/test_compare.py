@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 from astropy.stats import mad_std
 
-from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compare import classification_metrics, regression_metrics, task_metrics
+from stargrad.sdss.apogee import MAGIC_NUMBER
+from stargrad.stages.compare import classification_metrics, regression_metrics, task_metrics
 from stargrad.stages.predict import calibration_scales
 
 
@@ -49,7 +49,7 @@ def test_task_metrics_rows_and_crb_join_by_id():
 
 
 def test_scorecard_joins_cluster_and_attribution_and_ranks():
-    from stargrad.compare import ranking, scorecard
+    from stargrad.stages.compare import ranking, scorecard
     metrics = pd.DataFrame([
         {"model": "a", "split": "test", "label": "Al", "mse": 0.01, "mad_std": 0.1, "bias_median": 0.0,
          "z_mad_std": 1.0, "crb_ratio": 2.0},

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from numpy.polynomial import Chebyshev
 
-from stargrad import apogee
-from stargrad.continuum import continuum_normalize, read_apstar
-from stargrad.survey import SurveyFileError
+from stargrad.sdss import apogee
+from stargrad.sdss.continuum import continuum_normalize, read_apstar
+from stargrad.sdss.survey import SurveyFileError
 
 P = apogee.N_PIX_GAPLESS
 CRPIX = 1 << apogee.PIXMASK_BITS["CRPIX"]
@@ -162,9 +162,9 @@ def test_apstar_masked_pixels_stay_masked_in_the_compiled_split(tmp_path):
     leave them out."""
     import pandas as pd
 
-    from stargrad import survey
-    from stargrad.compile import compile_dataset
-    from stargrad.dataset import Normalizer, load_split
+    from stargrad.sdss import survey
+    from stargrad.datasets.compile import compile_dataset
+    from stargrad.datasets.dataset import Normalizer, load_split
     from stargrad.tasks import make_task
 
     cont, lines = _continuum(), _lines()

@@ -6,11 +6,11 @@ import pandas as pd
 import pytest
 from astropy.io import fits as afits
 
-from stargrad import apogee, survey
-from stargrad.apogee import MAGIC_NUMBER
-from stargrad.compile import compile_dataset, labels_from_catalogue
-from stargrad.spectra import clean_spectrum
-from stargrad.dataset import Normalizer, batch, load_split
+from stargrad.sdss import apogee, survey
+from stargrad.sdss.apogee import MAGIC_NUMBER
+from stargrad.datasets.compile import compile_dataset, labels_from_catalogue
+from stargrad.sdss.spectra import clean_spectrum
+from stargrad.datasets.dataset import Normalizer, batch, load_split
 from stargrad.tasks import make_task
 
 from dr17_tables import allstar_table

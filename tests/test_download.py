@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from httpserver import serve
-from stargrad import apogee, download, survey
+from stargrad.sdss import apogee, download, survey
 
 from workflow_jobs import planned_jobs
 

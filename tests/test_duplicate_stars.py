@@ -11,10 +11,10 @@ import pytest
 
 import stargrad
 from httpserver import serve
-from stargrad import apogee, download, survey
-from stargrad.compile import compile_dataset
-from stargrad.dataset import load_split
-from stargrad.select import select_and_split
+from stargrad.sdss import apogee, download, survey
+from stargrad.datasets.compile import compile_dataset
+from stargrad.datasets.dataset import load_split
+from stargrad.datasets.select import select_and_split
 from stargrad.stages.catalogue import FLAGS, predict_shard, write_reference
 from stargrad.stages.train import train_model
 from stargrad.tasks import make_task

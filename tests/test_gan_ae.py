@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from stargrad import generative
+from stargrad.generative import analysis as generative
 from stargrad import train as training
 from stargrad.models import build, gan
 from stargrad.params_io import save_params

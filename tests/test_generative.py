@@ -7,7 +7,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stargrad import apogee, generative, plots_generative
+from stargrad.sdss import apogee
+from stargrad.generative import analysis as generative
+from stargrad.plots import generative as plots_generative
 from stargrad import train as training
 from stargrad.models import Model, build
 from stargrad.models.vae import decode, kl_divergence

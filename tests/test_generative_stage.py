@@ -5,12 +5,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stargrad import generative_stage as stage
-from stargrad import survey
+from stargrad.stages import generative as stage
+from stargrad.sdss import survey
 from stargrad.mock import writer as mock_writer
-from stargrad.apogee import ASPCAP_LABELS
-from stargrad.compile import compile_dataset
-from stargrad.dataset import load_split
+from stargrad.sdss.apogee import ASPCAP_LABELS
+from stargrad.datasets.compile import compile_dataset
+from stargrad.datasets.dataset import load_split
 from stargrad.stages.train import train_model
 from stargrad.tasks import Task
 

@@ -1,5 +1,5 @@
-"""How a job starts (stargrad.job): the compilation cache's location and that a program loaded
-from it gives the bytes a fresh compilation gives."""
+"""How a job starts (stargrad.pipeline.job): the compilation cache's location and that a program
+loaded from it gives the bytes a fresh compilation gives."""
 import json
 import os
 import subprocess
@@ -7,14 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from stargrad import job
+from stargrad.pipeline import job
 
 #: Trains a small BCNN (convolutions, dropout, the optax loop) and predicts with MC dropout in a
 #: fresh process whose JAX uses the compilation cache argv[2] ("off": none); writes the
 #: parameters and predictions to argv[1] and prints JAX's cache hits and misses.
 TRAIN_AND_PREDICT = """
 import json, os, sys
-from stargrad.job import jax_environment
+from stargrad.pipeline.job import jax_environment
 jax_environment("cpu", compilation_cache=sys.argv[2])
 import jax, numpy as np
 from jax import monitoring

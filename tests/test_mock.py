@@ -11,7 +11,8 @@ import pandas as pd
 import pytest
 from astropy.io import fits as afits
 
-from stargrad import apogee, mock, survey
+from stargrad.sdss import apogee, survey
+from stargrad import mock
 from stargrad.mock import crb, forward, population, writer
 
 REF = np.array([4600.0, 2.4] + [0.05 * (k % 5) - 0.1 for k in range(20)])
@@ -249,7 +250,7 @@ def test_write_truth_products(tiny, tmp_path):
                                                                                       "cluster"}
     # the weights average the 4 stars the attribute rule draws with the same seed, and say so
     stars = np.char.strip(fitsio.read(str(out), ext="ATTRIBUTION_STARS")["APOGEE_ID"].astype(str))
-    from stargrad.select import sample_stars
+    from stargrad.datasets.select import sample_stars
     assert sorted(stars) == sorted(test_ids[sample_stars(test_ids, 4, 9)])
     weights = fitsio.read(str(out), ext="EFFICIENT_WEIGHTS")
     assert weights.shape == (mock.N_LABELS, apogee.N_PIX_GAPLESS)

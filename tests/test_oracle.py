@@ -4,8 +4,9 @@ scorecard."""
 import numpy as np
 import pandas as pd
 
-from stargrad import apogee, mock
-from stargrad.compare import scorecard
+from stargrad.sdss import apogee
+from stargrad import mock
+from stargrad.stages.compare import scorecard
 from stargrad.mock import crb, forward
 from stargrad.stages.oracle import fit_oracle, training_box
 

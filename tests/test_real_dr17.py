@@ -16,11 +16,11 @@ import pandas as pd
 import pytest
 
 import stargrad
-from stargrad import apogee, download, survey
-from stargrad.apogee import ASPCAP_LABELS
-from stargrad.compile import compile_dataset
-from stargrad.continuum import continuum_normalize
-from stargrad.dataset import load_split
+from stargrad.sdss import apogee, download, survey
+from stargrad.sdss.apogee import ASPCAP_LABELS
+from stargrad.datasets.compile import compile_dataset
+from stargrad.sdss.continuum import continuum_normalize
+from stargrad.datasets.dataset import load_split
 from stargrad.mock import writer as mock_writer
 from stargrad.stages.catalogue import FLAGS, predict_shard, write_reference
 from stargrad.stages.train import train_model

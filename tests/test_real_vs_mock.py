@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from stargrad import apogee, mock, real_vs_mock
+from stargrad.sdss import apogee
+from stargrad import mock
+from stargrad.mock import real_vs_mock
 from stargrad.mock import crb, forward
 
 GIANT = Path(__file__).parent / "data" / "real_dr17" / "apStar-dr17-2M17335483-2753043.fits"

@@ -1,6 +1,6 @@
 """The report stays small enough to mail: figures are saved as palette PNGs with dense curves
-drawn without antialiasing (`stargrad.figures.save_figure`), every figure the CI run's report
-embeds stays under a size bound, and `stargrad.reportsize` measures a report and projects
+drawn without antialiasing (`stargrad.plots.figures.save_figure`), every figure the CI run's report
+embeds stays under a size bound, and `stargrad.pipeline.reportsize` measures a report and projects
 another config's from it (bench/report_size.py)."""
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from stargrad import reportsize  # noqa: E402
-from stargrad.figures import PNG_COLOURS, save_figure  # noqa: E402
+from stargrad.pipeline import reportsize  # noqa: E402
+from stargrad.plots.figures import PNG_COLOURS, save_figure  # noqa: E402
 
 from workflow_jobs import snakemake  # noqa: E402
 

@@ -1,13 +1,13 @@
-"""The checks of generated against real spectra (stargrad.sample_quality, stargrad.frechet) on
-cases with known answers."""
+"""The checks of generated against real spectra (stargrad.generative.sample_quality,
+stargrad.generative.frechet) on cases with known answers."""
 from __future__ import annotations
 
 import jax
 import numpy as np
 import pytest
 
-from stargrad import sample_quality as sq
-from stargrad.frechet import frechet_distance
+from stargrad.generative import sample_quality as sq
+from stargrad.generative.frechet import frechet_distance
 
 P = 120
 
@@ -83,7 +83,7 @@ def test_nearest_distances_and_spread():
 
 
 def test_line_depths_find_the_deepest_line_of_a_species():
-    from stargrad import apogee
+    from stargrad.sdss import apogee
     lam = apogee.wavelength(apogee.N_PIX_GAPLESS)
     lines = sq.strongest_lines(np.ones((3, apogee.N_PIX_GAPLESS)), ["K I"])
     assert lines["median_depth"].iat[0] == 0.0       # flat spectra: no depth anywhere

@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stargrad.select import select, select_and_split, split
+from stargrad.datasets.select import select, select_and_split, split
 
 
 def catalogue(n=400, seed=0):
@@ -64,7 +64,7 @@ def test_select_and_split_rejects_empty_selection():
 
 
 def test_duplicate_ids_keep_the_highest_snr_row():
-    from stargrad.survey import primary_rows
+    from stargrad.sdss.survey import primary_rows
     table = catalogue(6)
     dup = table.iloc[[2]].assign(SNR=table.SNR[2] + 50, FIELD="other")
     both = pd.concat([table, dup], ignore_index=True)
@@ -74,7 +74,7 @@ def test_duplicate_ids_keep_the_highest_snr_row():
 
 
 def test_sample_stars_is_seeded_and_independent_of_row_order():
-    from stargrad.select import sample_stars
+    from stargrad.datasets.select import sample_stars
     ids = np.array([f"2M{i:08d}" for i in range(500)])
     chosen = sample_stars(ids, 40, seed=17)
     assert len(chosen) == 40 and np.all(np.diff(chosen) > 0)

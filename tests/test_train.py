@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from stargrad import losses, models, train
-from stargrad.job import walltime_s
+from stargrad.pipeline.job import walltime_s
 from stargrad.models import Model
 from stargrad.params_io import ParamsFileError, load_params, save_params
 

@@ -15,7 +15,8 @@ import pytest
 import yaml
 from astropy.io import fits as afits
 
-from stargrad import apogee, models
+from stargrad.sdss import apogee
+from stargrad import models
 from stargrad.params_io import load_params
 
 from workflow_jobs import (CONFIG, ENV, REPO, command, planned_jobs, result_files,
@@ -201,10 +202,11 @@ CODE_EDITS = {
     "the GAN": ("src/stargrad/models/gan.py", {"train", "generative_samples"}, set(), {"gan"}),
     "attribution engine": ("src/stargrad/attribution/jacobian.py", {"attribute"},
                            {"compare_task"}, set()),
-    "a plot": ("src/stargrad/plots.py", {"compare_task", "plot_pred_vs_true"}, set(), set()),
+    "a plot": ("src/stargrad/plots/compare.py", {"compare_task", "plot_pred_vs_true"}, set(),
+               set()),
     # the HTTP side of real-data downloads: no rule of the mock run imports it (the survey I/O
     # the stages share lives in survey.py), so nothing reruns
-    "the HTTP download code": ("src/stargrad/download.py", set(), set(), set()),
+    "the HTTP download code": ("src/stargrad/sdss/download.py", set(), set(), set()),
     "the shared χ² solver": ("src/stargrad/solver.py", {"train", "predict", "attribute", "oracle"},
                              {"compare_task", "plot_pred_vs_true"}, {"cannon", "payne"}),
     "the mock's forward model": ("src/stargrad/mock/forward.py",

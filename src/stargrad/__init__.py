@@ -2,8 +2,8 @@
 
 `stargrad.load(model_dir)` applies a trained model to any spectra (`stargrad.api`). Importing
 the package imports nothing else: each workflow job sets JAX up for its device before JAX is
-imported (`stargrad.job`), and rule code digests follow only what a rule's script imports
-(`stargrad.codedigest`), which is why `load` is looked up by name here."""
+imported (`stargrad.pipeline.job`), and rule code digests follow only what a rule's script imports
+(`stargrad.pipeline.codedigest`), which is why `load` is looked up by name here."""
 import importlib
 
 __version__ = "0.1.0"

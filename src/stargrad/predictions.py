@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .provenance import atomic_path
-from .survey import read_table
+from .sdss.survey import read_table
 
 #: The model name of the mock's oracle (the true forward model fitted by χ², `stages.oracle`):
 #: reserved, and first in every scorecard.

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import apogee
+from .sdss import apogee
 
 #: Seismic labels and their units; evstate is 0 (RGB) / 1 (RC).
 SEISMIC_LABELS = {"dnu": "μHz", "numax": "μHz", "dpi1": "s", "evstate": "class (0 RGB, 1 RC)"}

@@ -1,6 +1,6 @@
 """A trained model directory (params.npz, model.json, norm.json) loaded back into a Model, its
 parameters and its normalization, and the dropout-off forward pass over many spectra. Applying
-a trained model to spectra with uncertainties is `stargrad.api`."""
+a trained model to spectra with uncertainties is `stargrad.applied`."""
 from __future__ import annotations
 
 import json
@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from . import models, params_io
-from .apogee import N_PIX_GAPLESS
+from .sdss.apogee import N_PIX_GAPLESS
 from .batching import map_chunks
-from .dataset import Normalizer
+from .datasets.dataset import Normalizer
 from .tasks import Task
 
 

@@ -10,9 +10,9 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from stargrad import models, provenance  # noqa: E402
-from stargrad.apogee import ASPCAP_LABELS  # noqa: E402
-from stargrad.codedigest import code_digest  # noqa: E402
-from stargrad.configcheck import check_config  # noqa: E402
+from stargrad.sdss.apogee import ASPCAP_LABELS  # noqa: E402
+from stargrad.pipeline.codedigest import code_digest  # noqa: E402
+from stargrad.pipeline.configcheck import check_config  # noqa: E402
 from stargrad.tasks import tasks_from_config  # noqa: E402
 from stargrad.train import RUN_CONTROL_FIELDS, TrainConfig  # noqa: E402
 
@@ -60,8 +60,8 @@ JOBS = config["jobs"]
 
 
 def jax_params(rule):
-    """params of a job that runs JAX: its device (read by stargrad.job before JAX is imported)
-    and the GPU memory fraction."""
+    """params of a job that runs JAX: its device (read by stargrad.pipeline.job before JAX is
+    imported) and the GPU memory fraction."""
     return {"device": DEVICE if rule in GPU_RULES else "cpu",
             "gpu_memory_fraction": JOBS["gpu_memory_fraction"]}
 
@@ -82,7 +82,8 @@ def walltime_limited(wildcards):
     """1 when the job runs as a job of the SLURM executor, whose sbatch --time is its runtime:
     evaluated again inside the SLURM job, where Snakemake runs in remote mode (the slurm-jobstep
     executor and the process it starts with srun); 0 otherwise, a local run inside an salloc
-    allocation (SLURM_JOB_ID set, but no remote mode) included (stargrad.job.walltime_s)."""
+    allocation (SLURM_JOB_ID set, but no remote mode) included
+    (stargrad.pipeline.job.walltime_s)."""
     return int(workflow.remote_exec and "SLURM_JOB_ID" in os.environ)
 
 
@@ -122,9 +123,9 @@ wildcard_constraints:
 @lru_cache(maxsize=None)
 def code_hash(script, *modules):
     """Digest of the library code that a job executes, i.e. its script and every stargrad module the
-    script imports, read from the static import graph (`stargrad.codedigest`), plus `modules`
-    it reaches by name at run time (model families). Passed as a param so that an edit reruns
-    exactly the rules that run the edited code."""
+    script imports, read from the static import graph (`stargrad.pipeline.codedigest`), plus
+    `modules` it reaches by name at run time (model families). Passed as a param so that an edit
+    reruns exactly the rules that run the edited code."""
     return code_digest(str(Path(workflow.basedir) / "scripts" / script), *modules)
 
 

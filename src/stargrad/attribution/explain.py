@@ -1,10 +1,10 @@
 """d label / d flux of a trained model (`stargrad.load`) on any spectra, behind
-`TrainedModel.explain`."""
+`stargrad.api.TrainedModel.explain`."""
 from __future__ import annotations
 
 import numpy as np
 
-from ..api import TrainedModel
+from ..applied import TrainedModel
 from .jacobian import jacobian
 from .units import to_physical
 

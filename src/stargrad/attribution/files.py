@@ -4,7 +4,7 @@ from __future__ import annotations
 import fitsio
 import numpy as np
 
-from .. import apogee
+from ..sdss import apogee
 from ..provenance import atomic_path
 from ..tasks import unit
 from .units import P, as_7514, check_labels, to_full_grid

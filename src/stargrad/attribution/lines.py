@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import apogee
+from ..sdss import apogee
 from .units import P, as_7514, check_labels
 
 #: Default half-width (km/s) for matching a feature to a line: one resolution element

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import apogee
+from ..sdss import apogee
 from .units import as_7514, check_labels
 
 

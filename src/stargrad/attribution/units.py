@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .. import apogee
+from ..sdss import apogee
 
 P = apogee.N_PIX_GAPLESS
 #: Value of the chip gaps on the 8575 grid: NaN, so that gaps read as "no data" (plots break

@@ -6,7 +6,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .. import apogee
+from ..sdss import apogee
 from .units import as_7514, check_labels
 
 

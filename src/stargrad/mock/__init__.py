@@ -7,7 +7,7 @@ A label vector θ holds the 22 `apogee.ASPCAP_LABELS` in order: Teff (K), log g 
 then [X/H] (dex) for C, C I, N, O, Na, Mg, Al, Si, P, S, K, Ca, Ti, Ti II, V, Cr, Mn, Fe, Co, Ni.
 Wavelengths are vacuum Ångström; fluxes are continuum-normalized.
 """
-from ..apogee import ASPCAP_LABELS as LABELS
+from ..sdss.apogee import ASPCAP_LABELS as LABELS
 
 N_LABELS = len(LABELS)
 LABEL_INDEX = {name: i for i, name in enumerate(LABELS)}

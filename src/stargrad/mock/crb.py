@@ -10,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .. import apogee, provenance, survey
+from ..sdss import apogee, survey
+from .. import provenance
 from ..batching import padded_chunks
-from ..select import sample_stars
+from ..datasets.select import sample_stars
 from . import LABELS, N_LABELS
 from .forward import jacobian
 from .writer import TRUTH_NAME, read_truth

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import apogee
+from ..sdss import apogee
 from ..batching import padded_chunks
 from . import N_LABELS, LABELS
 from .lines import LOGG_REF, THETA_REF, line_groups

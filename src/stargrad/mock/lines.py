@@ -8,7 +8,7 @@ from functools import lru_cache
 import numpy as np
 import pandas as pd
 
-from .. import apogee
+from ..sdss import apogee
 from . import LABEL_INDEX, N_LABELS
 
 #: Reference star of the line strengths: Teff (K), log g (dex), all [X/H] = 0.

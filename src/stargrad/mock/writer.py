@@ -12,7 +12,8 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from .. import apogee, provenance, survey
+from ..sdss import apogee, survey
+from .. import provenance
 from . import LABELS
 from .forward import batch_spectra, spectrum
 from .population import CLUSTER, draw_labels

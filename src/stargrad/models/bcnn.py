@@ -30,8 +30,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..layers import (ASTRONN_INIT_STD, Init, boolean, dense, dropout, glorot_dense,
-                      init_params, normal_dense, positive_ints)
+from ..layers import (ASTRONN_INIT_STD, Init, boolean, dense, dropout, glorot_dense, init_params,
+                      normal_dense, positive_ints)
 from ..losses import masked_bce_with_logits, per_star_mean
 from . import Model, Traits
 

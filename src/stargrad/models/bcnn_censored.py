@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .. import apogee
+from ..sdss import apogee
 from ..layers import (boolean, dense, glorot_dense, init_params, keep_mask, normal_dense,
                       positive_ints)
 from . import Model, Traits

@@ -37,8 +37,8 @@ simultaneously (Adam's state is per parameter: one Adam over both is two Adams w
 learning rate). Checkpoints, resume and schedules are the loop's. The two losses are the
 `d_loss` and `g_loss` metrics (history.csv: train_d_loss, train_g_loss, valid_d_loss,
 valid_g_loss). A GAN's losses say little about its samples, so the validation loss (`key=None`:
-dropout off, noise from a fixed key) is instead the Fréchet distance (stargrad.frechet) between
-the batch's real and generated spectra in the first `fd_components` components (scores in
+dropout off, noise from a fixed key) is instead the Fréchet distance (stargrad.generative.frechet)
+between the batch's real and generated spectra in the first `fd_components` components (scores in
 normalized flux, not whitened, where a few odd stars would dominate the covariances): the
 loop keeps the parameters of the epoch whose samples were closest to the validation spectra,
 and its plateau schedule and early stopping act on that distance.
@@ -49,8 +49,8 @@ import jax
 import jax.numpy as jnp
 
 from .. import layers
-from ..apogee import ASPCAP_LABELS
-from ..frechet import frechet_distance
+from ..sdss.apogee import ASPCAP_LABELS
+from ..generative.frechet import frechet_distance
 from . import Model, Traits
 from .pca import check_input_norm, fill_masked, pixel_valid_of
 from .vae import basis_initializers

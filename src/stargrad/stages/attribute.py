@@ -9,17 +9,17 @@ import jax
 import numpy as np
 import pandas as pd
 
-from .. import plots_attribution
+from ..plots import attribution as plots_attribution
 from ..attribution.files import write_jacobian_fits
 from ..attribution.jacobian import mean_jacobian
 from ..attribution.lines import lines_table
 from ..attribution.similarity import fidelity
 from ..attribution.units import to_physical
 from ..attribution.windows import window_shares
-from ..dataset import load_split
+from ..datasets.dataset import load_split
 from ..provenance import atomic_path, header_cards
-from ..select import sample_stars
-from ..survey import read_table
+from ..datasets.select import sample_stars
+from ..sdss.survey import read_table
 from ..trained import load_trained
 
 

@@ -21,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .. import survey
-from ..survey import ID_COLUMNS, chunk_of
-from ..api import load
-from ..apogee import is_missing
-from ..dataset import load_split
-from ..spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
+from ..sdss import survey
+from ..sdss.survey import ID_COLUMNS, chunk_of
+from ..applied import load
+from ..sdss.apogee import is_missing
+from ..datasets.dataset import load_split
+from ..sdss.spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
 from ..models.pca import fit_components
 from ..predictions import STD_COLUMNS
 from ..provenance import atomic_path

@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .. import plots_catalogue, survey
+from ..plots import catalogue as plots_catalogue
+from ..sdss import survey
 from ..provenance import atomic_path
 from .catalogue import FLAGS, ID_COLUMNS, write_table
 

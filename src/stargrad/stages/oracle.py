@@ -29,10 +29,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from .. import apogee, solver
-from ..apogee import ASPCAP_LABELS, is_missing
+from ..sdss import apogee
+from .. import solver
+from ..sdss.apogee import ASPCAP_LABELS, is_missing
 from ..batching import padded_chunks
-from ..dataset import load_split, task_labels
+from ..datasets.dataset import load_split, task_labels
 from ..mock.forward import spectrum
 from ..predictions import ORACLE, write_predictions
 from ..provenance import atomic_path, header_cards

@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..api import load
-from ..apogee import is_missing
-from ..dataset import load_split, task_labels
+from ..applied import load
+from ..sdss.apogee import is_missing
+from ..datasets.dataset import load_split, task_labels
 from ..predictions import STD_COLUMNS, mad_std, write_predictions
 from ..provenance import atomic_path, header_cards
 from ..tasks import Task

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from .. import models, params_io, train
-from ..dataset import Normalizer, batch, load_split
+from ..datasets.dataset import Normalizer, batch, load_split
 from ..provenance import atomic_path, write_json
 from ..tasks import Task
 from ..trained import apply_in_chunks, build_model
@@ -30,9 +30,9 @@ WALLTIME_MARGIN = 0.1
 
 def walltime_deadline(walltime_s: float | None, job_start: float) -> float | None:
     """The `time.monotonic()` by which a job with a walltime (a SLURM job's runtime, s) must
-    have saved its training state: `job_start` (when the job began, `stargrad.job.STARTED`)
-    plus the walltime less WALLTIME_MARGIN of it, so that loading the data counts; None
-    without a walltime."""
+    have saved its training state: `job_start` (when the job began,
+    `stargrad.pipeline.job.STARTED`) plus the walltime less WALLTIME_MARGIN of it, so that loading
+    the data counts; None without a walltime."""
     return None if walltime_s is None else job_start + walltime_s * (1 - WALLTIME_MARGIN)
 
 

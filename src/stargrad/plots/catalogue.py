@@ -10,7 +10,7 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from .figures import label_grid, save_figure  # noqa: E402
-from .tasks import unit  # noqa: E402
+from ..tasks import unit  # noqa: E402
 
 
 def plot_label_distributions(path, table: pd.DataFrame, labels) -> None:

@@ -8,14 +8,14 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from .apogee import ASPCAP_LABELS, is_missing
-from .attribution.files import read_jacobian_fits
-from .attribution.similarity import similarity_matrix
-from .predictions import ORACLE, mad_std, read_predictions
-from .plots import plot_metric_by_label, plot_ranking
-from .plots_attribution import plot_jacobian_comparison
-from .provenance import atomic_path
-from .survey import read_table
+from ..sdss.apogee import ASPCAP_LABELS, is_missing
+from ..attribution.files import read_jacobian_fits
+from ..attribution.similarity import similarity_matrix
+from ..predictions import ORACLE, mad_std, read_predictions
+from ..plots.compare import plot_metric_by_label, plot_ranking
+from ..plots.attribution import plot_jacobian_comparison
+from ..provenance import atomic_path
+from ..sdss.survey import read_table
 
 METRIC_COLUMNS = ("model", "task", "split", "label", "n", "mse", "rmse", "bias_median", "mad_std",
                   "z_mad_std", "z_mad_std_calibrated", "crb_median", "crb_ratio", "spread_ratio",

@@ -15,13 +15,15 @@ import jax
 import numpy as np
 import pandas as pd
 
-from . import apogee, generative, plots_generative, survey
-from .dataset import Normalizer, SplitData, batch, load_split
-from .mock.writer import read_truth
-from .trained import load_trained
-from .provenance import atomic_path
-from .tasks import Task
-from .train import TrainConfig
+from ..sdss import apogee, survey
+from ..generative import analysis as generative
+from ..plots import generative as plots_generative
+from ..datasets.dataset import Normalizer, SplitData, batch, load_split
+from ..mock.writer import read_truth
+from ..trained import load_trained
+from ..provenance import atomic_path
+from ..tasks import Task
+from ..train import TrainConfig
 
 LATENT_LABELS = ("teff", "logg", "Fe", "evstate")
 #: Families that encode spectra into a latent code and decode them back.

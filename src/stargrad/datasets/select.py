@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .apogee import is_missing
-from .survey import primary_rows
+from ..sdss.apogee import is_missing
+from ..sdss.survey import primary_rows
 
 #: Named selections. Each cut: column -> value (equality) or [min, max] (inclusive; None = open).
 PRESETS = {

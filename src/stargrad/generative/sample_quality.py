@@ -14,11 +14,11 @@ import jax
 import numpy as np
 import pandas as pd
 
-from . import train as training
-from .apogee import N_PIX_GAPLESS, load_lines, pixel_of_wavelength
+from .. import train as training
+from ..sdss.apogee import N_PIX_GAPLESS, load_lines, pixel_of_wavelength
 from .frechet import frechet_distance
-from .models import build
-from .models.pca import fit_components
+from ..models import build
+from ..models.pca import fit_components
 
 
 def _spectra(name: str, flux) -> np.ndarray:

@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import apogee  # noqa: E402
+from ..sdss import apogee  # noqa: E402
 from .figures import save_figure  # noqa: E402
-from .tasks import unit  # noqa: E402
+from ..tasks import unit  # noqa: E402
 
 _EVSTATE_NAMES = {0: "RGB", 1: "RC"}
 #: [Fe/H] (dex) below which a star counts as metal-poor halo in the population panel (the mock

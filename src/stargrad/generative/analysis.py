@@ -14,11 +14,11 @@ import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
-from . import train as training
-from .apogee import N_PIX_GAPLESS, is_missing
-from .models import build
-from .models.vae import decode
-from .trained import apply_in_chunks
+from .. import train as training
+from ..sdss.apogee import N_PIX_GAPLESS, is_missing
+from ..models import build
+from ..models.vae import decode
+from ..trained import apply_in_chunks
 
 DEFAULT_BATCH = 256
 

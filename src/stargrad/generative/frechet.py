@@ -6,7 +6,8 @@ Gaussians N(μ₁, C₁) and N(μ₂, C₂),
 
 in the squared units of the vectors. Matrix square roots by symmetric eigendecomposition
 (eigenvalues clipped at 0), so it runs under jit and on rank-deficient sets. Kept apart from the
-sample checks (stargrad.sample_quality) because the GAN family's validation loss uses it too.
+sample checks (stargrad.generative.sample_quality) because the GAN family's validation loss uses it
+too.
 """
 from __future__ import annotations
 

@@ -9,9 +9,9 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from . import apogee, survey
-from .apogee import is_missing
-from .tasks import Task
+from ..sdss import apogee, survey
+from ..sdss.apogee import is_missing
+from ..tasks import Task
 
 
 @dataclass

@@ -11,10 +11,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from . import apogee  # noqa: E402
-from .attribution.lines import match_lines, top_features  # noqa: E402
-from .attribution.units import as_7514  # noqa: E402
-from .attribution.windows import own_element  # noqa: E402
+from ..sdss import apogee  # noqa: E402
+from ..attribution.lines import match_lines, top_features  # noqa: E402
+from ..attribution.units import as_7514  # noqa: E402
+from ..attribution.windows import own_element  # noqa: E402
 from .figures import save_figure  # noqa: E402
 
 CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}

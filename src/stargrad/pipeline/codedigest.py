@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 
 PACKAGE = "stargrad"
-ROOT = Path(__file__).resolve().parent
+ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from .provenance import atomic_path  # noqa: E402
+from ..provenance import atomic_path  # noqa: E402
 
 #: Dots per inch of saved figures: screen resolution keeps the report light.
 SCREEN_DPI = 90

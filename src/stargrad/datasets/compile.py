@@ -10,10 +10,10 @@ import fitsio
 import numpy as np
 import pandas as pd
 
-from . import apogee, survey
-from .apogee import MAGIC_NUMBER, is_missing
-from .provenance import atomic_path
-from .spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
+from ..sdss import apogee, survey
+from ..sdss.apogee import MAGIC_NUMBER, is_missing
+from ..provenance import atomic_path
+from ..sdss.spectra import BAD_ERROR, MAX_BAD_FRACTION, read_clean_spectrum
 
 QUARANTINE_COLUMNS = ("APOGEE_ID", "split", "path", "reason")
 

@@ -28,7 +28,7 @@ import pandas as pd
 from . import survey
 from .survey import (ID_COLUMNS, MANIFEST_COLUMNS, SPECTRUM_KINDS, chunk_of, file_sha1,
                      path_parts, primary_rows, spectrum_relpath)
-from .provenance import atomic_path
+from ..provenance import atomic_path
 
 ALLSTAR_NAME = survey.ALLSTAR_NAME
 _BLOCK = 1 << 20

@@ -4,13 +4,13 @@ typo stops the run before any job starts: references between entries, every mode
 mode and the generative stage's choices. Each error names the config key."""
 from __future__ import annotations
 
-from . import models
-from .predictions import ORACLE
-from .stages.oracle import check_oracle_task
-from .stages.predict import check_calibration_mode
-from .tasks import tasks_from_config
-from .train import TrainConfig
-from .trained import build_model
+from .. import models
+from ..predictions import ORACLE
+from ..stages.oracle import check_oracle_task
+from ..stages.predict import check_calibration_mode
+from ..tasks import tasks_from_config
+from ..train import TrainConfig
+from ..trained import build_model
 
 
 class ConfigError(ValueError):

@@ -28,13 +28,14 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from . import apogee, compile as compile_
-from .figures import plt, save_figure
-from .mock import LABELS
-from .mock.forward import LSF_SIGMA_PX, spectrum
-from .mock.lines import CO_BAND_HEADS, line_table
-from .mock.population import draw_labels
-from .stages.oracle import fit_oracle, training_box
+from ..sdss import apogee
+from ..datasets import compile as compile_
+from ..plots.figures import plt, save_figure
+from . import LABELS
+from .forward import LSF_SIGMA_PX, spectrum
+from .lines import CO_BAND_HEADS, line_table
+from .population import draw_labels
+from ..stages.oracle import fit_oracle, training_box
 
 LINE_RADIUS_PX = 2.0          # a pixel belongs to a line within ±2 px of its centre (FWHM 3.2)
 CONTINUUM_SCALE_PX = 101      # running-mean window of the large-scale residual (≈ 23 Å)

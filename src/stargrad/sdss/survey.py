@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from . import apogee
-from .provenance import atomic_path
+from ..provenance import atomic_path
 
 ALLSTAR_NAME = "allStar-dr17-synspec_rev1.fits"
 SEISMIC_NAME = "seismic.csv"

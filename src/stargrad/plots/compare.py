@@ -8,9 +8,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .apogee import is_missing  # noqa: E402
+from ..sdss.apogee import is_missing  # noqa: E402
 from .figures import label_grid, save_figure  # noqa: E402
-from .tasks import unit  # noqa: E402
+from ..tasks import unit  # noqa: E402
 
 
 def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str = "regression"):

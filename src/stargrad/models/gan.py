@@ -23,7 +23,7 @@ Loss: the non-saturating GAN loss (Goodfellow+2014): discriminator
 L_D = E softplus(−D(x_real, c)) + E softplus(D(G(ε, c), c)), generator
 L_G = E softplus(−D(G(ε, c), c)), the labels c of the batch's real stars (stars with a
 missing conditioning label carry weight 0). With one simultaneous update of both players per
-step it trained without divergence on the default mock (README: over 80 epochs both losses stay
+step it trained without divergence on the default mock (README: over 600 epochs both losses stay
 near the equilibrium L_D ≈ 2 ln 2, L_G ≈ ln 2, while the validation Fréchet distance swings
 from epoch to epoch); WGAN-GP would need several critic steps per generator step and the
 gradient penalty's second derivatives, several times the cost per generator update, so the

@@ -97,3 +97,20 @@ def test_line_depths_find_the_deepest_line_of_a_species():
     np.testing.assert_allclose(sq.line_depths(flux, lines["pixel"]), 0.4)
     with pytest.raises(ValueError, match="not in the line list"):
         sq.strongest_lines(flux, ["Xx I"])
+
+
+def test_generated_spectra_are_scored_through_the_real_masks(space_and_sets):
+    """A perfect generator (the real spectra themselves, unmasked) is told apart from masked
+    real spectra by the mask pattern alone; observed through their masks it is not."""
+    space, _ = space_and_sets
+    real = _spectra(2, 300)
+    masks = np.random.default_rng(4).random(real.shape) < 0.1
+    real_scores = sq.project(space, np.where(masks, np.nan, real), ~masks)
+    unmasked = sq.project(space, real)
+    observed = sq.observed(real, masks, np.arange(len(real)))
+    assert np.isnan(observed[masks]).all() and np.array_equal(observed[~masks], real[~masks])
+    through = sq.project(space, np.nan_to_num(observed), np.isfinite(observed))
+    assert sq.frechet(real_scores, through) == pytest.approx(0.0, abs=1e-6)
+    assert sq.frechet(real_scores, unmasked) > 1e-4
+    with pytest.raises(ValueError, match="one mask row per spectrum"):
+        sq.observed(real, masks, np.arange(5))

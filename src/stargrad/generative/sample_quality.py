@@ -50,6 +50,17 @@ def project(space: dict, flux, valid=None) -> np.ndarray:
     return centred @ space["components"].T
 
 
+def observed(flux, masks, rows) -> np.ndarray:
+    """Generated spectra (N, P) as the instrument delivers real ones: NaN (masked) where
+    `masks[rows]` (True = bad pixel; `rows` (N,) picks a real star's mask per spectrum), so
+    that they are scored with the same pixels missing as the real spectra they are held against."""
+    flux, rows = np.asarray(flux), np.asarray(rows)
+    if rows.shape != (len(flux),):
+        raise ValueError(f"rows must give one mask row per spectrum ({len(flux)}), got shape "
+                         f"{rows.shape}")
+    return np.where(np.asarray(masks, bool)[rows], np.nan, flux)
+
+
 def frechet(a, b) -> float:
     """Fréchet distance between score sets a (n, k) and b (m, k) (flux units²)."""
     return float(frechet_distance(np.asarray(a, np.float32), np.asarray(b, np.float32)))

@@ -134,7 +134,7 @@ def generative_samples(gan_dirs, train_path, valid_path, test_path, out_csv, lin
             observed_as = (test_rows if test_rows is not None else np.resize(
                 np.asarray(jax.random.permutation(jax.random.fold_in(key, 300 + k), n)),
                 len(flux)))
-            observed = np.where(test.mask[observed_as], np.nan, flux)
+            observed = sample_quality.observed(flux, test.mask, observed_as)
         valid_px = np.isfinite(observed)
         sc = sample_quality.project(space, np.nan_to_num(observed), valid_px)
         aucs = sample_quality.classifier_two_sample(test_scores, sc,

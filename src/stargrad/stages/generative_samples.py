@@ -112,29 +112,31 @@ def generative_samples(gan_dirs, train_path, valid_path, test_path, out_csv, lin
     test_nn = sample_quality.nearest_distances(test_scores, train_scores)
     test_spread = sample_quality.spread(test_scores)
 
-    sources = []   # (source, kind, physical flux, conditioning labels, test rows)
+    # (source, kind, physical flux, conditioning labels, test rows: the test star each
+    # generated spectrum stands for, whose mask it is observed through; None for real spectra)
+    sources = []
     for k, model_dir in enumerate(gan_dirs):
         name, flux, cond, rows = _gan_samples(model_dir, test, jax.random.fold_in(key, k))
         sources.append((name, "gan", flux, cond, rows))
     n = len(test)
+
+    def observed_as():
+        return np.asarray(jax.random.permutation(jax.random.fold_in(key, 300 + len(sources)), n))
+
     if vae_dir is not None:
         name, flux = _prior_samples(vae_dir, n, jax.random.fold_in(key, 100))
-        sources.append((f"{name} prior", "vae_prior", flux, None, None))
+        sources.append((f"{name} prior", "vae_prior", flux, None, observed_as()))
     if pca_dir is not None:
         name, flux = _prior_samples(pca_dir, n, jax.random.fold_in(key, 101))
-        sources.append((f"{name} Gaussian", "gaussian_pca", flux, None, None))
+        sources.append((f"{name} Gaussian", "gaussian_pca", flux, None, observed_as()))
     sources.append(("real valid", "real", np.where(valid.mask, np.nan, valid.flux), None, None))
 
     clean = (read_model_flux(survey_root, allstar_path, test.ids)
              if allstar_path is not None else None)
     rows_out, depths, nearest, scores = [], {}, {}, {}
     for k, (name, kind, flux, cond, test_rows) in enumerate(sources):
-        observed = flux
-        if kind != "real":
-            observed_as = (test_rows if test_rows is not None else np.resize(
-                np.asarray(jax.random.permutation(jax.random.fold_in(key, 300 + k), n)),
-                len(flux)))
-            observed = sample_quality.observed(flux, test.mask, observed_as)
+        observed = (flux if test_rows is None
+                    else sample_quality.observed(flux, test.mask, test_rows))
         valid_px = np.isfinite(observed)
         sc = sample_quality.project(space, np.nan_to_num(observed), valid_px)
         aucs = sample_quality.classifier_two_sample(test_scores, sc,

@@ -126,3 +126,43 @@ def test_implicit_jacobian_equals_unrolled():
     w = inv_var[0].astype(np.float64)
     gauss_newton = np.linalg.solve(a.T @ (a * w[:, None]) + 0.01 * np.eye(N_LABELS), a.T * w)
     assert not np.allclose(implicit[0], gauss_newton, atol=1e-3 * np.abs(implicit).max())
+
+
+def test_small_dense_algebra_matches_lapack_and_needs_a_pivot():
+    """`solve_linear` against numpy in float64 on matrices that need row exchanges (a zero
+    leading entry, indefinite, odd and even sizes); `symmetric_eigen` reconstructs h with
+    orthonormal vectors and numpy's eigenvalues; `covariance` of a badly scaled h is h⁻¹."""
+    rng = np.random.default_rng(11)
+    for k in (1, 2, 5, 22, 23):
+        a = rng.normal(size=(k, k)).astype(np.float32)
+        a[0, 0] = 0.0 if k > 1 else a[0, 0]
+        b = rng.normal(size=k).astype(np.float32)
+        expected = np.linalg.solve(a.astype(np.float64), b)
+        np.testing.assert_allclose(solver.solve_linear(jnp.asarray(a), jnp.asarray(b)), expected,
+                                   atol=1e-4 * np.abs(expected).max() * np.linalg.cond(a) ** 0.5)
+        m = rng.normal(size=(k, k))
+        h = (m @ m.T + 0.1 * np.eye(k)).astype(np.float32)
+        values, vectors = (np.asarray(v, np.float64) for v in solver.symmetric_eigen(jnp.asarray(h)))
+        np.testing.assert_allclose(np.sort(values), np.linalg.eigvalsh(h.astype(np.float64)),
+                                   atol=1e-5 * values.max())
+        np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-5)
+        np.testing.assert_allclose(vectors * values @ vectors.T, h, atol=1e-5 * values.max())
+        scale = np.exp(rng.uniform(-5, 5, k)).astype(np.float32)
+        np.testing.assert_allclose(solver.covariance(jnp.asarray(h * np.outer(scale, scale))),
+                                   np.linalg.inv(h.astype(np.float64)) / np.outer(scale, scale),
+                                   rtol=2e-3, atol=0)
+
+
+def test_a_batch_of_fits_calls_no_lapack():
+    """Two batched LAPACK kernels run at once deadlock XLA's CPU thread pool (module docstring):
+    the compiled batch of fits — iterations, covariance, convergence test, implicit derivative —
+    contains no LAPACK call."""
+    labels, x, inv_var = stars(curved_flux, 4, seed=12)
+
+    def batch(x, w, s):
+        return jax.jacrev(lambda x: solver.fit_stars(curved_flux, x, w, s, n_iter=3)["value"])(x)
+
+    # the lowered program (a compiled one may come from the persistent cache without its text)
+    assert "lapack" not in jax.jit(batch).lower(x, inv_var, labels[:, None]).as_text().lower()
+    assert "lapack" in jax.jit(jax.vmap(jnp.linalg.solve)).lower(
+        jnp.ones((2, 3, 3)), jnp.ones((2, 3, 1))).as_text().lower()

@@ -35,6 +35,14 @@ maximum likelihood from residuals (`fit_scatter`); starts from training labels
 Formal covariance: H⁻¹ = (AᵀWA + I/τ²)⁻¹ at the solution (the inverse Fisher matrix when the
 data dominate the prior).
 
+Linear algebra: the K × K solves and eigendecompositions are written in plain XLA operations
+(`solve_linear`, Gauss-Jordan with partial pivoting; `symmetric_eigen`, parallel-order Jacobi
+rotations), not LAPACK. On CPU, jaxlib runs a batched LAPACK kernel by splitting the batch over
+XLA's intra-op thread pool and waiting for the pieces; two such kernels that XLA schedules at the
+same time (a star's covariance and its convergence test are independent) can each hold a pool
+thread while waiting for the other's, and with as many kernels as threads (2 cores) every thread
+waits for ever (observed with jaxlib 0.10.2: the Cannon's test step hung at 0% CPU).
+
 Derivative (`implicit_solution`): the labels are differentiated through the optimality
 condition ∇(χ² + |ℓ − μ|²/τ²) = 0 by the implicit function theorem (`jax.lax.custom_root`):
 dℓ/dx = (H + S)⁻¹ AᵀW, which at zero residual is the efficient estimator (AᵀWA + I/τ²)⁻¹AᵀW
@@ -64,6 +72,9 @@ EIGEN_FLOOR = 1e-7
 #: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
 MIN_VARIANCE = 1e-12
 BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
+#: Sweeps of `symmetric_eigen`: Jacobi rotations converge quadratically, and float32 matrices
+#: of a few tens of rows are diagonal to rounding after 6–8.
+JACOBI_SWEEPS = 10
 
 
 # --------------------------------------------------------------------------- pixel weights
@@ -120,6 +131,65 @@ def prototype_labels(labels, n_prototypes: int) -> np.ndarray:
     return np.concatenate([np.zeros((1, labels.shape[1])), labels[rows]])
 
 
+# --------------------------------------------------------------------------- small dense algebra
+
+def solve_linear(a, b):
+    """x (K,) solving a x = b for a (K, K) by Gauss-Jordan elimination with partial pivoting, in
+    plain XLA operations (see the module docstring for why not LAPACK). The row operations reach
+    b only through a, so x is linear in b (as `lax.custom_root` needs to transpose it)."""
+    rows = jnp.arange(a.shape[0])
+
+    def eliminate(col, state):
+        a, b = state
+        pivot = jnp.argmax(jnp.where(rows >= col, jnp.abs(a[:, col]), -1.0))
+        order = jnp.where(rows == col, pivot, jnp.where(rows == pivot, col, rows))
+        a, b = a[order], b[order]
+        factor = jnp.where(rows == col, 0.0, a[:, col] / a[col, col])
+        return a - factor[:, None] * a[col][None, :], b - factor * b[col]
+
+    a, b = lax.fori_loop(0, a.shape[0], eliminate, (a, b))
+    return b / jnp.diagonal(a)
+
+
+def _round_robin(n: int) -> np.ndarray:
+    """(n − 1, n/2, 2) index pairs for even n: every pair once, the pairs of a round disjoint
+    (the circle method), so the rotations of a round commute."""
+    players = list(range(n))
+    rounds = []
+    for _ in range(n - 1):
+        rounds.append([(players[i], players[n - 1 - i]) for i in range(n // 2)])
+        players = [players[0], players[-1]] + players[1:-1]
+    return np.asarray(rounds)
+
+
+def symmetric_eigen(h):
+    """Eigenvalues (K,) and eigenvectors (K, K, as columns) of a symmetric h, by JACOBI_SWEEPS
+    sweeps of Jacobi rotations in parallel order (each round zeroes K/2 disjoint off-diagonal
+    pairs at once, Golub & Van Loan §8.5), in plain XLA operations; unsorted."""
+    k = h.shape[0]
+    n = k + k % 2                      # an odd size gets a decoupled extra row, never rotated
+    a = jnp.eye(n, dtype=h.dtype).at[:k, :k].set(0.5 * (h + h.T))
+    pairs = jnp.asarray(_round_robin(n))
+    p, q = pairs[..., 0], pairs[..., 1]
+
+    def rotate(i, state):
+        a, v = state
+        pi, qi = p[i % (n - 1)], q[i % (n - 1)]
+        app, aqq, apq = a[pi, pi], a[qi, qi], a[pi, qi]
+        off = apq != 0
+        tau = jnp.where(off, (aqq - app) / jnp.where(off, 2.0 * apq, 1.0), 0.0)
+        t = jnp.where(off, jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)),
+                      0.0)
+        c = 1.0 / jnp.sqrt(1.0 + t * t)
+        s = t * c
+        rot = (jnp.eye(n, dtype=a.dtype).at[pi, pi].set(c).at[qi, qi].set(c)
+               .at[pi, qi].set(s).at[qi, pi].set(-s))
+        return rot.T @ a @ rot, v @ rot
+
+    a, v = lax.fori_loop(0, JACOBI_SWEEPS * (n - 1), rotate, (a, jnp.eye(n, dtype=h.dtype)))
+    return jnp.diagonal(a)[:k], v[:k, :k]
+
+
 # --------------------------------------------------------------------------- iterations
 
 def scaled_solve(h, g, free, damping=0.0, scale=None):
@@ -130,7 +200,7 @@ def scaled_solve(h, g, free, damping=0.0, scale=None):
     hs = h / jnp.outer(d, d) + damping * jnp.eye(h.shape[0], dtype=h.dtype)
     both = free[:, None] & free[None, :]
     hs = jnp.where(both, hs, 0.0) + jnp.diag(jnp.where(free, 0.0, 1.0))
-    return jnp.linalg.solve(hs, jnp.where(free, g / d, 0.0)) / d
+    return solve_linear(hs, jnp.where(free, g / d, 0.0)) / d
 
 
 def covariance(h):
@@ -138,7 +208,7 @@ def covariance(h):
     its eigenvalues, floored at EIGEN_FLOOR of the largest: a direction the data (nearly) leave
     free gets a large, finite, positive variance instead of a rounding-error sign."""
     d = jnp.sqrt(jnp.maximum(jnp.diagonal(h), 1e-30))
-    eig, vec = jnp.linalg.eigh(h / jnp.outer(d, d))
+    eig, vec = symmetric_eigen(h / jnp.outer(d, d))
     eig = jnp.maximum(eig, EIGEN_FLOOR * jnp.max(eig))
     return (vec / eig) @ vec.T / jnp.outer(d, d)
 

@@ -32,13 +32,14 @@ STARS = {"giant": ("apStar-dr17-2M17335483-2753043.fits", 3768.0, 0.32, -0.61),
 TYPICAL_GIANT = (4500.0, 2.5, 0.0)
 
 
-def run_star(name: str, box, figures: Path | None, n_iter: int) -> dict:
+def run_star(name: str, box, figures: Path | None, n_iter: int, same_continuum: bool) -> dict:
     filename, teff, logg, feh = STARS[name]
     flux, error, mask = real_vs_mock.read_real(REAL / filename)
     starts = np.stack([real_vs_mock.label_vector(*TYPICAL_GIANT),
                        real_vs_mock.label_vector(teff, logg, feh)])
     cpu0 = time.process_time()
-    fits = real_vs_mock.fit_real(flux, error, mask, box, starts=starts, n_iter=n_iter)
+    fits = real_vs_mock.fit_real(flux, error, mask, box, starts=starts, n_iter=n_iter,
+                                 same_continuum=same_continuum)
     cpu = time.process_time() - cpu0
     result = {"file": filename, "doppler": [teff, logg, feh], "n_masked": int(mask.sum()),
               "fit_cpu_s": cpu}
@@ -93,9 +94,13 @@ def main(argv=None) -> None:
     parser.add_argument("--figures", type=Path, default=Path("results/real_vs_mock"))
     parser.add_argument("--json", type=Path)
     parser.add_argument("--n-iter", type=int, default=30)
+    parser.add_argument("--true-continuum", action="store_true",
+                        help="compare the mock at its true continuum (not renormalized as the "
+                             "data were): the comparison before 2026-12-05")
     args = parser.parse_args(argv)
     box = real_vs_mock.mock_box()
-    results = {name: run_star(name, box, args.figures, args.n_iter) for name in args.stars}
+    results = {name: run_star(name, box, args.figures, args.n_iter, not args.true_continuum)
+               for name in args.stars}
     for name, result in results.items():
         print_star(name, result)
     if args.json:

@@ -1,12 +1,14 @@
 """astroNN-style continuum normalization of apStar spectra, and the apStar reader."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import fitsio
 import numpy as np
 import pytest
 from numpy.polynomial import Chebyshev
 
-from stargrad.sdss import apogee
+from stargrad.sdss import apogee, continuum
 from stargrad.sdss.continuum import continuum_normalize, read_apstar
 from stargrad.sdss.survey import SurveyFileError
 
@@ -195,3 +197,21 @@ def test_apstar_masked_pixels_stay_masked_in_the_compiled_split(tmp_path):
     norm = Normalizer.fit(data, make_task("teff", {"dataset": "d", "labels": ["teff"]}), "mean")
     # the masked pixels have no good value: their mean falls back to 0 instead of 1
     np.testing.assert_array_equal(norm.input_mean[2000:2040], 0.0)
+
+
+REAL_DR17 = Path(__file__).parent / "data" / "real_dr17"
+
+
+def test_the_continuum_operator_is_the_fit_continuum_normalize_makes():
+    """`continuum_operator` (a model normalized as the data were) reproduces the continuum
+    that `continuum_normalize` divides the real apStar files by, to float rounding."""
+    for path in sorted(REAL_DR17.glob("apStar-*.fits")):
+        flux, error, bitmask = continuum.read_apstar(path)
+        norm, _, bad = continuum.continuum_normalize(flux, error, bitmask)
+        raw, raw_error = apogee.gap_delete(flux), apogee.gap_delete(error)
+        usable = np.zeros(apogee.N_PIX_GAPLESS, bool)
+        usable[apogee.continuum_pixels()] = True
+        usable &= ~apogee.bitmask_boolean(apogee.gap_delete(bitmask), apogee.ASTRONN_MASK_BITS)
+        usable &= np.isfinite(raw) & np.isfinite(raw_error)
+        fitted = continuum.continuum_operator(raw_error, usable)[:, usable] @ raw[usable]
+        np.testing.assert_allclose(raw[~bad] / fitted[~bad], norm[~bad], rtol=1e-6)

@@ -275,3 +275,23 @@ def test_write_truth_products(tiny, tmp_path):
     with pytest.raises(ValueError, match="bad.csv.*lacks columns"):
         crb.write_truth_products(root, tmp_path / "bad.csv", tmp_path / "test.fits", out,
                                  max_stars=4, seed=9)
+
+
+def test_co_band_heads_from_the_molecular_constants_fall_on_the_line_lists():
+    """The 12CO Δv = 3 lines computed from CO's constants pile up (R-branch turning point) at
+    the band heads the line list gives, within 1 Å (4 px), and the isotope-scaled 13CO 4-1 and
+    6-3 heads on the line list's 13CO markers within 0.5 Å: a wrong constant or isotope scaling
+    moves them by several Å."""
+    from stargrad.mock import lines
+    j = np.arange(lines.CO_MAX_J + 1)
+
+    def head(v, isotope):
+        return 1e8 / np.max(lines.co_levels(v + 3, j + 1, isotope) - lines.co_levels(v, j, isotope))
+
+    np.testing.assert_allclose([head(v, "12C") for v in range(7)], lines.CO_BAND_HEADS, atol=1.0)
+    np.testing.assert_allclose([head(1, "13C"), head(3, "13C")], [16125.95, 16534.72], atol=0.5)
+    co = lines.co_lines()
+    strongest = co.loc[co["log_tau_ref"].idxmax()]
+    assert strongest["species"] == "12CO" and strongest["log_tau_ref"] == lines.CO_LOG_TAU_MAX
+    assert co["wavelength"].between(15100.0, 17000.0).all()
+    assert (co["species"] == "13CO").any() and not co["wavelength"].lt(15578.0).any()

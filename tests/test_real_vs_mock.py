@@ -29,10 +29,11 @@ def test_fit_of_a_mock_spectrum_returns_its_labels_and_unit_reduced_chi2(box):
     sigma = 0.01
     error = np.full(apogee.N_PIX_GAPLESS, sigma)
     rng = np.random.default_rng(1)
-    flux = forward.batch_spectra(labels[None])[0, apogee.KEPT_PIXELS] \
-        + rng.normal(size=error.shape) * sigma
-    mask = np.zeros(flux.shape, bool)
+    mask = np.zeros(apogee.N_PIX_GAPLESS, bool)
     mask[2000:2100] = True
+    model = forward.batch_spectra(labels[None])[0, apogee.KEPT_PIXELS].astype(float)
+    operator, columns = real_vs_mock.model_continuum(error, mask)   # normalized as the data
+    flux = model / (operator @ model[columns]) + rng.normal(size=error.shape) * sigma
     flux[2000:2100] = 7.0                                   # masked pixels hold anything
     fits = real_vs_mock.fit_real(flux, error, mask, box, starts=STARTS, n_iter=N_ITER)
     raw, floor = fits["raw"], fits["floor"]

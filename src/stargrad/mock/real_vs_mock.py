@@ -11,7 +11,7 @@ large misfit do not decide the fit alone).
 
 The diagnosis, on the residual r = (data − model)/σ of the floored fit:
 - χ² shares by pixel class: pixels within `LINE_RADIUS_PX` of a mock line, by the line's kind
-  (12CO with the 13CO markers, CN, OH, atomic, Brackett), and the mock's continuum (no mock
+  (CO: 12CO and 13CO; CN, OH, atomic, Brackett), and the mock's continuum (no mock
   line near); the mean residual of each class (negative: the star absorbs more than the mock
   does there);
 - the large-scale share: the fraction of Σr² carried by r smoothed over `CONTINUUM_SCALE_PX`
@@ -25,6 +25,8 @@ The diagnosis, on the residual r = (data − model)/σ of the floored fit:
 """
 from __future__ import annotations
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pandas as pd
 
@@ -32,10 +34,11 @@ from ..sdss import apogee
 from ..datasets import compile as compile_
 from ..plots.figures import plt, save_figure
 from . import LABELS
-from .forward import LSF_SIGMA_PX, spectrum
+from .forward import LSF_SIGMA_PX
 from .lines import CO_BAND_HEADS, line_table
 from .population import draw_labels
-from ..stages.oracle import fit_oracle, training_box
+from ..sdss.continuum import continuum_operator
+from ..stages.oracle import fit_oracle, training_box, true_flux
 
 LINE_RADIUS_PX = 2.0          # a pixel belongs to a line within ±2 px of its centre (FWHM 3.2)
 CONTINUUM_SCALE_PX = 101      # running-mean window of the large-scale residual (≈ 23 Å)
@@ -60,17 +63,33 @@ def label_vector(teff: float, logg: float, feh: float) -> np.ndarray:
     return np.array([teff, logg] + [feh] * (len(LABELS) - 2), float)
 
 
+def model_continuum(error, mask, deg: int = 2):
+    """(operator (7514, U), columns (U,)): the pseudo-continuum that compile's apStar
+    normalization (`sdss.continuum.continuum_normalize`) fits, as a linear map of a model
+    spectrum's unmasked continuum pixels, with the data's (normalized) errors as weights."""
+    usable = np.zeros(apogee.N_PIX_GAPLESS, bool)
+    usable[apogee.continuum_pixels()] = True
+    usable &= ~np.asarray(mask, bool) & np.isfinite(error)
+    columns = np.flatnonzero(usable)
+    return continuum_operator(error, usable, deg)[:, columns], columns
+
+
 def fit_real(flux, error, mask, box, *, starts=None, n_iter: int = 30,
-             error_floor: float = ERROR_FLOOR) -> dict:
+             error_floor: float = ERROR_FLOOR, same_continuum: bool = True) -> dict:
     """Fit one spectrum (7514,) with the raw errors and with the floored ones; per fit:
-    labels (22,), chi2, dof, reduced_chi2, converged, model (7514,), sigma (7514,) used."""
+    labels (22,), chi2, dof, reduced_chi2, converged, model (7514,), sigma (7514,) used. With
+    `same_continuum` the model is divided by the pseudo-continuum the data's normalization
+    would fit to it (`model_continuum`): the data are normalized to their continuum pixels,
+    which molecular and atomic lines depress in a cool star, the mock to its true continuum."""
+    continuum = model_continuum(error, mask) if same_continuum else None
     out = {}
     for name, sigma in (("raw", np.asarray(error, np.float64)),
                         ("floor", np.hypot(np.asarray(error, np.float64), error_floor))):
         fit = fit_oracle(flux[None], sigma[None], mask[None], box, n_iter=n_iter,
-                         batch_size=1, extra_starts=starts)
+                         batch_size=1, extra_starts=starts, continuum=continuum)
         labels = fit["value"][0]
-        model = np.asarray(spectrum(labels))[apogee.KEPT_PIXELS]
+        with jax.enable_x64(True):
+            model = np.asarray(true_flux(0.0, 1.0, continuum)(jnp.asarray(labels)))
         dof = int((~mask).sum()) - len(LABELS)
         out[name] = dict(labels=labels, chi2=float(fit["chi2"][0]), dof=dof,
                          reduced_chi2=float(fit["chi2"][0]) / dof,
@@ -93,10 +112,11 @@ def _smooth(values, width: int):
 
 
 def pixel_classes(radius_px: float = LINE_RADIUS_PX) -> np.ndarray:
-    """(7514,) class of every pixel: the mock species nearest within `radius_px` ('12CO',
+    """(7514,) class of every pixel: the mock species nearest within `radius_px` ('CO',
     'CN', 'OH', 'atomic', 'brackett'), else 'continuum'."""
     table = line_table()
-    kind = np.where(table["kind"].eq("molecular"), table["species"], table["kind"]).astype(str)
+    species = table["species"].replace({"12CO": "CO", "13CO": "CO"})
+    kind = np.where(table["kind"].eq("molecular"), species, table["kind"]).astype(str)
     pixels = apogee.KEPT_PIXELS.astype(float)
     order = np.argsort(table["pixel"].to_numpy())
     centres, kind = table["pixel"].to_numpy()[order], kind[order]
@@ -164,7 +184,7 @@ def diagnose(flux, mask, fit: dict) -> dict:
     r2 = resid ** 2
     classes = pixel_classes()
     shares = {}
-    for name in ("12CO", "CN", "OH", "atomic", "brackett", "continuum"):
+    for name in ("CO", "CN", "OH", "atomic", "brackett", "continuum"):
         sel = good & (classes == name)
         shares[name] = dict(n_pixels=int(sel.sum()), chi2_share=float(r2[sel].sum() / r2.sum()),
                             chi2_per_pixel=float(r2[sel].mean()) if sel.any() else np.nan,

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 
 import numpy as np
-from numpy.polynomial import Chebyshev
+from numpy.polynomial import Chebyshev, chebyshev
 
 from . import apogee
 from .survey import SurveyFileError, read_image_hdus
@@ -97,3 +97,26 @@ def continuum_normalize(flux, error, bitmask=None, deg: int = 2,
     norm_error[bad] = 1.0
     norm_flux, norm_error = norm_flux.astype(np.float32), norm_error.astype(np.float32)
     return (norm_flux[0], norm_error[0], bad[0]) if squeeze else (norm_flux, norm_error, bad)
+
+
+def continuum_operator(error, usable, deg: int = 2) -> np.ndarray:
+    """The continuum `continuum_normalize` fits to one spectrum, as a linear map of its flux:
+    (7514, 7514) matrix M with continuum = M @ flux, for the errors σ (7514,) and the pixels
+    `usable` in the fit (bool (7514,): continuum pixels, unmasked, finite). Per chip the same
+    weighted Chebyshev least squares (numpy's weights w = 1/(σ² + 1e-8), domain the usable
+    pixels' range); a chip with ≤ `deg` usable pixels gets rows of NaN. Lets a model spectrum be
+    normalized exactly as the data were (`mock.real_vs_mock`)."""
+    error, usable = np.asarray(error, float), np.asarray(usable, bool)
+    operator = np.zeros((apogee.N_PIX_GAPLESS, apogee.N_PIX_GAPLESS))
+    for start, stop in apogee.CHIP_OFFSETS.values():
+        x = np.arange(stop - start, dtype=float)
+        keep = usable[start:stop]
+        if keep.sum() <= deg:
+            operator[start:stop] = np.nan
+            continue
+        lo, hi = x[keep].min(), x[keep].max()
+        vander = chebyshev.chebvander((2.0 * x - (lo + hi)) / (hi - lo), int(deg))
+        w = 1.0 / (error[start:stop][keep] ** 2 + _IVAR_FLOOR)
+        solve = np.linalg.pinv(vander[keep] * w[:, None]) * w[None, :]
+        operator[start:stop, start + np.flatnonzero(keep)] = vander @ solve
+    return operator

@@ -50,15 +50,25 @@ def check_oracle_task(task: Task) -> None:
                          f"the mock's forward model does not take (it takes {ASPCAP_LABELS})")
 
 
-def true_flux(mean, std):
-    """The forward model on the 7514 chip pixels as a function of standardized labels."""
+def true_flux(mean, std, continuum=None):
+    """The forward model on the 7514 chip pixels as a function of standardized labels; with
+    `continuum` = (operator (7514, U), columns (U,)), divided by operator @ flux[columns], the
+    pseudo-continuum that the data's normalization would fit to it
+    (`sdss.continuum.continuum_operator`)."""
     kept = jnp.asarray(apogee.KEPT_PIXELS, jnp.int32)     # int32 in and out of x64 mode
-    return lambda labels: jnp.take(spectrum(mean + std * labels), kept)
+
+    def flux(labels):
+        model = jnp.take(spectrum(mean + std * labels), kept)
+        if continuum is None:
+            return model
+        operator, columns = continuum
+        return model / (operator @ jnp.take(model, columns))
+    return flux
 
 
 @partial(jax.jit, static_argnames="n_iter")
-def _fit_chunk(x, inv_var, starts, mean, std, lower, upper, *, n_iter: int):
-    return solver.fit_stars(true_flux(mean, std), x, inv_var, starts, n_iter=n_iter,
+def _fit_chunk(x, inv_var, starts, mean, std, lower, upper, continuum, *, n_iter: int):
+    return solver.fit_stars(true_flux(mean, std, continuum), x, inv_var, starts, n_iter=n_iter,
                             lower=lower, upper=upper, implicit=False, star_chunk=x.shape[0])
 
 
@@ -78,13 +88,15 @@ def training_box(train_labels, bound_margin: float, n_prototypes: int):
 
 
 def fit_oracle(flux, error, mask, box, *, n_iter: int, batch_size: int = 32,
-               extra_starts=None) -> dict:
+               extra_starts=None, continuum=None) -> dict:
     """Fit the true forward model to spectra (N, 7514): dict of value, std (N, 22) in label
     units, chi2, converged (N,). `extra_starts` (S, 22) in label units, clipped into the box,
-    are tried for every star besides the training mean and the best prototype."""
+    are tried for every star besides the training mean and the best prototype; `continuum` as
+    `true_flux` takes it (the same for every star)."""
     mean, std, lower, upper, prototypes = box
     with jax.enable_x64(True):
-        proto_flux = np.asarray(jax.vmap(true_flux(mean, std))(jnp.asarray(prototypes)))
+        proto_flux = np.asarray(jax.vmap(true_flux(mean, std, continuum))(
+            jnp.asarray(prototypes)))
         inv_var = np.where(mask, 0.0, 1.0 / np.square(np.asarray(error, np.float64)))
         x = np.where(mask, 0.0, np.asarray(flux, np.float64))
         chi2 = (inv_var * x * x).sum(1)[:, None] - 2 * (inv_var * x) @ proto_flux.T \
@@ -98,7 +110,7 @@ def fit_oracle(flux, error, mask, box, *, n_iter: int, batch_size: int = 32,
         out = {"value": [], "std": [], "chi2": [], "converged": []}
         for _, n_valid, (xc, wc, sc) in padded_chunks((x, inv_var, starts), batch_size,
                                                       pad="edge"):
-            fit = _fit_chunk(xc, wc, sc, mean, std, lower, upper, n_iter=n_iter)
+            fit = _fit_chunk(xc, wc, sc, mean, std, lower, upper, continuum, n_iter=n_iter)
             out["value"].append(mean + std * np.asarray(fit["value"])[:n_valid])
             cov = np.asarray(fit["covariance"])[:n_valid]
             out["std"].append(std * np.sqrt(np.einsum("nkk->nk", cov)))

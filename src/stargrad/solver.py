@@ -178,8 +178,8 @@ def symmetric_eigen(h):
         app, aqq, apq = a[pi, pi], a[qi, qi], a[pi, qi]
         off = apq != 0
         tau = jnp.where(off, (aqq - app) / jnp.where(off, 2.0 * apq, 1.0), 0.0)
-        t = jnp.where(off, jnp.where(tau >= 0, 1.0, -1.0) / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)),
-                      0.0)
+        sign = jnp.where(tau >= 0, 1.0, -1.0)
+        t = jnp.where(off, sign / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)), 0.0)
         c = 1.0 / jnp.sqrt(1.0 + t * t)
         s = t * c
         rot = (jnp.eye(n, dtype=a.dtype).at[pi, pi].set(c).at[qi, qi].set(c)

@@ -75,7 +75,6 @@ _MOLECULES = {
     "CN": (("C", "N"), "N", -3.5, -0.1, (-1.9, -0.9), 1.6),
     "OH": (("O",), "O", -6.0, -0.1, (-1.2, -0.3), 2.0),
 }
-_CATALOGUE_MOLECULES = {"CN": "CN", "OH": "OH"}
 #: CO: labels, χ_eff (eV) of its number density (stronger when cooler; each line adds its
 #: lower level's excitation energy), log g coefficient.
 _CO_LAW = (("C",), -2.5, -0.15)
@@ -169,13 +168,13 @@ def co_lines() -> pd.DataFrame:
         for v in CO_LOWER_LEVELS:
             lower = co_levels(v, j, isotope)
             band = np.log10((v + 1) * (v + 2) * (v + 3) / 6.0)
-            for branch, upper_j, honl in (("R", j + 1, j + 1.0), ("P", j - 1, j * 1.0)):
+            for upper_j, honl in ((j + 1, j + 1.0), (j - 1, j * 1.0)):     # R, P branches
                 ok = upper_j >= 0
                 nu = co_levels(v + 3, upper_j[ok], isotope) - lower[ok]
                 e_low = lower[ok] - co_levels(0, 0, "12C")
                 rows.append(pd.DataFrame(dict(
                     species=name, wavelength=1e8 / nu, e_low_ev=e_low * EV_PER_WAVENUMBER,
-                    log_strength=(log_share + band + np.log10(np.maximum(honl[ok], 1e-30))
+                    log_strength=(log_share + band + np.log10(honl[ok])
                                   - HC_OVER_K * e_low / TEFF_REF / np.log(10.0)))))
     lines = pd.concat(rows, ignore_index=True)
     lines["log_tau_ref"] = lines["log_strength"] - lines["log_strength"].max() + CO_LOG_TAU_MAX
@@ -203,7 +202,7 @@ def _molecular_lines(rng: np.random.Generator) -> pd.DataFrame:
             waves.append(np.sort(rng.uniform(start, end, n)))
         waves = np.concatenate(waves)
         log_tau = rng.uniform(lo, hi, len(waves))
-        markers = cat.loc[cat["species"].map(_CATALOGUE_MOLECULES).eq(molecule)]
+        markers = cat.loc[cat["species"].eq(molecule)]
         marker_tau = np.full(len(markers), hi)
         frames.append(pd.DataFrame(dict(
             species=molecule, labels=[labels] * (len(waves) + len(markers)),

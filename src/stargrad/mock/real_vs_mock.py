@@ -70,8 +70,7 @@ def model_continuum(error, mask, deg: int = 2):
     usable = np.zeros(apogee.N_PIX_GAPLESS, bool)
     usable[apogee.continuum_pixels()] = True
     usable &= ~np.asarray(mask, bool) & np.isfinite(error)
-    columns = np.flatnonzero(usable)
-    return continuum_operator(error, usable, deg)[:, columns], columns
+    return continuum_operator(error, usable, deg), np.flatnonzero(usable)
 
 
 def fit_real(flux, error, mask, box, *, starts=None, n_iter: int = 30,

@@ -100,14 +100,15 @@ def continuum_normalize(flux, error, bitmask=None, deg: int = 2,
 
 
 def continuum_operator(error, usable, deg: int = 2) -> np.ndarray:
-    """The continuum `continuum_normalize` fits to one spectrum, as a linear map of its flux:
-    (7514, 7514) matrix M with continuum = M @ flux, for the errors σ (7514,) and the pixels
-    `usable` in the fit (bool (7514,): continuum pixels, unmasked, finite). Per chip the same
-    weighted Chebyshev least squares (numpy's weights w = 1/(σ² + 1e-8), domain the usable
-    pixels' range); a chip with ≤ `deg` usable pixels gets rows of NaN. Lets a model spectrum be
-    normalized exactly as the data were (`mock.real_vs_mock`)."""
+    """The continuum `continuum_normalize` fits to one spectrum, as a linear map of the flux
+    at the pixels `usable` in the fit (bool (7514,): continuum pixels, unmasked, finite):
+    (7514, U) matrix M with continuum = M @ flux[usable], for the errors σ (7514,). Per chip
+    the same weighted Chebyshev least squares (numpy's weights w = 1/(σ² + 1e-8), domain the
+    usable pixels' range); a chip with ≤ `deg` usable pixels gets rows of NaN. Lets a model
+    spectrum be normalized exactly as the data were (`mock.real_vs_mock`)."""
     error, usable = np.asarray(error, float), np.asarray(usable, bool)
-    operator = np.zeros((apogee.N_PIX_GAPLESS, apogee.N_PIX_GAPLESS))
+    operator = np.zeros((apogee.N_PIX_GAPLESS, int(usable.sum())))
+    column = np.cumsum(usable) - 1               # each usable pixel's column in the operator
     for start, stop in apogee.CHIP_OFFSETS.values():
         x = np.arange(stop - start, dtype=float)
         keep = usable[start:stop]
@@ -118,5 +119,5 @@ def continuum_operator(error, usable, deg: int = 2) -> np.ndarray:
         vander = chebyshev.chebvander((2.0 * x - (lo + hi)) / (hi - lo), int(deg))
         w = 1.0 / (error[start:stop][keep] ** 2 + _IVAR_FLOOR)
         solve = np.linalg.pinv(vander[keep] * w[:, None]) * w[None, :]
-        operator[start:stop, start + np.flatnonzero(keep)] = vander @ solve
+        operator[start:stop, column[start + np.flatnonzero(keep)]] = vander @ solve
     return operator

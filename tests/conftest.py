@@ -18,43 +18,35 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-import subprocess  # noqa: E402
-
 import slurm_runs as slurm_runs_module  # noqa: E402
-from workflow_jobs import ENV, command  # noqa: E402
+from slurm_runs import BackgroundRun  # noqa: E402
+from workflow_jobs import CONFIG  # noqa: E402
 
 
 @pytest.fixture(scope="session", autouse=True)
 def local_run(request, tmp_path_factory):
     """The CI-config run of the workflow that the workflow and cluster tests read (`run`),
     started with the session when one of them is selected, so that the unit tests go on
-    alongside it (the session's tests otherwise use one core of two); (workdir, process, log
-    path), or None. STARGRAD_TEST_WORKDIR reuses (and updates) an earlier run's directory."""
+    alongside it (the session's tests otherwise use one core of two); a
+    slurm_runs.BackgroundRun, or None. STARGRAD_TEST_WORKDIR reuses (and updates) an earlier
+    run's directory."""
     if not any("run" in item.fixturenames for item in request.session.items):
         yield None
         return
     reuse = os.environ.get("STARGRAD_TEST_WORKDIR")
     workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("wf")
-    workdir.mkdir(parents=True, exist_ok=True)
-    log = workdir.with_name(workdir.name + "-snakemake.log")
-    with open(log, "w") as out:
-        proc = subprocess.Popen(command(workdir), stdout=out, stderr=subprocess.STDOUT,
-                                env=ENV, cwd=workdir, start_new_session=True)
-    yield workdir, proc, log
-    if proc.poll() is None:
-        proc.terminate()
-        proc.wait()
+    background = BackgroundRun(workdir, ["--configfile", str(CONFIG)], slurm=False)
+    yield background
+    background.stop()
 
 
 @pytest.fixture(scope="session")
 def run(local_run):
     """A finished CI-config run of the workflow (the reference of the workflow and cluster
     tests): the session's background run, awaited."""
-    workdir, proc, log = local_run
-    if proc.wait(timeout=1800) != 0:
-        raise AssertionError(f"the CI-config run failed (exit {proc.returncode}):\n"
-                             f"{log.read_text(errors='replace')[-8000:]}")
-    return workdir
+    if local_run.wait() != 0:
+        raise AssertionError(f"the CI-config run failed:\n{local_run.output(8000)}")
+    return local_run.workdir
 
 
 def pytest_collection_modifyitems(items):

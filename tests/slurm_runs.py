@@ -37,8 +37,9 @@ class BackgroundRun:
     line), polled every `poll_s`: SLURM forgets a finished job after MinJobAge (300 s here),
     before a test that awaits a background run may look."""
 
-    def __init__(self, workdir: Path, args, env=None):
+    def __init__(self, workdir: Path, args, env=None, slurm: bool = True):
         self.workdir = Path(workdir)
+        self.slurm = slurm               # False: a local run, no SLURM records to poll
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.log = self.workdir.with_suffix(".log")
         self.t0 = time.monotonic()
@@ -54,16 +55,20 @@ class BackgroundRun:
     def _poll(self, poll_s: float = 2.0) -> None:
         while True:
             running = self.proc.poll() is None
-            out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True,
-                                 text=True).stdout
-            for line in out.splitlines():
-                match = re.match(r"JobId=(\d+) ", line)
-                if match:
-                    self.records[match.group(1)] = line
+            if self.slurm:
+                self._record_jobs()
             if not running:
                 self.wall = time.monotonic() - self.t0
                 return
             time.sleep(poll_s)
+
+    def _record_jobs(self) -> None:
+        out = subprocess.run(["scontrol", "show", "job", "--oneliner"], capture_output=True,
+                             text=True).stdout
+        for line in out.splitlines():
+            match = re.match(r"JobId=(\d+) ", line)
+            if match:
+                self.records[match.group(1)] = line
 
     def wait(self, timeout: float = 1800) -> int:
         """The run's exit status, once it has finished; `wall` is then its wall time (s, to

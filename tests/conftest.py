@@ -1,10 +1,13 @@
 """Test session set-up: JAX as a CPU workflow job runs it (stargrad.pipeline.job), before JAX is
-imported, with one compilation cache for the session: the tests and every workflow run they start
-(the local CI run, the SLURM runs, the reruns) load what another already compiled. A fresh
-directory per session, removed at its end, unless STARGRAD_COMPILATION_CACHE names one."""
+imported, with one compilation cache for the session: the tests (in every pytest-xdist worker)
+and every workflow run they start (the local CI run, the SLURM runs, the reruns) load what
+another already compiled. A fresh directory per session, removed at its end, unless
+STARGRAD_COMPILATION_CACHE names one."""
+import json
 import os
 import shutil
 import tempfile
+import time
 
 from stargrad.pipeline.job import CACHE_ENV, jax_environment
 
@@ -23,38 +26,103 @@ from slurm_runs import BackgroundRun  # noqa: E402
 from workflow_jobs import CONFIG  # noqa: E402
 
 
+#: The session's background run of the CI config (the `run` fixture), among its SLURM runs.
+LOCAL_RUN = "ci-local"
+#: The test processes' nice value, above the background runs' (0): the CI-config run, which a
+#: third of the tests await, gets the cores first, and the unit tests take what it leaves.
+TEST_NICENESS = 10
+
+
 @pytest.fixture(scope="session", autouse=True)
-def local_run(request, tmp_path_factory):
-    """The CI-config run of the workflow that the workflow and cluster tests read (`run`),
-    started with the session when one of them is selected, so that the unit tests go on
-    alongside it (the session's tests otherwise use one core of two); a
-    slurm_runs.BackgroundRun, or None. STARGRAD_TEST_WORKDIR reuses (and updates) an earlier
-    run's directory."""
-    if not any("run" in item.fixturenames for item in request.session.items):
-        yield None
+def background_runs(request, tmp_path_factory):
+    """The session's workflow runs, started with the session so that the other tests go on
+    alongside them: the CI-config run that the workflow and cluster tests read (`run`) when one
+    of them is selected, and the cluster tests' SLURM runs (tests/slurm_runs.py) when those are
+    selected and a SLURM answers. {name: BackgroundRun}, each awaited by the tests that read it.
+
+    Under pytest-xdist every worker comes here: the first to claim the session's shared
+    directory starts the runs and lists them there, the others attach to the listed runs, and
+    the owner awaits them all before it ends. Then each lowers its own priority
+    (_lower_priority); the runs already started keep theirs. STARGRAD_TEST_WORKDIR reuses (and
+    updates) an earlier CI-config run's directory."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent              # the session's, above each worker's own
+    manifest = shared / "background-runs.json"
+    try:
+        os.close(os.open(shared / "background-runs.claim", os.O_CREAT | os.O_EXCL))
+    except FileExistsError:
+        _lower_priority()
+        yield {name: BackgroundRun.attach(Path(workdir))
+               for name, workdir in _await_manifest(manifest).items()}
         return
-    reuse = os.environ.get("STARGRAD_TEST_WORKDIR")
-    workdir = Path(reuse) if reuse else tmp_path_factory.mktemp("wf")
-    background = BackgroundRun(workdir, ["--configfile", str(CONFIG)], slurm=False)
-    yield background
-    background.stop()
+    items = request.session.items
+    workdirs = {}
+    if any("run" in item.fixturenames for item in items):
+        workdirs[LOCAL_RUN] = Path(os.environ.get("STARGRAD_TEST_WORKDIR") or shared / "wf")
+    selected = {item.originalname for item in items}
+    if any(name in selected for name in slurm_runs_module.RUNS) and slurm_runs_module.slurm_up():
+        workdirs.update({name: shared / name / "run" for name in slurm_runs_module.RUNS
+                         if name in selected})
+    started = [BackgroundRun.start(workdir, ["--configfile", str(CONFIG)], slurm=False)
+               if name == LOCAL_RUN else slurm_runs_module.RUNS[name](workdir)
+               for name, workdir in workdirs.items()]
+    manifest.write_text(json.dumps({name: str(workdir) for name, workdir in workdirs.items()}))
+    _lower_priority()
+    yield dict(zip(workdirs, started))
+    try:
+        for background in started:
+            background.wait()
+    finally:
+        for background in started:
+            background.stop()
+
+
+def _lower_priority() -> None:
+    """This test process's nice value to TEST_NICENESS, for every thread it has (on Linux a nice
+    value is a thread's: JAX's CPU threads exist from the collection on) and so for the threads
+    and subprocesses they start."""
+    tasks = Path("/proc/self/task")
+    for thread in os.listdir(tasks) if tasks.is_dir() else ["0"]:
+        os.setpriority(os.PRIO_PROCESS, int(thread), TEST_NICENESS)
+
+
+def _await_manifest(manifest: Path, timeout: float = 120) -> dict[str, str]:
+    deadline = time.monotonic() + timeout
+    while not manifest.exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no test process listed the session's runs in {manifest}")
+        time.sleep(0.2)
+    return json.loads(manifest.read_text())
 
 
 @pytest.fixture(scope="session")
-def run(local_run):
+def run(background_runs):
     """A finished CI-config run of the workflow (the reference of the workflow and cluster
     tests): the session's background run, awaited."""
-    if local_run.wait() != 0:
-        raise AssertionError(f"the CI-config run failed:\n{local_run.output(8000)}")
-    return local_run.workdir
+    local = background_runs[LOCAL_RUN]
+    if local.wait() != 0:
+        raise AssertionError(f"the CI-config run failed:\n{local.output(8000)}")
+    return local.workdir
+
+
+@pytest.fixture(scope="session")
+def slurm_runs(background_runs):
+    """The cluster tests' SLURM runs: {test name: BackgroundRun}, each awaited by its test."""
+    return {name: r for name, r in background_runs.items() if name in slurm_runs_module.RUNS}
 
 
 def pytest_collection_modifyitems(items):
     """The tests that read the session's CI-config run go after the unit tests, and the tests
     that await a background SLURM run go last: the other tests run while those runs go on,
-    instead of waiting on them halfway through the session."""
+    instead of waiting on them halfway through the session. Under pytest-xdist's loadgroup the
+    readers of the CI-config run go to one worker, one at a time: some of them rerun the
+    workflow in its directory."""
     items.sort(key=lambda item: (item.originalname in slurm_runs_module.RUNS,
                                  "run" in item.fixturenames))
+    for item in items:
+        if "run" in item.fixturenames:
+            item.add_marker(pytest.mark.xdist_group(LOCAL_RUN))
 
 
 @pytest.fixture
@@ -65,25 +133,8 @@ def no_proxy(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-@pytest.fixture(scope="session", autouse=True)
-def slurm_runs(request, tmp_path_factory):
-    """The cluster tests' SLURM runs (tests/slurm_runs.py), started with the session when those
-    tests are selected and a SLURM answers, so that they go on alongside the other tests;
-    {test name: BackgroundRun}, each awaited by its test."""
-    selected = {item.originalname for item in request.session.items}
-    wanted = [name for name in slurm_runs_module.RUNS if name in selected]
-    runs = {}
-    if wanted and slurm_runs_module.slurm_up():
-        runs = {name: slurm_runs_module.RUNS[name](tmp_path_factory.mktemp("slurm"))
-                for name in wanted}
-    yield runs
-    for background in runs.values():
-        background.stop()
-
-
-@pytest.fixture(scope="session", autouse=True)
-def session_cache():
-    """Removes the session's compilation cache when the session ends."""
-    yield
+def pytest_unconfigure(config):
+    """Removes the session's compilation cache when the session ends (in the process that made
+    it: under pytest-xdist the controller, whose environment the workers inherit)."""
     if SESSION_CACHE:
         shutil.rmtree(SESSION_CACHE, ignore_errors=True)

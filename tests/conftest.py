@@ -23,7 +23,6 @@ import pytest  # noqa: E402
 
 import slurm_runs as slurm_runs_module  # noqa: E402
 from slurm_runs import BackgroundRun  # noqa: E402
-from workflow_jobs import CONFIG  # noqa: E402
 
 
 #: The session's background run of the CI config (the `run` fixture), among its SLURM runs.
@@ -53,7 +52,7 @@ def background_runs(request, tmp_path_factory):
         os.close(os.open(shared / "background-runs.claim", os.O_CREAT | os.O_EXCL))
     except FileExistsError:
         _lower_priority()
-        yield {name: BackgroundRun.attach(Path(workdir))
+        yield {name: BackgroundRun(Path(workdir))
                for name, workdir in _await_manifest(manifest).items()}
         return
     items = request.session.items
@@ -64,9 +63,8 @@ def background_runs(request, tmp_path_factory):
     if any(name in selected for name in slurm_runs_module.RUNS) and slurm_runs_module.slurm_up():
         workdirs.update({name: shared / name / "run" for name in slurm_runs_module.RUNS
                          if name in selected})
-    started = [BackgroundRun.start(workdir, ["--configfile", str(CONFIG)], slurm=False)
-               if name == LOCAL_RUN else slurm_runs_module.RUNS[name](workdir)
-               for name, workdir in workdirs.items()]
+    starts = {LOCAL_RUN: slurm_runs_module.local_run, **slurm_runs_module.RUNS}
+    started = [starts[name](workdir) for name, workdir in workdirs.items()]
     manifest.write_text(json.dumps({name: str(workdir) for name, workdir in workdirs.items()}))
     _lower_priority()
     yield dict(zip(workdirs, started))

@@ -34,7 +34,7 @@ def slurm_up() -> bool:
 
 class BackgroundRun:
     """A snakemake process running in `workdir`, its output in workdir/../<name>.log, started by
-    one test process of the session (`start`) and awaited from any (`attach`): under
+    one test process of the session (`start`) and awaited from any: under
     pytest-xdist the tests that read a run may go to another worker than the one that owns it.
     The owner records SLURM's line for every job while the run goes on (`records`: job id ->
     `scontrol show job` line, polled every `poll_s`: SLURM forgets a finished job after
@@ -43,6 +43,7 @@ class BackgroundRun:
     log."""
 
     def __init__(self, workdir: Path):
+        """The run in `workdir`, started by this test process (`start`) or another."""
         self.workdir = Path(workdir)
         self.log = self.workdir.with_suffix(".log")
         self._records = self.workdir.with_suffix(".records.json")
@@ -63,11 +64,6 @@ class BackgroundRun:
         self._poller = threading.Thread(target=self._poll, args=(slurm,), daemon=True)
         self._poller.start()
         return self
-
-    @classmethod
-    def attach(cls, workdir: Path) -> BackgroundRun:
-        """A run that another test process started in `workdir`."""
-        return cls(workdir)
 
     def _poll(self, slurm: bool, poll_s: float = 2.0) -> None:
         records = {}
@@ -123,6 +119,12 @@ def _write_json(path: Path, value) -> None:
     partial = path.with_suffix(".partial")
     partial.write_text(json.dumps(value))
     partial.replace(path)
+
+
+def local_run(workdir: Path) -> BackgroundRun:
+    """The CI config, run locally in `workdir`: the reference the workflow and cluster tests
+    read."""
+    return BackgroundRun.start(workdir, ["--configfile", str(CONFIG)], slurm=False)
 
 
 #: What the CI config's run through profiles/slurm makes: one model's way through every stage

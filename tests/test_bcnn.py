@@ -371,6 +371,34 @@ def test_mc_predict_matches_explicit_samples(small):
     assert np.all(out["std_model"] > 0)
 
 
+#: JAX's event for each program lowered to MLIR: every shape that compiles (or loads from the
+#: persistent compilation cache) is lowered first.
+LOWERED_EVENT = "/jax/core/compile/jaxpr_to_mlir_module_duration"
+
+
+def test_mc_predict_compiles_one_program_for_any_number_of_stars(small):
+    """Chunks of exactly batch_size stars, the last padded: 1, 3 and 5 stars at batch_size 4
+    (one chunk, one chunk, a full and a padded one) run one program; another batch_size
+    compiles another."""
+    model, params, x = small
+    key = jax.random.key(9)
+    compiled = []
+    listener = lambda name, *_, **__: compiled.append(name == LOWERED_EVENT)  # noqa: E731
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        first = mc_predict(model, params, x[:1], key, mc_samples=3, batch_size=4)
+        after_first = sum(compiled)
+        for n in (3, 5):
+            out = mc_predict(model, params, x[:n], key, mc_samples=3, batch_size=4)
+            assert out["value"].shape == (n, 3)
+        assert sum(compiled) == after_first > 0
+        mc_predict(model, params, x, key, mc_samples=3, batch_size=2)
+        assert sum(compiled) > after_first
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    np.testing.assert_allclose(out["value"][:1], first["value"], rtol=1e-5, atol=1e-7)
+
+
 def test_row_keys_give_each_row_its_own_mask():
     keys = jax.random.split(jax.random.key(3), 4)
     masks = np.asarray(layers.keep_mask(keys, (4, 5000), 0.3, salt=2))

@@ -19,6 +19,8 @@ from .trained import apply_in_chunks, load_trained
 
 
 MODEL_FILES = ("model.json", "norm.json", "params.npz")
+#: The most stars `predict` puts in one compiled chunk unless told otherwise.
+DEFAULT_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -47,14 +49,18 @@ class TrainedModel:
         return self.norm.inputs(flux, mask), x_err, mask
 
     def predict(self, flux, error=None, mask=None, *, ids=None, mc_samples: int = 100,
-                seed: int = 0, batch_size: int = 256) -> pd.DataFrame:
+                seed: int = 0, batch_size: int | None = None) -> pd.DataFrame:
         """Labels and uncertainties of spectra: one row per spectrum and, per label, the value
         and `<label>_std_model`, `_std_predictive`, `_std_total`, `_std_calibrated` (see
         docs/ARCHITECTURE.md); families that fit each star by χ² add `converged`. Stochastic (MC-dropout) models average `mc_samples` dropout
         masks drawn from `seed` and each star's ID in `ids` (default: its row number), so a
-        star gets the same prediction in any batch (0 samples: one dropout-off pass)."""
+        star gets the same prediction in any batch (0 samples: one dropout-off pass).
+        Stars go through in compiled chunks of `batch_size` (default: all of them, up to 256),
+        the last one padded: calls with the same `batch_size` share one program."""
         self._require_labels("predict")
         x, x_err, _ = self.inputs(flux, error, mask)
+        if batch_size is None:
+            batch_size = min(DEFAULT_BATCH, max(len(x), 1))
         out = predict_with_uncertainty(self.model, self.params, x, self.meta,
                                        mc_samples=mc_samples, seed=seed, batch_size=batch_size,
                                        x_err=x_err, ids=ids)

@@ -83,9 +83,11 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
     default its row number; `star_seeds`), so its result does not depend on the batch.
 
     `mc_samples=0`, or a model that is not stochastic, gives one dropout-off pass with
-    std_model = 0. `batch_size` stars are processed per chunk and at most `max_rows`
-    (stars x MC samples) forward passes are vmapped at once, which bounds the activations held
-    at once (the default keeps them in cache; bench/bench_models.py measures the rate)."""
+    std_model = 0. Stars go through in chunks of exactly `batch_size` (the last one padded), so
+    one compiled program serves every call with that `batch_size`, whatever the number of
+    stars; at most `max_rows` (stars x MC samples) forward passes are vmapped at once, which
+    bounds the activations held at once (the default keeps them in cache;
+    bench/bench_models.py measures the rate)."""
     x = np.asarray(x, dtype=np.float32)
     if x.ndim != 2 or x.shape[0] == 0:
         raise ValueError(f"mc_predict: x must be a non-empty (stars, pixels) array, "
@@ -97,7 +99,6 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
         raise ValueError(f"mc_predict: need mc_samples >= 0, batch_size >= 1 and max_rows >= 1, "
                          f"got {mc_samples}, {batch_size}, {max_rows}")
     n = x.shape[0]
-    batch_size = min(batch_size, n)
     mc_batch = max(1, min(mc_samples, max_rows // batch_size))
     run = _compiled(model, mc_samples if model.stochastic else 0, mc_batch)
     seeds = star_seeds(np.arange(n) if ids is None else ids)
@@ -113,7 +114,8 @@ def mc_predict(model, params, x, key, mc_samples: int = 100, batch_size: int = 6
 def predict_with_uncertainty(model, params, x, meta: dict, *, mc_samples: int, seed: int,
                              batch_size: int = 256, x_err=None, ids=None) -> dict:
     """Value and uncertainties of (N, P) normalized flux in normalized label units: dict of
-    (N, K) arrays value, std_model, std_predictive, std_total.
+    (N, K) arrays value, std_model, std_predictive, std_total; stars in chunks of
+    `batch_size` (`mc_predict`).
 
     Stochastic models with `mc_samples` > 0 use MC dropout (`mc_predict`, key from `seed`,
     each star's draws also from its ID in `ids`);

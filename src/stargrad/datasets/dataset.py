@@ -28,6 +28,17 @@ class SplitData:
         return len(self.ids)
 
 
+def split_rows(path) -> int:
+    """The number of stars of a compiled `<split>.fits`, read from its LABELS header only."""
+    try:
+        with fitsio.FITS(str(path)) as fits:
+            if "LABELS" not in fits:
+                raise survey.SurveyFileError(path, "missing HDU LABELS")
+            return fits["LABELS"].get_nrows()
+    except OSError as exc:
+        raise survey.SurveyFileError(path, f"cannot read compiled split: {exc}") from exc
+
+
 def load_split(path) -> SplitData:
     """Read a compiled `<split>.fits`, checking its contract (HDUs, shapes, row counts)."""
     path = Path(path)

@@ -10,7 +10,7 @@ import pandas as pd
 
 from ..applied import load
 from ..sdss.apogee import is_missing
-from ..datasets.dataset import load_split, task_labels
+from ..datasets.dataset import load_split, split_rows, task_labels
 from ..predictions import STD_COLUMNS, mad_std, write_predictions
 from ..provenance import atomic_path, header_cards
 from ..tasks import Task
@@ -61,6 +61,10 @@ def predict_splits(model_dir, split_paths, out_paths, *, mc_samples: int, seed: 
         raise ValueError(f"{model_dir}: calibration needs the valid split among {stems}")
     if trained.model.stochastic and mc_samples > 0:
         check_calibration_mode(calibrate, mc_splits, where=str(model_dir))
+    # One chunk size for every split, so that all of them run one compiled program per MC
+    # setting (tiny splits: one chunk of the largest split's size, its padding cheap beside a
+    # compilation).
+    batch_size = min(batch_size, max(1, *(split_rows(p) for p in split_paths)))
     # Predictions first, then calibration, then files: keep only ids and truths of each split,
     # not its spectra (a DR17 training split is GBs).
     predicted, ids, truths = {}, {}, {}

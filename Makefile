@@ -21,7 +21,7 @@ run: setup
 	$(SNAKEMAKE) --report results/report.html
 
 test: setup
-	$(BIN)/python -m pytest tests -n $(CORES) --dist loadgroup --durations=15
+	$(BIN)/python -m pytest tests -n $(CORES) --dist load --durations=15
 
 lint: setup
 	$(SNAKEMAKE) --lint

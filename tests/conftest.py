@@ -113,14 +113,11 @@ def slurm_runs(background_runs):
 def pytest_collection_modifyitems(items):
     """The tests that read the session's CI-config run go after the unit tests, and the tests
     that await a background SLURM run go last: the other tests run while those runs go on,
-    instead of waiting on them halfway through the session. Under pytest-xdist's loadgroup the
-    readers of the CI-config run go to one worker, one at a time: some of them rerun the
-    workflow in its directory."""
+    instead of waiting on them halfway through the session. The readers of the CI-config run
+    go to any worker: none of them changes its directory (they rebuild, resume or retry in
+    copies; dry runs and reports only read it)."""
     items.sort(key=lambda item: (item.originalname in slurm_runs_module.RUNS,
                                  "run" in item.fixturenames))
-    for item in items:
-        if "run" in item.fixturenames:
-            item.add_marker(pytest.mark.xdist_group(LOCAL_RUN))
 
 
 @pytest.fixture

@@ -1,19 +1,15 @@
 """Test session set-up: JAX as a CPU workflow job runs it (stargrad.pipeline.job), before JAX is
-imported, with one compilation cache for the session: the tests (in every pytest-xdist worker)
-and every workflow run they start (the local CI run, the SLURM runs, the reruns) load what
-another already compiled. A fresh directory per session, removed at its end, unless
-STARGRAD_COMPILATION_CACHE names one."""
+imported, with the compilation cache a job uses (`job.compilation_cache_dir`: the user's,
+~/.cache/stargrad/jax/<host CPU>, unless STARGRAD_COMPILATION_CACHE names another or "off"):
+the tests (in every pytest-xdist worker) and every workflow run they start (the local CI run,
+the SLURM runs, the reruns) load what another, or an earlier session, already compiled. The
+tests of the cache itself give it fresh directories of their own."""
 import json
 import os
-import shutil
-import tempfile
 import time
 
-from stargrad.pipeline.job import CACHE_ENV, jax_environment
+from stargrad.pipeline.job import jax_environment
 
-SESSION_CACHE = None if os.environ.get(CACHE_ENV) else tempfile.mkdtemp(prefix="stargrad-jax-")
-if SESSION_CACHE:
-    os.environ[CACHE_ENV] = SESSION_CACHE
 jax_environment("cpu")
 
 
@@ -126,10 +122,3 @@ def no_proxy(monkeypatch):
     for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy",
                  "ALL_PROXY"):
         monkeypatch.delenv(name, raising=False)
-
-
-def pytest_unconfigure(config):
-    """Removes the session's compilation cache when the session ends (in the process that made
-    it: under pytest-xdist the controller, whose environment the workers inherit)."""
-    if SESSION_CACHE:
-        shutil.rmtree(SESSION_CACHE, ignore_errors=True)

@@ -105,6 +105,38 @@ def test_several_starts_keep_the_least_chi2():
     np.testing.assert_allclose(both["value"][0], good, atol=0.05)
 
 
+def test_readout_objective_equals_the_flux_objective():
+    """A read-out model f = Θ v(ℓ) (tanh features of the labels and a constant): the objective
+    built from ΘᵀWΘ gives the same value, Gauss-Newton matrix and gradient as the one built
+    from the flux's Jacobian, and the fits with either agree."""
+    rng = np.random.default_rng(9)
+    mix = jnp.asarray(rng.normal(0.0, 1.0, (6, N_LABELS)), jnp.float32)
+    theta = jnp.asarray(rng.normal(0.0, 0.3, (N_PIXELS, 7)), jnp.float32)
+
+    def features(labels):
+        return jnp.concatenate([jnp.tanh(mix @ labels), jnp.ones(1)])
+
+    def flux(labels):
+        return theta @ features(labels)
+
+    labels, x, inv_var = stars(flux, 3, seed=10, noise=0.02)
+    at = jnp.asarray(labels[0] + 0.1)
+    for k in range(3):
+        gram = solver.weighted_gram(theta, jnp.asarray(inv_var[k]), chunk=16)
+        want = theta.T @ (theta * inv_var[k][:, None])
+        np.testing.assert_allclose(gram, want, atol=1e-6 * float(jnp.abs(want).max()))
+        readout = solver.readout_objective(theta, gram, features, x[k], inv_var[k], 0.5, 0.1)
+        plain = solver.flux_objective(flux, x[k], inv_var[k], 0.5, 0.1)
+        for a, b in zip(readout(at), plain(at)):
+            np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-3 * float(jnp.abs(b).max()))
+    starts = labels[:, None] + 0.05
+    by_readout = jax.jit(jax.vmap(lambda xs, ws, ss: solver.fit_star(
+        flux, xs, ws, ss, n_iter=20, objective=solver.readout_objective(
+            theta, solver.weighted_gram(theta, ws), features, xs, ws))["value"]))(
+        x, inv_var, starts)
+    np.testing.assert_allclose(by_readout, fit(flux, x, inv_var, starts)["value"], atol=1e-4)
+
+
 def test_implicit_jacobian_equals_unrolled():
     """d label / d flux through the optimality condition = jax.jacrev through the iterations,
     on a nonlinear model with a misfit (the Newton matrix then differs from Gauss-Newton)."""

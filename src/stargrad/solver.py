@@ -295,6 +295,34 @@ def implicit_solution(optimality: Callable, solve: Callable, guess):
 
 # --------------------------------------------------------------------------- any flux model
 
+def pair_matrix(r: int) -> np.ndarray:
+    """(r, r) position of the product of columns (min, max) in the triu-ordered pairs."""
+    i, j = np.triu_indices(r)
+    full = np.zeros((r, r), int)
+    full[i, j] = full[j, i] = np.arange(len(i))
+    return full
+
+
+def weighted_gram(theta, weights, chunk: int = 512):
+    """Θᵀ diag(w) Θ (T, T) of one star's weights (P,), from the products of pairs of columns
+    of Θ accumulated over chunks of pixels (vmapped over stars: one matrix product per chunk)."""
+    n_pixels, t = theta.shape
+    i, j = np.triu_indices(t)
+    chunk = min(chunk, n_pixels)
+    n_chunks = -(-n_pixels // chunk)
+    pad = n_chunks * chunk - n_pixels
+    theta_c = jnp.pad(theta, ((0, pad), (0, 0))).reshape(n_chunks, chunk, t)
+    weights_c = jnp.pad(weights, (0, pad)).reshape(n_chunks, chunk)
+
+    def add(upper, block):
+        th, w = block
+        return upper + w @ (th[:, i] * th[:, j]), None
+
+    upper, _ = lax.scan(add, jnp.zeros(len(i), theta.dtype), (theta_c, weights_c))
+    return upper[pair_matrix(t)]
+
+
+
 def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
     """The objective of one star (x, inv_var (P,)) under `flux_fn(labels (K,)) -> (P,)`:
     labels -> (χ² + |ℓ − μ|²/τ², H = AᵀWA + I/τ², S = 0, g = AᵀWr − (ℓ − μ)/τ²), with A from
@@ -309,6 +337,23 @@ def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0
     return objective
 
 
+def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.0,
+                      prior_mean=0.0):
+    """`flux_objective` for a flux model that is a linear read-out Θ v(ℓ) of features v =
+    `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of ones;
+    the Cannon's polynomial): the value and g from the flux as there, but H = DᵀMD + I/τ² with
+    D = ∂v/∂ℓ (T, K) by forward mode and M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`, formed once
+    per star. An evaluation then costs O(PT + T²K) instead of the O(PTK) of A = ΘD."""
+    def objective(labels):
+        d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
+        w_resid = inv_var * (x - theta @ v)
+        offset = labels - prior_mean
+        h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
+        value = jnp.dot(x - theta @ v, w_resid) + prior_prec * jnp.dot(offset, offset)
+        return value, h, jnp.zeros_like(h), d.T @ (theta.T @ w_resid) - prior_prec * offset
+    return objective
+
+
 def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
     """½∇(χ² + |ℓ − μ|²/τ²) = (ℓ − μ)/τ² − AᵀW(x − f(ℓ)) as a function of the labels, written
     with a vector-Jacobian product so that its own Jacobian (the Newton matrix) is exact."""
@@ -320,12 +365,15 @@ def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.
 
 def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, lower=None, upper=None,
              prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
-             tol: float = CONVERGENCE_TOL) -> dict:
+             tol: float = CONVERGENCE_TOL, objective: Callable | None = None) -> dict:
     """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
     `starts` (S, K), the best kept. Returns value (K,), covariance (K, K) = H⁻¹ at the
     solution, chi2 (prior excluded), converged (bool). With `implicit`, value is differentiated
-    through the optimality condition (else through the iterations)."""
-    objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
+    through the optimality condition (else through the iterations). `objective` replaces
+    `flux_objective` of the same star and prior in the iterations, covariance and convergence
+    test (e.g. `readout_objective`); the implicit derivative always comes from `flux_fn`."""
+    if objective is None:
+        objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
     free = jnp.ones(starts.shape[-1], bool)
 
     def solve(_):

@@ -189,19 +189,11 @@ def make_design(labels, order: int) -> Design:
     return Design(basis, basis[:, i] * basis[:, j], wt.T / sing, sing[:, None] * wt, mean, scale)
 
 
-def _pair_matrix(r: int) -> np.ndarray:
-    """(r, r) position of the product of columns (min, max) in the triu-ordered pairs."""
-    i, j = np.triu_indices(r)
-    full = np.zeros((r, r), int)
-    full[i, j] = full[j, i] = np.arange(len(i))
-    return full
-
-
 def _normal_equations(design: Design, weights, flux):
     """Per-pixel normal equations in the basis: Gram (C, r, r) and right side (C, r), from
     weights and flux (C, N)."""
     upper = weights @ design.pairs
-    return upper[:, _pair_matrix(design.basis.shape[1])], (weights * flux) @ design.basis
+    return upper[:, solver.pair_matrix(design.basis.shape[1])], (weights * flux) @ design.basis
 
 
 def _spd_solve(gram, rhs):
@@ -328,32 +320,13 @@ class ChiSquare(NamedTuple):
     v_ref: jnp.ndarray
 
 
-def weighted_gram(theta, weights, chunk: int = 512):
-    """Θᵀ diag(w) Θ (T, T) of one star's weights (P,), from the products of pairs of columns
-    of Θ accumulated over chunks of pixels (vmapped over stars: one matrix product per chunk)."""
-    n_pixels, t = theta.shape
-    i, j = np.triu_indices(t)
-    chunk = min(chunk, n_pixels)
-    n_chunks = -(-n_pixels // chunk)
-    pad = n_chunks * chunk - n_pixels
-    theta_c = jnp.pad(theta, ((0, pad), (0, 0))).reshape(n_chunks, chunk, t)
-    weights_c = jnp.pad(weights, (0, pad)).reshape(n_chunks, chunk)
-
-    def add(upper, block):
-        th, w = block
-        return upper + w @ (th[:, i] * th[:, j]), None
-
-    upper, _ = lax.scan(add, jnp.zeros(len(i), theta.dtype), (theta_c, weights_c))
-    return upper[_pair_matrix(t)]
-
-
 def chi_square(theta, x, inv_var, ref_labels, order: int, m=None) -> ChiSquare:
     """The `ChiSquare` of one star (x, inv_var (P,)) about reference labels (K,); `m` reuses
     ΘᵀC⁻¹Θ, which does not depend on the reference."""
     v_ref = label_vector(ref_labels, order)
     resid = x - theta @ v_ref
     w_resid = inv_var * resid
-    m = weighted_gram(theta, inv_var) if m is None else m
+    m = solver.weighted_gram(theta, inv_var) if m is None else m
     return ChiSquare(m, theta.T @ w_resid, resid @ w_resid, v_ref)
 
 

@@ -19,10 +19,12 @@ residuals at the catalogue labels (`solver.fit_scatter`; +inf: weight 0, for a p
 valid star), and frozen with the test step's constants.
 
 Test step (`apply`), star by star: the labels of least χ²(ℓ) = Σ_p (x_p − f_p(ℓ))² / (σ_p² + s_p²)
-+ |ℓ|²/τ² by `solver.fit_star`: `n_iter` Levenberg-Marquardt iterations from two starts — the
-training mean and the training label vector among `n_prototypes` whose emulated spectrum fits
-best — inside the training label range widened by `bound_margin` of its width on each side; τ =
-`prior_std` is a weak prior that keeps a label the spectrum does not constrain near the mean.
++ |ℓ|²/τ² by `solver.fit_star`, with the Gauss-Newton matrix formed through the emulator's last
+layer as a linear read-out (`solver.readout_objective`): `n_iter` Levenberg-Marquardt iterations
+from two starts — the training mean and the training label vector among `n_prototypes` whose
+emulated spectrum fits best — inside the training label range widened by `bound_margin` of its
+width on each side; τ = `prior_std` is a weak prior that keeps a label the spectrum does not
+constrain near the mean.
 
 Outputs (standardized units): `value` (B, K); `log_var_model` (B, K), log diag (AᵀΣ⁻¹A + I/τ²)⁻¹
 with Σ = diag σ² (the measurement noise alone, A = ∂f/∂ℓ at the solution: becomes std_model);
@@ -70,10 +72,26 @@ def _positive_number(name: str, value, allow_zero: bool = False) -> float:
 
 def emulate(emulator: dict, labels):
     """Normalized flux (..., P) of standardized labels (..., K)."""
+    return dense(emulator["out"], hidden_features(emulator, labels))
+
+
+def hidden_features(emulator: dict, labels):
+    """The last hidden layer's output (..., H) of standardized labels (..., K)."""
     h = labels
     for layer in emulator["hidden"]:
         h = jax.nn.silu(dense(layer, h))
-    return dense(emulator["out"], h)
+    return h
+
+
+def readout(emulator: dict):
+    """(Θ (P, H + 1), v(ℓ) -> (H + 1,)): the emulator as a linear read-out of its last hidden
+    layer and a constant, f(ℓ) = Θ v(ℓ), for `solver.readout_objective`."""
+    theta = jnp.concatenate([emulator["out"]["w"].T, emulator["out"]["b"][:, None]], axis=1)
+
+    def features(labels):
+        h = hidden_features(emulator, labels)
+        return jnp.concatenate([h, jnp.ones(h.shape[:-1] + (1,), h.dtype)], axis=-1)
+    return theta, features
 
 
 def noise_weights(x, x_err, pixel_valid=None):
@@ -190,9 +208,13 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
         options = dict(n_iter=n_iter, lower=frozen["lower"], upper=frozen["upper"],
                        prior_prec=prior_prec)
 
+        theta, features = readout(emulator)
+
         def one(args):
             xs, wt, wn, ss = args
-            fit = solver.fit_star(flux_fn, xs, wt, ss, **options)
+            objective = solver.readout_objective(theta, solver.weighted_gram(theta, wt), features,
+                                                 xs, wt, prior_prec)
+            fit = solver.fit_star(flux_fn, xs, wt, ss, objective=objective, **options)
             _, h_noise, _, _ = solver.flux_objective(flux_fn, xs, wn, prior_prec)(
                 lax.stop_gradient(fit["value"]))
             var_total = jnp.diagonal(fit["covariance"])

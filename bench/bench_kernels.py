@@ -4,8 +4,6 @@ on this machine, so it can be re-measured when JAX/XLA or the hardware change.
 
 - bcnn conv block forward: scaled shifted slices (`bcnn._correlate`) vs `lax.conv`;
 - bcnn conv block gradient: the hand-written VJP vs autodiff of the same forward;
-- conv2's kernel gradient (4 -> 8 channels): a convolution contracting the stars vs a matmul
-  of shifted columns batched over stars;
 - dropout masks: the counter hash (`layers.keep_mask`) vs a threefry Bernoulli draw, run
   and compile time;
 - per-chunk Jacobian sums: a loop over stars (`attribution.jacobian._masked_sums`) vs XLA's
@@ -87,20 +85,11 @@ def main() -> None:
         return jax.jit(jax.grad(lambda p, xx: jnp.sum(jnp.square(features(p, xx)))))
     custom = loss_of(lambda p, xx: bcnn.conv_features(p, xx, None, spec))
     custom_time = best_time(custom, params, x, repeats=args.repeats)
-    plain = lambda pool, *a: bcnn._conv_block_forward(pool, *a, differentiable=True)[0]  # noqa: E731
+    plain = lambda pool, *a: bcnn._conv_block_forward(pool, *a, elementwise_pool=False)[0]  # noqa: E731
     with mock.patch.object(bcnn, "_conv_block", plain):
         auto = loss_of(lambda p, xx: bcnn.conv_features(p, xx, None, spec))
         auto_time = best_time(auto, params, x, repeats=args.repeats)
     rows.append(("conv block gradient", "custom VJP", custom_time, "autodiff", auto_time))
-
-    # conv2's kernel gradient with the tuned censored model's channels (4 -> 8)
-    h = jax.random.normal(jax.random.key(3), (args.batch, 4, P + 7))
-    g = jax.random.normal(jax.random.key(4), (args.batch, 8, P))
-    rows.append(("conv2 kernel gradient, 4 -> 8 channels", "convolution",
-                 best_time(jax.jit(lambda a, b: bcnn._kernel_grad(a, b, 8)), h, g,
-                           repeats=args.repeats), "batched matmul",
-                 best_time(jax.jit(lambda a, b: bcnn._kernel_grad_matmul(a, b, 8)), h, g,
-                           repeats=args.repeats)))
 
     shape = (args.batch, 196)
     key = jax.random.key(2)

@@ -28,7 +28,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-from jax import lax
 import numpy as np
 
 from ..layers import (ASTRONN_INIT_STD, Init, boolean, dense, dropout, glorot_dense, init_params,
@@ -102,31 +101,23 @@ def _correlate_transposed(g, w):
 
 def _kernel_grad(h, g, k_len: int):
     """Gradient of sum(g * _correlate(h, w)) in w: (B, C_in, n + K - 1), (B, C_out, n) -> (K,
-    C_in, C_out). With several input channels, a convolution of h with g along the pixels that
-    contracts the stars as its features (no (B, K·C_in, n) column copy); with one, the batched
-    matmul `_kernel_grad_matmul`, faster there (bench/bench_kernels.py)."""
-    if h.shape[1] == 1:
-        return _kernel_grad_matmul(h, g, k_len)
-    return lax.conv_general_dilated(h.transpose(1, 0, 2), g.transpose(1, 0, 2), (1,), "VALID",
-                                    dimension_numbers=("NCH", "OIH", "NCH")).transpose(2, 0, 1)
-
-
-def _kernel_grad_matmul(h, g, k_len: int):
-    """`_kernel_grad` as a matmul of the (B, K·C_in, n) shifted columns of h with g, batched
-    over stars (then summed), which runs faster on CPU than one contraction over stars and
-    pixels together."""
+    C_in, C_out). A matmul batched over stars (then summed), which runs faster on CPU than one
+    contraction over stars and pixels together."""
     n = g.shape[-1]
     cols = jnp.stack([h[..., k:k + n] for k in range(k_len)], axis=1)       # (B, K, C_in, n)
     per_star = jnp.einsum("bjn,bdn->bjd", cols.reshape(h.shape[0], -1, n), g)
     return per_star.sum(0).reshape(k_len, h.shape[1], g.shape[1])
 
 
-def _pool_route(y, top):
-    """(B, C, T) int8: the position in each pool window (B, C, T, pool) of its first maximum
-    `top` (TF's max-pool gradient routing; ties, e.g. flat zero-padded spectra, go to one
-    pixel), or `pool` where the ReLU after the pool is off (no gradient reaches the window).
-    An argmax (a reduction) so that XLA materialises it once for the backward's consumers."""
-    return jnp.where(top > 0, jnp.argmax(y, axis=-1).astype(jnp.int8), jnp.int8(y.shape[-1]))
+def _first_max(y, pooled):
+    """(B, C, T, pool) one-hot of the first position in each pool window equal to its max
+    (TF's max-pool gradient routing; ties, e.g. flat zero-padded spectra, go to one pixel)."""
+    hits, taken = [], False
+    for p in range(y.shape[-1]):          # unrolled: cumsum lowers to a slow reduce-window
+        hit = y[..., p] == pooled
+        hits.append(hit & ~taken)
+        taken = taken | hit
+    return jnp.stack(hits, axis=-1)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -136,33 +127,35 @@ def _conv_block(pool: int, w1, b1, w2, b2, xp, gate):
     on the spectrum, 0 in the "same" padding. Returns (B, C2, (n1 - K + 1) // pool).
 
     A custom VJP: autodiff of the shifted slices gives one reduction per kernel entry and
-    chains of pads, slower than the explicit backward below (bench/bench_kernels.py). The pool
-    is an elementwise maximum of the pool offsets, which XLA fuses into the conv loop; under
-    differentiation the forward also keeps where each window's maximum lies (`_pool_route`,
-    int8), which is all the backward needs of conv2's output."""
-    return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, differentiable=False)[0]
+    chains of pads, slower than the explicit backward below (bench/bench_kernels.py). Without
+    differentiation (prediction, MC dropout) the pool is an elementwise maximum of the pool
+    offsets, which XLA fuses into the conv loop; under differentiation it is a reduce, whose
+    materialised output the backward reads (an elementwise pool there would be recomputed
+    inside every consumer)."""
+    return _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool=True)[0]
 
 
-def _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, differentiable: bool):
+def _conv_block_forward(pool, w1, b1, w2, b2, xp, gate, elementwise_pool: bool):
     pre = _correlate(xp[:, None, :], w1) + b1[:, None]
     gate1 = jnp.where(pre > 0, gate, 0.0)
     h = pre * gate1
     y = _correlate(h, w2) + b2[:, None]
     y = y[..., :y.shape[-1] // pool * pool].reshape(y.shape[:-1] + (-1, pool))
-    top = functools.reduce(jnp.maximum, [y[..., p] for p in range(pool)])
-    pooled = jax.nn.relu(top)
-    if not differentiable:
-        return pooled, None
-    return pooled, (w1, w2, xp, gate1, h, _pool_route(y, top))
+    if elementwise_pool:
+        pooled = functools.reduce(jnp.maximum, [y[..., p] for p in range(pool)])
+    else:
+        pooled = y.max(axis=-1)
+    pooled = jax.nn.relu(pooled)
+    return pooled, (w1, w2, xp, gate1, h, y, pooled)
 
 
-_conv_block_fwd = functools.partial(_conv_block_forward, differentiable=True)
+_conv_block_fwd = functools.partial(_conv_block_forward, elementwise_pool=False)
 
 
 def _conv_block_bwd(pool, res, g):
-    w1, w2, xp, gate1, h, route = res
-    gy = jnp.where(route[..., None] == jnp.arange(pool, dtype=jnp.int8), g[..., None], 0.0)
-    gy = gy.reshape(gy.shape[:-2] + (-1,))
+    w1, w2, xp, gate1, h, y, pooled = res
+    route = _first_max(y, pooled) & (pooled > 0)[..., None]
+    gy = jnp.where(route, g[..., None], 0.0).reshape(y.shape[:-2] + (-1,))
     n2 = h.shape[-1] - w2.shape[0] + 1
     gy = jnp.pad(gy, [(0, 0)] * (gy.ndim - 1) + [(0, n2 - gy.shape[-1])])
     gpre = _correlate_transposed(gy, w2) * gate1

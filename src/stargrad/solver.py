@@ -322,7 +322,6 @@ def weighted_gram(theta, weights, chunk: int = 512):
     return upper[pair_matrix(t)]
 
 
-
 def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
     """The objective of one star (x, inv_var (P,)) under `flux_fn(labels (K,)) -> (P,)`:
     labels -> (χ² + |ℓ − μ|²/τ², H = AᵀWA + I/τ², S = 0, g = AᵀWr − (ℓ − μ)/τ²), with A from
@@ -340,16 +339,18 @@ def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0
 def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.0,
                       prior_mean=0.0):
     """`flux_objective` for a flux model that is a linear read-out Θ v(ℓ) of features v =
-    `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of ones;
-    the Cannon's polynomial): the value and g from the flux as there, but H = DᵀMD + I/τ² with
-    D = ∂v/∂ℓ (T, K) by forward mode and M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`, formed once
-    per star. An evaluation then costs O(PT + T²K) instead of the O(PTK) of A = ΘD."""
+    `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of
+    ones): the value and g from the flux as there, but H = DᵀMD + I/τ² with D = ∂v/∂ℓ (T, K) by
+    forward mode and M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`, formed once per star. An
+    evaluation then costs O(PT + T²K) instead of the O(PTK) of A = ΘD. (The Cannon's polynomial
+    is such a model too; it expands χ² itself as a quadratic form in v, models/cannon.py.)"""
     def objective(labels):
         d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
-        w_resid = inv_var * (x - theta @ v)
+        resid = x - theta @ v
+        w_resid = inv_var * resid
         offset = labels - prior_mean
         h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
-        value = jnp.dot(x - theta @ v, w_resid) + prior_prec * jnp.dot(offset, offset)
+        value = jnp.dot(resid, w_resid) + prior_prec * jnp.dot(offset, offset)
         return value, h, jnp.zeros_like(h), d.T @ (theta.T @ w_resid) - prior_prec * offset
     return objective
 

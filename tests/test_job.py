@@ -96,3 +96,18 @@ def test_job_timing_reads_the_set_up_and_done_lines():
     before = job.process_wall_s()
     time.sleep(0.2)
     assert job.process_wall_s() - before >= 0.2 and job.process_cpu_s() > 0
+
+
+def test_atomic_write_removes_the_temporary_files_of_a_killed_writer(tmp_path):
+    """A writer killed inside `atomic_path` leaves its `.NAME.*.part`; the next write of the same
+    file removes it (a rerun must leave no stray files among the results) and touches no other
+    file's temporaries."""
+    from stargrad.provenance import write_json
+    target = tmp_path / "out[1].json"
+    orphan = tmp_path / ".out[1].json.abc123.part"
+    other = tmp_path / ".other.json.abc123.part"
+    orphan.write_text("partial")
+    other.write_text("partial")
+    write_json(target, {"a": 1})
+    assert json.loads(target.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, target.name]

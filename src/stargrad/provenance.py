@@ -5,6 +5,7 @@ Files carry no timestamps, so the same config and seed give byte-identical outpu
 from __future__ import annotations
 
 import contextlib
+import glob
 import hashlib
 import json
 import os
@@ -35,9 +36,13 @@ def header_cards(config_digest: str | None = None, seed: int | None = None, **ex
 def atomic_path(path):
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
-    An interrupted job therefore never leaves a valid-looking partial file under the final name."""
+    An interrupted job therefore never leaves a valid-looking partial file under the final name;
+    the temporary files of earlier writers of `path` that were killed before cleaning up are
+    removed here, so a rerun leaves none behind."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for orphan in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        orphan.unlink(missing_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
     os.close(fd)
     os.unlink(tmp)

@@ -136,18 +136,23 @@ def valid_chi2(run: Path) -> dict:
 
 
 def rates(run: Path, n_rate: int, n_jacobian: int) -> dict:
-    """Payne test step (stars/s) on n_rate test stars after a compiling call, and the implicit
-    Jacobian of n_jacobian stars (s, after compiling its chunk of 32)."""
+    """Payne test step (stars/s) on n_rate test stars after a compiling call, for the labels
+    alone and for every output, and the implicit Jacobian of n_jacobian stars (s, after
+    compiling its chunk of 32)."""
     trained = stargrad.load(run / "results/models/payne/aspcap", calibration=None)
     test = load_split(run / "results/data/main/test.fits")
     x, x_err, _ = trained.inputs(test.flux, test.error, test.mask)
-    apply = jax.jit(lambda p, xs, es: trained.model.apply(p, xs, x_err=es)["value"])
     n = min(n_rate, len(x))
-    jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
-    t0, c0 = time.perf_counter(), time.process_time()
-    jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
-    wall, cpu = time.perf_counter() - t0, time.process_time() - c0
-    out = {"test_step_stars_per_s": n / wall, "test_step_cpu_s_per_star": cpu / n}
+    out = {}
+    # "value": the labels alone (XLA drops the rest); "all": every output, as `predict` runs it
+    for name, pick in (("", lambda out: out["value"]), ("_all_outputs", lambda out: out)):
+        apply = jax.jit(lambda p, xs, es: pick(trained.model.apply(p, xs, x_err=es)))
+        jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
+        t0, c0 = time.perf_counter(), time.process_time()
+        jax.block_until_ready(apply(trained.params, x[:n], x_err[:n]))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        out.update({f"test_step{name}_stars_per_s": n / wall,
+                    f"test_step{name}_cpu_s_per_star": cpu / n})
     m = min(n_jacobian, len(x))
     jacobian(trained.model, trained.params, x[:32], x_err=x_err[:32], chunk_size=32)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -92,9 +92,10 @@ def _gan(**hyper):
     return build("gan", n_inputs=P, n_outputs=3, **{**spec, **hyper})
 
 
-def test_each_player_gets_exactly_the_gradient_of_its_own_loss(splits):
+@pytest.mark.parametrize("moment_weight", [0.0, 1.0])
+def test_each_player_gets_exactly_the_gradient_of_its_own_loss(splits, moment_weight):
     train = {k: jnp.asarray(v[:32]) for k, v in splits[0].items()}
-    model = _gan()
+    model = _gan(moment_weight=moment_weight)
     params = model.init_data(splits[0], jax.random.key(0))
     key = jax.random.key(1)
     total = jax.grad(lambda p: model.loss(p, train, key)[0])(params)
@@ -110,9 +111,38 @@ def test_each_player_gets_exactly_the_gradient_of_its_own_loss(splits):
     assert all(not np.any(g) for g in jax.tree.leaves(total["frozen"]))
 
 
-def test_tiny_gan_losses_move_and_its_checkpoint_resumes_to_the_same_bytes(splits, tmp_path):
+def test_moment_mismatch_pulls_the_spread_towards_the_real_one_without_shrinking_it():
+    """Fakes drawn from the real distribution with one dimension scaled by s: the expected
+    mismatch's slope in s at s = 1 is 0 (its gradient is unbiased), while the plain squared
+    difference of one fake batch's covariance to the real one's slopes upwards there (≈ 4(K + 1)/n:
+    it pulls the samples' spread below the real one's). A mean shifted by 1 adds 1."""
+    n, k, draws = 64, 6, 400
+    keys = jax.random.split(jax.random.key(0), draws)
+    weights = jnp.ones(n)
+
+    def per_draw(scale, shift=0.0):
+        def one(key):
+            real, fake, twin = jax.random.normal(key, (3, n, k))
+            moved = lambda a: a.at[:, 0].multiply(scale).at[:, 0].add(shift)  # noqa: E731
+            _, c_r = gan.weighted_moments(real, weights)
+            _, c_f = gan.weighted_moments(moved(fake), weights)
+            return (gan.moment_mismatch(real, moved(fake), moved(twin), weights),
+                    jnp.sum((c_f - c_r) ** 2))
+        return jax.vmap(one)(keys)
+
+    slope_ours = jax.vmap(jax.grad(lambda s, i: per_draw(s)[0][i]), (None, 0))(1.0, jnp.arange(draws))
+    slope_naive = jax.grad(lambda s: per_draw(s)[1].mean())(1.0)
+    assert abs(float(slope_ours.mean())) < 4 * float(slope_ours.std()) / draws ** 0.5
+    assert float(slope_naive) == pytest.approx(4 * (k + 1) / n, rel=0.25)
+    shift = per_draw(1.0, 1.0)[0] - per_draw(1.0)[0]
+    assert float(shift.mean()) == pytest.approx(1.0, abs=4 * float(shift.std()) / draws ** 0.5)
+
+
+@pytest.mark.parametrize("moment_weight", [0.0, 1.0])
+def test_tiny_gan_losses_move_and_its_checkpoint_resumes_to_the_same_bytes(splits, tmp_path,
+                                                                           moment_weight):
     train, valid, _ = splits
-    model = _gan()
+    model = _gan(moment_weight=moment_weight)
     cfg = training.TrainConfig(learning_rate=2e-3, batch_size=32, max_epochs=6,
                                early_stopping_patience=None)
     params, history = training.fit(model, train, valid, cfg, jax.random.key(0), **QUIET)
@@ -152,6 +182,21 @@ def test_conditional_samples_follow_their_labels(splits):
     np.testing.assert_allclose(model.apply(params, a)["value"], a, atol=1e-4)
 
 
+def test_generated_spectra_reach_the_discriminator_through_the_real_stars_masks(splits):
+    """Each fake is observed through the mask of the real star whose labels it was given, as
+    real spectra are: where every pixel is masked, real and fake look alike (the training mean),
+    the discriminator cannot tell them apart and the generator gets no gradient."""
+    batch = {k: jnp.asarray(v[:16]) for k, v in splits[0].items()}
+    model = _gan(moment_weight=1.0)
+    params = model.init_data(splits[0], jax.random.key(0))
+    blind = dict(batch, pixel_valid=jnp.zeros_like(batch["pixel_valid"]))
+    for data, moves in ((batch, True), (blind, False)):
+        grads = jax.grad(lambda p: model.loss(p, data, jax.random.key(1))[1]["g_loss"])(params)
+        assert any(np.any(g) for g in jax.tree.leaves(grads["generator"])) == moves
+    _, metrics = model.loss(params, blind, None)
+    assert float(metrics["moments"]) == 0.0 and abs(float(metrics["frechet"])) < 1e-6
+
+
 def test_stars_missing_a_conditioning_label_are_left_out_of_the_loss(splits):
     batch = {k: jnp.asarray(v[:16]) for k, v in splits[0].items()}
     model = _gan()
@@ -178,6 +223,7 @@ def test_stars_missing_a_conditioning_label_are_left_out_of_the_loss(splits):
     ({"fd_components": 9}, r"gan: need fd_components \(9\) <= basis \(8\)"),
     ({"generator_hidden": [16, -1]}, "gan: generator_hidden"),
     ({"input_norm": "log"}, "gan: input_norm"),
+    ({"moment_weight": -1.0}, "gan: moment_weight must be a finite number >= 0"),
 ])
 def test_gan_names_bad_hyper_parameters(hyper, message):
     with pytest.raises(ValueError, match=message):

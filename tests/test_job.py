@@ -57,12 +57,14 @@ def test_programs_loaded_from_the_cache_give_the_same_bytes(tmp_path):
     cache = tmp_path / "cache"
     off = run_job(tmp_path / "off", "off")
     cold = run_job(tmp_path / "cold", str(cache))
-    entries = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    stored = sorted(p.name for p in cache.rglob("*-cache"))   # JAX's file per stored program
     warm = run_job(tmp_path / "warm", str(cache))
     assert off == {"hits": 0, "misses": 0}
-    assert cold["hits"] == 0 and cold["misses"] > 0 and entries
-    # programs that compiled in under CACHE_MIN_COMPILE_S were not written: they miss again
-    assert warm["hits"] > 0 and warm["misses"] < cold["misses"]
+    assert cold["hits"] == 0 and cold["misses"] > 0 and stored
+    # every program the cold run stored is loaded, not compiled; those that compiled in under
+    # CACHE_MIN_COMPILE_S were not stored and miss again (how many depends on the load, so the
+    # misses are not compared)
+    assert warm["hits"] >= len(stored)
     for name in ("params.npz", "predictions.npz"):
         reference = (tmp_path / "off" / name).read_bytes()
         assert (tmp_path / "cold" / name).read_bytes() == reference

@@ -128,7 +128,7 @@ def test_implicit_jacobian_is_the_efficient_estimator_at_zero_residual(trained):
 
 def test_a_star_that_does_not_converge_is_flagged(trained):
     params, _ = trained
-    short = models.build("payne", n_inputs=N_PIXELS, n_outputs=N_LABELS, **{**HYPER, "n_iter": 1})
+    short = models.build("payne", n_inputs=N_PIXELS, n_outputs=N_LABELS, **{**HYPER, "n_iter": 1, "n_polish": 0})
     test = draw(8, seed=8, noise=(1e-4, 2e-4))
     out = short.apply(params, test["x"], x_err=test["x_err"])
     assert not np.all(np.asarray(out["converged"]))
@@ -147,7 +147,8 @@ def test_params_round_trip_and_apply_without_flux_errors(trained, tmp_path):
     np.testing.assert_allclose(np.asarray(without["value"]), test["y"], atol=0.5)
 
 
-@pytest.mark.parametrize("name, value", [("hidden", [0]), ("n_iter", 0), ("n_prototypes", 1.5),
+@pytest.mark.parametrize("name, value", [("hidden", [0]), ("n_iter", 0), ("n_polish", -1),
+                                         ("n_prototypes", 1.5),
                                          ("bound_margin", -0.1), ("prior_std", 0.0),
                                          ("star_chunk", True)])
 def test_bad_hyper_parameters_raise_naming_them(name, value):

@@ -103,6 +103,11 @@ def test_several_starts_keep_the_least_chi2():
     both = fit(curved_flux, x, inv_var, np.stack([bad, good])[None], n_iter=3)
     assert both["chi2"][0] < one["chi2"][0]
     np.testing.assert_allclose(both["value"][0], good, atol=0.05)
+    # polishing goes on from the better start only: one iteration each, then 30 from the best
+    polished = fit(curved_flux, x, inv_var, np.stack([bad, good])[None], n_iter=1, n_polish=30)
+    assert polished["converged"][0]
+    np.testing.assert_allclose(polished["value"][0], fit(curved_flux, x, inv_var, good[None, None],
+                                                         n_iter=31)["value"][0], atol=1e-4)
 
 
 def test_readout_objective_equals_the_flux_objective():

@@ -165,26 +165,41 @@ def _round_robin(n: int) -> np.ndarray:
 def symmetric_eigen(h):
     """Eigenvalues (K,) and eigenvectors (K, K, as columns) of a symmetric h, by JACOBI_SWEEPS
     sweeps of Jacobi rotations in parallel order (each round zeroes K/2 disjoint off-diagonal
-    pairs at once, Golub & Van Loan §8.5), in plain XLA operations; unsorted."""
+    pairs at once, Golub & Van Loan §8.5), in plain XLA operations; unsorted.
+
+    A round's rotation R pairs every index i with a partner j: (aR)[:, i] = c a[:, i] ∓ s a[:, j]
+    (− for the first of the pair), and Rᵀa the same on rows, so a round costs O(K²) elementwise
+    work instead of two K × K matrix products."""
     k = h.shape[0]
     n = k + k % 2                      # an odd size gets a decoupled extra row, never rotated
     a = jnp.eye(n, dtype=h.dtype).at[:k, :k].set(0.5 * (h + h.T))
-    pairs = jnp.asarray(_round_robin(n))
-    p, q = pairs[..., 0], pairs[..., 1]
+    rounds = _round_robin(n)
+    first, second = rounds[..., 0], rounds[..., 1]
+    partner = np.empty((n - 1, n), int)
+    is_first = np.zeros((n - 1, n), bool)
+    for r in range(n - 1):
+        partner[r, first[r]], partner[r, second[r]] = second[r], first[r]
+        is_first[r, first[r]] = True
+    first, second = jnp.asarray(first), jnp.asarray(second)
+    partner, sign = jnp.asarray(partner), jnp.asarray(np.where(is_first, -1.0, 1.0), h.dtype)
 
     def rotate(i, state):
         a, v = state
-        pi, qi = p[i % (n - 1)], q[i % (n - 1)]
+        r = i % (n - 1)
+        pi, qi = first[r], second[r]
         app, aqq, apq = a[pi, pi], a[qi, qi], a[pi, qi]
         off = apq != 0
         tau = jnp.where(off, (aqq - app) / jnp.where(off, 2.0 * apq, 1.0), 0.0)
-        sign = jnp.where(tau >= 0, 1.0, -1.0)
-        t = jnp.where(off, sign / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)), 0.0)
-        c = 1.0 / jnp.sqrt(1.0 + t * t)
-        s = t * c
-        rot = (jnp.eye(n, dtype=a.dtype).at[pi, pi].set(c).at[qi, qi].set(c)
-               .at[pi, qi].set(s).at[qi, pi].set(-s))
-        return rot.T @ a @ rot, v @ rot
+        direction = jnp.where(tau >= 0, 1.0, -1.0)
+        t = jnp.where(off, direction / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)), 0.0)
+        c_pair = 1.0 / jnp.sqrt(1.0 + t * t)
+        # per index: the cosine and the signed sine of the rotation of its pair
+        c = jnp.zeros(n, h.dtype).at[pi].set(c_pair).at[qi].set(c_pair)
+        s = jnp.zeros(n, h.dtype).at[pi].set(t * c_pair).at[qi].set(t * c_pair) * sign[r]
+        j = partner[r]
+        a = c[None, :] * a + s[None, :] * a[:, j]          # a R
+        a = c[:, None] * a + s[:, None] * a[j, :]          # Rᵀ (a R)
+        return a, c[None, :] * v + s[None, :] * v[:, j]
 
     a, v = lax.fori_loop(0, JACOBI_SWEEPS * (n - 1), rotate, (a, jnp.eye(n, dtype=h.dtype)))
     return jnp.diagonal(a)[:k], v[:k, :k]
@@ -340,18 +355,25 @@ def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.
                       prior_mean=0.0):
     """`flux_objective` for a flux model that is a linear read-out Θ v(ℓ) of features v =
     `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of
-    ones): the value and g from the flux as there, but H = DᵀMD + I/τ² with D = ∂v/∂ℓ (T, K) by
-    forward mode and M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`, formed once per star. An
-    evaluation then costs O(PT + T²K) instead of the O(PTK) of A = ΘD. (The Cannon's polynomial
-    is such a model too; it expands χ² itself as a quadratic form in v, models/cannon.py.)"""
+    ones): the value from the flux as there, but H = DᵀMD + I/τ² and g = Dᵀ(b − Mv) − (ℓ −
+    μ)/τ² with D = ∂v/∂ℓ (T, K) by forward mode, M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`
+    and b = ΘᵀWx, both formed once per star. An evaluation then costs one read-out Θv, O(PT),
+    instead of the O(PTK) of A = ΘD. (The Cannon's polynomial is such a model too; it expands χ²
+    itself as a quadratic form in v, models/cannon.py. Here the value keeps the flux residual:
+    as xᵀWx − 2bᵀv + vᵀMv it would lose the χ² differences near the optimum to float32
+    cancellation, while b − Mv, the gradient, is of the size of the noise-weighted residual.)"""
+    projected = theta.T @ (inv_var * x)
+
     def objective(labels):
         d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
-        resid = x - theta @ v
-        w_resid = inv_var * resid
+        resid = x - v @ theta.T       # not theta @ v: vmapped, that lands pixels-first
         offset = labels - prior_mean
-        h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
-        value = jnp.dot(resid, w_resid) + prior_prec * jnp.dot(offset, offset)
-        return value, h, jnp.zeros_like(h), d.T @ (theta.T @ w_resid) - prior_prec * offset
+        # M[D v] as one product: M v alone runs as a matrix-vector product per star at a few
+        # percent of the machine's matrix rate
+        m_dv = gram @ jnp.concatenate([d, v[:, None]], axis=1)
+        h = d.T @ m_dv[:, :-1] + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
+        value = jnp.dot(resid, inv_var * resid) + prior_prec * jnp.dot(offset, offset)
+        return value, h, jnp.zeros_like(h), d.T @ (projected - m_dv[:, -1]) - prior_prec * offset
     return objective
 
 
@@ -364,12 +386,12 @@ def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.
     return optimality
 
 
-def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, lower=None, upper=None,
-             prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
+def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
+             lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
              tol: float = CONVERGENCE_TOL, objective: Callable | None = None) -> dict:
     """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
-    `starts` (S, K), the best kept. Returns value (K,), covariance (K, K) = H⁻¹ at the
-    solution, chi2 (prior excluded), converged (bool). With `implicit`, value is differentiated
+    `starts` (S, K), then `n_polish` more from the best only. Returns value (K,), covariance
+    (K, K) = H⁻¹ at the solution, chi2 (prior excluded), converged (bool). With `implicit`, value is differentiated
     through the optimality condition (else through the iterations). `objective` replaces
     `flux_objective` of the same star and prior in the iterations, covariance and convergence
     test (e.g. `readout_objective`); the implicit derivative always comes from `flux_fn`."""
@@ -378,7 +400,11 @@ def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, lower=None, 
     free = jnp.ones(starts.shape[-1], bool)
 
     def solve(_):
-        return best_of_starts(objective, starts, free, n_iter, lower=lower, upper=upper)[0]
+        best = best_of_starts(objective, starts, free, n_iter, lower=lower, upper=upper)[0]
+        if n_polish:
+            best = levenberg_marquardt(objective, best, free, n_polish, lower=lower,
+                                       upper=upper)[0]
+        return best
 
     if implicit:
         optimality = flux_optimality(flux_fn, x, inv_var, prior_prec, prior_mean)

@@ -21,9 +21,9 @@ valid star), and frozen with the test step's constants.
 Test step (`apply`), star by star: the labels of least χ²(ℓ) = Σ_p (x_p − f_p(ℓ))² / (σ_p² + s_p²)
 + |ℓ|²/τ² by `solver.fit_star`, with the Gauss-Newton matrix formed through the emulator's last
 layer as a linear read-out (`solver.readout_objective`): `n_iter` Levenberg-Marquardt iterations
-from two starts — the training mean and the training label vector among `n_prototypes` whose
-emulated spectrum fits best — inside the training label range widened by `bound_margin` of its
-width on each side; τ = `prior_std` is a weak prior that keeps a label the spectrum does not
+from each of two starts — the training mean and the training label vector among `n_prototypes`
+whose emulated spectrum fits best — then `n_polish` from the better one, inside the training
+label range widened by `bound_margin` of its width on each side; τ = `prior_std` is a weak prior that keeps a label the spectrum does not
 constrain near the mean.
 
 Outputs (standardized units): `value` (B, K); `log_var_model` (B, K), log diag (AᵀΣ⁻¹A + I/τ²)⁻¹
@@ -53,10 +53,11 @@ TRAITS = Traits(uses_flux_errors=True)
 MIN_LABEL_VARIANCE = 1e-12
 
 
-def _positive_int(name: str, value) -> int:
+def _positive_int(name: str, value, allow_zero: bool = False) -> int:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)) \
-            or value < 1:
-        raise ValueError(f"payne: {name} must be a positive integer, got {value!r}")
+            or value < (0 if allow_zero else 1):
+        raise ValueError(f"payne: {name} must be a {'non-negative' if allow_zero else 'positive'}"
+                         f" integer, got {value!r}")
     return int(value)
 
 
@@ -115,12 +116,12 @@ def emulator_chi2(emulator: dict, batch: dict):
 
 
 def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(256, 256),
-          n_iter: int = 12, n_prototypes: int = 64, bound_margin: float = 0.1,
-          prior_std: float = 10.0, star_chunk: int = 64) -> Model:
+          n_iter: int = 6, n_polish: int = 6, n_prototypes: int = 64, bound_margin: float = 0.1,
+          prior_std: float = 10.0, star_chunk: int = 256) -> Model:
     """The Payne for `n_inputs` pixels and `n_outputs` labels (regression only).
 
     hidden: widths of the emulator's hidden layers. Test step: n_iter Levenberg-Marquardt
-    iterations from each of two starts; n_prototypes training label vectors (the mean included)
+    iterations from each of two starts, then n_polish from the better one; n_prototypes training label vectors (the mean included)
     to pick the second start from; bound_margin: labels stay within the training range widened
     by this fraction of its width on each side; prior_std: τ (standardized units); star_chunk:
     stars solved at once (memory ~ star_chunk × P × K floats)."""
@@ -130,6 +131,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
     n_inputs, n_outputs = _positive_int("n_inputs", n_inputs), _positive_int("n_outputs", n_outputs)
     hidden = positive_ints("payne", "hidden", hidden)
     n_iter, n_prototypes = _positive_int("n_iter", n_iter), _positive_int("n_prototypes", n_prototypes)
+    n_polish = _positive_int("n_polish", n_polish, allow_zero=True)
     star_chunk = _positive_int("star_chunk", star_chunk)
     bound_margin = _positive_number("bound_margin", bound_margin, allow_zero=True)
     prior_prec = 1.0 / _positive_number("prior_std", prior_std) ** 2
@@ -205,7 +207,7 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
         best = frozen["prototypes"][jnp.argmin(proto_chi2, axis=0)]            # (B, K)
         starts = jnp.stack([jnp.zeros_like(best), best], axis=1)               # (B, 2, K)
         flux_fn = lambda labels: emulate(emulator, labels)  # noqa: E731
-        options = dict(n_iter=n_iter, lower=frozen["lower"], upper=frozen["upper"],
+        options = dict(n_iter=n_iter, n_polish=n_polish, lower=frozen["lower"], upper=frozen["upper"],
                        prior_prec=prior_prec)
 
         theta, features = readout(emulator)

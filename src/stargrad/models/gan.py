@@ -26,8 +26,8 @@ missing conditioning label carry weight 0). M observes each generated spectrum t
 bad-pixel mask of the real star whose labels it was given (masked pixels at the training mean,
 as they are in the real spectra): the discriminator compares like with like, and the generator
 learns spectra, not spectra with holes. Without M the generator learns the masked spectra's
-scores, and the samples, masked again when they are judged, came out a third too wide in
-principal components 5–16 (measured on the default mock). m = `moment_mismatch`, weight λ =
+scores, and its samples are masked a second time when they are judged (with the moment term
+they came out 10–50 % too wide in principal components 5–16 of the default mock). m = `moment_mismatch`, weight λ =
 `moment_weight`, pulls the batch's mean and covariance of the whitened scores towards the real
 batch's (feature matching on the statistics the Fréchet distance measures); λ = 0.3 helped
 on the default mock and λ = 1 let its batch-to-batch noise swamp the adversarial signal (README:

@@ -128,7 +128,8 @@ def test_implicit_jacobian_is_the_efficient_estimator_at_zero_residual(trained):
 
 def test_a_star_that_does_not_converge_is_flagged(trained):
     params, _ = trained
-    short = models.build("payne", n_inputs=N_PIXELS, n_outputs=N_LABELS, **{**HYPER, "n_iter": 1, "n_polish": 0})
+    short = models.build("payne", n_inputs=N_PIXELS, n_outputs=N_LABELS,
+                         **{**HYPER, "n_iter": 1, "n_polish": 0})
     test = draw(8, seed=8, noise=(1e-4, 2e-4))
     out = short.apply(params, test["x"], x_err=test["x_err"])
     assert not np.all(np.asarray(out["converged"]))

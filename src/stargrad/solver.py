@@ -175,13 +175,15 @@ def symmetric_eigen(h):
     a = jnp.eye(n, dtype=h.dtype).at[:k, :k].set(0.5 * (h + h.T))
     rounds = _round_robin(n)
     first, second = rounds[..., 0], rounds[..., 1]
-    partner = np.empty((n - 1, n), int)
-    is_first = np.zeros((n - 1, n), bool)
+    # per round and index: its partner, the pair it belongs to, and the sign of its sine
+    partner, pair, sign = (np.empty((n - 1, n), int), np.empty((n - 1, n), int),
+                           np.ones((n - 1, n)))
     for r in range(n - 1):
         partner[r, first[r]], partner[r, second[r]] = second[r], first[r]
-        is_first[r, first[r]] = True
-    first, second = jnp.asarray(first), jnp.asarray(second)
-    partner, sign = jnp.asarray(partner), jnp.asarray(np.where(is_first, -1.0, 1.0), h.dtype)
+        pair[r, first[r]] = pair[r, second[r]] = np.arange(n // 2)
+        sign[r, first[r]] = -1.0
+    first, second, partner, pair = map(jnp.asarray, (first, second, partner, pair))
+    sign = jnp.asarray(sign, h.dtype)
 
     def rotate(i, state):
         a, v = state
@@ -193,9 +195,7 @@ def symmetric_eigen(h):
         direction = jnp.where(tau >= 0, 1.0, -1.0)
         t = jnp.where(off, direction / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)), 0.0)
         c_pair = 1.0 / jnp.sqrt(1.0 + t * t)
-        # per index: the cosine and the signed sine of the rotation of its pair
-        c = jnp.zeros(n, h.dtype).at[pi].set(c_pair).at[qi].set(c_pair)
-        s = jnp.zeros(n, h.dtype).at[pi].set(t * c_pair).at[qi].set(t * c_pair) * sign[r]
+        c, s = c_pair[pair[r]], (t * c_pair)[pair[r]] * sign[r]
         j = partner[r]
         a = c[None, :] * a + s[None, :] * a[:, j]          # a R
         a = c[:, None] * a + s[:, None] * a[j, :]          # Rᵀ (a R)
@@ -391,8 +391,8 @@ def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: in
              tol: float = CONVERGENCE_TOL, objective: Callable | None = None) -> dict:
     """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
     `starts` (S, K), then `n_polish` more from the best only. Returns value (K,), covariance
-    (K, K) = H⁻¹ at the solution, chi2 (prior excluded), converged (bool). With `implicit`, value is differentiated
-    through the optimality condition (else through the iterations). `objective` replaces
+    (K, K) = H⁻¹ at the solution, chi2 (prior excluded), converged (bool). With `implicit`,
+    value is differentiated through the optimality condition (else through the iterations). `objective` replaces
     `flux_objective` of the same star and prior in the iterations, covariance and convergence
     test (e.g. `readout_objective`); the implicit derivative always comes from `flux_fn`."""
     if objective is None:

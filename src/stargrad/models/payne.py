@@ -23,8 +23,8 @@ Test step (`apply`), star by star: the labels of least χ²(ℓ) = Σ_p (x_p −
 layer as a linear read-out (`solver.readout_objective`): `n_iter` Levenberg-Marquardt iterations
 from each of two starts — the training mean and the training label vector among `n_prototypes`
 whose emulated spectrum fits best — then `n_polish` from the better one, inside the training
-label range widened by `bound_margin` of its width on each side; τ = `prior_std` is a weak prior that keeps a label the spectrum does not
-constrain near the mean.
+label range widened by `bound_margin` of its width on each side; τ = `prior_std` is a weak
+prior that keeps a label the spectrum does not constrain near the mean.
 
 Outputs (standardized units): `value` (B, K); `log_var_model` (B, K), log diag (AᵀΣ⁻¹A + I/τ²)⁻¹
 with Σ = diag σ² (the measurement noise alone, A = ∂f/∂ℓ at the solution: becomes std_model);
@@ -121,8 +121,8 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
     """The Payne for `n_inputs` pixels and `n_outputs` labels (regression only).
 
     hidden: widths of the emulator's hidden layers. Test step: n_iter Levenberg-Marquardt
-    iterations from each of two starts, then n_polish from the better one; n_prototypes training label vectors (the mean included)
-    to pick the second start from; bound_margin: labels stay within the training range widened
+    iterations from each of two starts, then n_polish from the better one; n_prototypes
+    training label vectors (the mean included) to pick the second start from; bound_margin: labels stay within the training range widened
     by this fraction of its width on each side; prior_std: τ (standardized units); star_chunk:
     stars solved at once (memory ~ star_chunk × P × K floats)."""
     if kind != "regression":
@@ -207,8 +207,8 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
         best = frozen["prototypes"][jnp.argmin(proto_chi2, axis=0)]            # (B, K)
         starts = jnp.stack([jnp.zeros_like(best), best], axis=1)               # (B, 2, K)
         flux_fn = lambda labels: emulate(emulator, labels)  # noqa: E731
-        options = dict(n_iter=n_iter, n_polish=n_polish, lower=frozen["lower"], upper=frozen["upper"],
-                       prior_prec=prior_prec)
+        options = dict(n_iter=n_iter, n_polish=n_polish, lower=frozen["lower"],
+                       upper=frozen["upper"], prior_prec=prior_prec)
 
         theta, features = readout(emulator)
 

@@ -277,21 +277,65 @@ def test_write_truth_products(tiny, tmp_path):
                                  max_stars=4, seed=9)
 
 
-def test_co_band_heads_from_the_molecular_constants_fall_on_the_line_lists():
-    """The 12CO Δv = 3 lines computed from CO's constants pile up (R-branch turning point) at
-    the band heads the line list gives, within 1 Å (4 px), and the isotope-scaled 13CO 4-1 and
-    6-3 heads on the line list's 13CO markers within 0.5 Å: a wrong constant or isotope scaling
-    moves them by several Å."""
-    from stargrad.mock import lines
-    j = np.arange(lines.CO_MAX_J + 1)
+def test_listed_molecules_carry_the_line_lists_band_heads_and_lte_temperature_laws():
+    """The mock's CN, OH and CO come from the bundled DR17 molecular list: a listed 12C16O line
+    within 0.3 Å (1 px) of each 12CO Δv = 3 band head of the 541-line summary list (a wrong
+    air-to-vacuum conversion moves them by 4 Å); each molecule's strongest line at the reference
+    star has log τ = MOLECULE_LOG_TAU_MAX; an OH line's χ_eff is the molecule's (−6 eV) plus
+    the line's own χ from the list; in the forward model the strong OH lines deepen from 4500 K to
+    3800 K."""
+    from stargrad.mock import forward, lines
+    listed = apogee.load_molecular_lines()
+    co = listed[listed["species"].eq("12C16O")]["vac"].to_numpy()
+    for head in lines.CO_BAND_HEADS:
+        assert np.min(np.abs(co - head)) < 0.3, head
+    table = lines.line_table()
+    molecular = table[table["kind"].eq("molecular")]
+    strongest = molecular.groupby("species")["log_tau_ref"].max()
+    assert strongest.to_dict() == pytest.approx(lines.MOLECULE_LOG_TAU_MAX)
+    assert molecular["log_tau_ref"].gt(lines.MOLECULE_LOG_TAU_MIN).all()
+    both = lines.listed_molecular_lines()
+    assert set(both["species"]) == {"CN", "OH", "CO"} and len(both) == len(molecular)
+    oh = molecular[molecular["species"].eq("OH")]
+    listed_oh = listed[listed["species"].eq("16OH")]
+    pairs = set(zip(listed_oh["vac"].round(3), (listed_oh["chi_eV"] - 6.0).round(3)))
+    assert set(zip(oh["wavelength"].round(3), oh["chi_eff"].round(3))) <= pairs
+    strong = oh[(oh["log_tau_ref"] > -1.0)
+                & np.isin(np.round(oh["pixel"]).astype(int), apogee.KEPT_PIXELS)]
+    pixels = np.round(strong["pixel"]).astype(int).to_numpy()
 
-    def head(v, isotope):
-        return 1e8 / np.max(lines.co_levels(v + 3, j + 1, isotope) - lines.co_levels(v, j, isotope))
+    def depth(teff):
+        flux = np.asarray(forward.spectrum(np.array([teff, 2.5] + [0.0] * 20)))
+        return 1.0 - flux[pixels]
 
-    np.testing.assert_allclose([head(v, "12C") for v in range(7)], lines.CO_BAND_HEADS, atol=1.0)
-    np.testing.assert_allclose([head(1, "13C"), head(3, "13C")], [16125.95, 16534.72], atol=0.5)
-    co = lines.co_lines()
-    strongest = co.loc[co["log_tau_ref"].idxmax()]
-    assert strongest["species"] == "12CO" and strongest["log_tau_ref"] == lines.CO_LOG_TAU_MAX
-    assert co["wavelength"].between(15100.0, 17000.0).all()
-    assert (co["species"] == "13CO").any() and not co["wavelength"].lt(15578.0).any()
+    assert len(pixels) > 20 and np.mean(depth(3800.0) - depth(4500.0)) > 0.05
+
+
+def test_turbospectrum_reader_parses_blocks_converts_to_vacuum_and_names_bad_files(tmp_path):
+    """Two blocks in Turbospectrum's format (header, comment, transitions) give every
+    transition with its species code; vacuum wavelengths match the 541-line list's own air/vac
+    pairs within 0.01 Å; a block whose count does not match and an unparsable line are
+    errors naming the file and line."""
+    from stargrad.sdss import turbospectrum
+    text = ("'0607.012014 '            1      2\n'Sneden web '\n"
+            " 15003.781  0.745  -2.939  0.00   66.0  1.00e+00  0.000  'x' 'x'  0.0  1.0\n"
+            " 15004.299  0.745  -1.458  0.00   66.0  1.00e+00  0.000  'x' 'x'  0.0  1.0\n"
+            "'0108.001016 '            1      1\n'OH Brooke'\n"
+            " 15002.153  1.000  -5.000  0.00    8.0  1.00e+00  0.000  'x' 'x'  0.0  1.0\n")
+    path = tmp_path / "two.molec"
+    path.write_text(text)
+    table = turbospectrum.read_turbospectrum(path)
+    assert table["code"].tolist() == ["0607.012014", "0607.012014", "0108.001016"]
+    assert table["loggf"].tolist() == [-2.939, -1.458, -5.0]
+    assert table["chi_eV"].tolist() == [0.745, 0.745, 1.0]
+    catalogue = apogee.load_lines()
+    np.testing.assert_allclose(turbospectrum.air_to_vacuum(catalogue["air"]), catalogue["vac"],
+                               atol=0.01)
+    assert np.all(table["vac"] - table["air"] > 4.0)
+    path.write_text(text.replace("1      2", "1      3"))
+    with pytest.raises(ValueError, match=r"two.molec.*0607.012014 announces 3 lines but has 2"):
+        turbospectrum.read_turbospectrum(path)
+    path.write_text(text.replace(" 15004.299  0.745", " 15004.299  abc"))
+    with pytest.raises(ValueError, match=r"two.molec:4: expected"):
+        turbospectrum.read_turbospectrum(path)
+

@@ -1,7 +1,7 @@
 """The mock's line list: every feature of the generator with its strength law, from the real
-H-band line list (atomic lines), the 12CO and 13CO second-overtone (Δv = 3) lines computed from
-the molecule's constants, CN and OH forests in the element windows, and the Brackett series;
-deterministic."""
+H-band line list (atomic lines), the CN, OH and CO lines of the APOGEE DR17 line list (positions,
+excitation and gf of ¹²C¹⁴N, ¹³C¹⁴N, ¹⁶OH, ¹²C¹⁶O and ¹³C¹⁶O; Smith et al. 2021), and the
+Brackett series; deterministic."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,25 +17,7 @@ TEFF_REF, LOGG_REF = 4500.0, 2.5
 THETA_REF = 5040.0 / TEFF_REF
 #: 12CO Δv=3 band heads (vacuum Å) as the line list gives them.
 CO_BAND_HEADS = (15581.6, 15780.3, 15982.4, 16189.6, 16400.6, 16618.7, 16840.9)
-#: 12C16O X¹Σ⁺ constants (cm⁻¹; Huber & Herzberg 1979): ωe, ωexe, ωeye, Be, αe, γe, De, βe.
-CO_CONSTANTS = (2169.81358, 13.28831, 0.010511, 1.93128087, 0.01750441, 5.0e-7, 6.12147e-6,
-                1.0e-9)
-#: Powers of ρ = (μ/μᵢ)^½ by which each constant of CO_CONSTANTS scales to another isotopologue.
-_ISOTOPE_POWERS = (1, 2, 3, 2, 3, 4, 4, 5)
-_MASS = {"12C": 12.0, "13C": 13.0033548, "16O": 15.9949146}
-#: Isotopologue -> (carbon isotope, log of its share of carbon): 12C/13C ≈ 20 in first-ascent
-#: giants after the first dredge-up.
-_CO_ISOTOPOLOGUES = {"12CO": ("12C", 0.0), "13CO": ("13C", -1.3)}
-CO_LOWER_LEVELS = range(8)      # v'' of the Δv = 3 bands 3-0 … 10-7
-CO_MAX_J = 120
-#: log τ of the strongest 12CO line (3-0, at the reference star, solar C): a depth of ≈ 0.2,
-#: as the second-overtone lines of a 4500 K giant show at R ≈ 22,500.
-CO_LOG_TAU_MAX = -0.45
-CO_LOG_TAU_MIN = -3.5           # weaker lines (at the reference star) are left out
-HC_OVER_K = 1.4387769           # cm K: hc/k
-EV_PER_WAVENUMBER = 1.23984198e-4
-
-_LINE_SEED = 20170543  # fixes the defaults and forest positions of the line list
+_LINE_SEED = 20170543  # fixes the default strengths of atomic lines without gf
 
 # species -> (label, ionisation energy of the neutral in eV or None for an ion,
 #             default χ eV, default log gf, log τ of the median line at the reference star,
@@ -68,16 +50,22 @@ _SPECIES = {
     "Rb I": ("Fe", 4.18, 1.6, -0.5, -1.5, 0.0),
 }
 _FOLLOW_FE = ("Ce II", "Nd II", "Yb II", "Cu I", "Ge I", "Rb I")
-# molecule -> (abundance labels, window element of its forest, effective excitation χ_eff eV
-#              (negative: stronger when cooler), log g coefficient, log τ range of forest lines,
-#              mean spacing of forest lines in Å)
-_MOLECULES = {
-    "CN": (("C", "N"), "N", -3.5, -0.1, (-1.9, -0.9), 1.6),
-    "OH": (("O",), "O", -6.0, -0.1, (-1.2, -0.3), 2.0),
+#: Isotopologues of the APOGEE DR17 line list (`sdss.turbospectrum`) -> (abundance labels, log
+#: of its share of the molecule (12C/13C ≈ 20 in first-ascent giants after the first
+#: dredge-up), χ_eff (eV) of the molecule's number density: negative, stronger when cooler;
+#: each line adds its lower level's χ), log g coefficient, molecule.
+_LISTED_MOLECULES = {
+    "12C14N": (("C", "N"), 0.0, -3.5, -0.1, "CN"),
+    "13C14N": (("C", "N"), -1.3, -3.5, -0.1, "CN"),
+    "16OH": (("O",), 0.0, -6.0, -0.1, "OH"),
+    "12C16O": (("C",), 0.0, -2.5, -0.15, "CO"),
+    "13C16O": (("C",), -1.3, -2.5, -0.15, "CO"),
 }
-#: CO: labels, χ_eff (eV) of its number density (stronger when cooler; each line adds its
-#: lower level's excitation energy), log g coefficient.
-_CO_LAW = (("C",), -2.5, -0.15)
+#: log τ of the strongest line of each molecule at the reference star (4500 K, log g 2.5,
+#: solar): depths ≈ 0.2 (CN, CO) and ≈ 0.3 (OH), as in a K giant's H-band spectrum at
+#: R ≈ 22,500.
+MOLECULE_LOG_TAU_MAX = {"CN": -0.45, "OH": -0.2, "CO": -0.45}
+MOLECULE_LOG_TAU_MIN = -3.0     # weaker lines (at the reference star) are left out
 _BRACKETT_CHI_EFF = 8.0   # steep: Brackett lines grow quickly above ~4800 K
 _BRACKETT_GAMMA = -1.0 / 3.0
 
@@ -138,78 +126,36 @@ def _atomic_lines(rng: np.random.Generator) -> pd.DataFrame:
                              chi_eff=chi_eff, gamma=spec.str[5].to_numpy(float), kind="atomic"))
 
 
-def co_levels(v, j, isotope: str = "12C"):
-    """Term values E(v, J) (cm⁻¹) of CO's ground state for the carbon isotope, from the
-    Dunham-type expansion G(v) + B_v J(J+1) − D_v [J(J+1)]², with the constants scaled from
-    12C16O by powers of ρ = (μ/μᵢ)^½."""
-    mu = _MASS["12C"] * _MASS["16O"] / (_MASS["12C"] + _MASS["16O"])
-    mu_i = _MASS[isotope] * _MASS["16O"] / (_MASS[isotope] + _MASS["16O"])
-    rho = np.sqrt(mu / mu_i)
-    we, wexe, weye, be, ae, ge, de, bee = (c * rho ** k
-                                           for c, k in zip(CO_CONSTANTS, _ISOTOPE_POWERS))
-    x = np.asarray(v, float) + 0.5
-    n = np.asarray(j, float) * (np.asarray(j, float) + 1.0)
-    return (we * x - wexe * x ** 2 + weye * x ** 3 + (be - ae * x + ge * x ** 2) * n
-            - (de + bee * x) * n ** 2)
+def listed_molecular_lines() -> pd.DataFrame:
+    """CN, OH and CO lines of the APOGEE DR17 line list (the bundled subset) with log τ at the
+    reference star in LTE, relative to each molecule's strongest line:
 
+        τ ∝ (isotopologue share) · gf · 10^(−θ_ref χ),
 
-def co_lines() -> pd.DataFrame:
-    """The R and P lines of the 12CO and 13CO Δv = 3 bands in the H band: wavelength (vacuum
-    Å) and log τ at the reference star, in LTE relative to the strongest 12CO line:
-
-        τ ∝ (C share of the isotope) · (v''+1)(v''+2)(v''+3) · S_J · exp(−hc E''/kT),
-
-    the band factor the harmonic-oscillator matrix element of a Δv = 3 transition, S_J the
-    Hönl-London factor (J''+1 for R(J''), J'' for P(J'')); chi_eff adds E'' (eV) to the
-    molecule's own χ_eff, so that each line's temperature law carries its excitation."""
-    rows = []
-    j = np.arange(CO_MAX_J + 1)
-    for name, (isotope, log_share) in _CO_ISOTOPOLOGUES.items():
-        for v in CO_LOWER_LEVELS:
-            lower = co_levels(v, j, isotope)
-            band = np.log10((v + 1) * (v + 2) * (v + 3) / 6.0)
-            for upper_j, honl in ((j + 1, j + 1.0), (j - 1, j * 1.0)):     # R, P branches
-                ok = upper_j >= 0
-                nu = co_levels(v + 3, upper_j[ok], isotope) - lower[ok]
-                e_low = lower[ok] - co_levels(0, 0, "12C")
-                rows.append(pd.DataFrame(dict(
-                    species=name, wavelength=1e8 / nu, e_low_ev=e_low * EV_PER_WAVENUMBER,
-                    log_strength=(log_share + band + np.log10(honl[ok])
-                                  - HC_OVER_K * e_low / TEFF_REF / np.log(10.0)))))
-    lines = pd.concat(rows, ignore_index=True)
-    lines["log_tau_ref"] = lines["log_strength"] - lines["log_strength"].max() + CO_LOG_TAU_MAX
-    in_band = lines["wavelength"].between(15100.0, 17000.0)
-    return lines[in_band & (lines["log_tau_ref"] > CO_LOG_TAU_MIN)].reset_index(drop=True)
-
-
-def _co_group() -> pd.DataFrame:
-    labels, chi_eff, gamma = _CO_LAW
-    co = co_lines()
-    return pd.DataFrame(dict(species=co["species"], labels=[labels] * len(co),
-                             wavelength=co["wavelength"], log_tau_ref=co["log_tau_ref"],
-                             chi_eff=chi_eff + co["e_low_ev"], gamma=gamma, kind="molecular"))
-
-
-def _molecular_lines(rng: np.random.Generator) -> pd.DataFrame:
-    """The CO lines (`co_lines`), molecular forests (CN in the N windows, OH in the O windows)
-    and the catalogue's CN and OH band markers as stronger lines."""
-    frames = [_co_group()]
-    cat = apogee.load_lines()
-    for molecule, (labels, element, chi_eff, gamma, (lo, hi), spacing) in _MOLECULES.items():
-        waves = []
-        for start, end in _merged_windows(element):
-            n = max(1, int(round((end - start) / spacing)))
-            waves.append(np.sort(rng.uniform(start, end, n)))
-        waves = np.concatenate(waves)
-        log_tau = rng.uniform(lo, hi, len(waves))
-        markers = cat.loc[cat["species"].eq(molecule)]
-        marker_tau = np.full(len(markers), hi)
+    and chi_eff = the molecule's χ_eff + the line's χ, so that each line's temperature law
+    carries its excitation."""
+    listed = apogee.load_molecular_lines()
+    frames = []
+    for name, (labels, log_share, chi_eff, gamma, molecule) in _LISTED_MOLECULES.items():
+        rows = listed[listed["species"].eq(name)]
+        chi = rows["chi_eV"].to_numpy()
         frames.append(pd.DataFrame(dict(
-            species=molecule, labels=[labels] * (len(waves) + len(markers)),
-            wavelength=np.concatenate([waves, markers["vac"].to_numpy(float)]),
-            log_tau_ref=np.concatenate([log_tau, marker_tau]),
-            chi_eff=chi_eff, gamma=gamma, kind="molecular")))
-    return pd.concat(frames, ignore_index=True)
+            species=molecule, labels=[labels] * len(rows), wavelength=rows["vac"].to_numpy(),
+            log_strength=log_share + rows["loggf"].to_numpy() - THETA_REF * chi,
+            chi_eff=chi_eff + chi, gamma=gamma, kind="molecular")))
+    lines = pd.concat(frames, ignore_index=True)
+    lines = lines[_on_grid(lines["wavelength"].to_numpy())]
+    strongest = lines.groupby("species")["log_strength"].transform("max")
+    lines["log_tau_ref"] = (lines["log_strength"] - strongest
+                            + lines["species"].map(MOLECULE_LOG_TAU_MAX))
+    keep = lines["log_tau_ref"] > MOLECULE_LOG_TAU_MIN
+    return lines[keep].drop(columns="log_strength").reset_index(drop=True)
+
+
+def _on_grid(wavelength) -> np.ndarray:
+    """Whether a line (vacuum Å) lies on the apStar grid or within 10 px of its ends."""
+    pixel = apogee.pixel_of_wavelength(wavelength)
+    return (pixel > -10) & (pixel < apogee.N_PIX + 10)
 
 
 def _brackett_lines() -> pd.DataFrame:
@@ -229,11 +175,10 @@ def line_table() -> pd.DataFrame:
     Teff 4500 K, log g 2.5, solar), chi_eff (eV), gamma (d log τ / d log g), kind
     ('atomic', 'molecular', 'brackett')."""
     rng = np.random.default_rng(_LINE_SEED)
-    table = pd.concat([_atomic_lines(rng), _molecular_lines(rng), _brackett_lines()],
+    table = pd.concat([_atomic_lines(rng), listed_molecular_lines(), _brackett_lines()],
                       ignore_index=True)
     table["pixel"] = apogee.pixel_of_wavelength(table["wavelength"].to_numpy())
-    inside = (table["pixel"] > -10) & (table["pixel"] < apogee.N_PIX + 10)
-    return table[inside].reset_index(drop=True)
+    return table[_on_grid(table["wavelength"].to_numpy())].reset_index(drop=True)
 
 
 def _line_group(kind_mask: np.ndarray, table: pd.DataFrame) -> dict:

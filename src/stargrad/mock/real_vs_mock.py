@@ -11,7 +11,7 @@ large misfit do not decide the fit alone).
 
 The diagnosis, on the residual r = (data − model)/σ of the floored fit:
 - χ² shares by pixel class: pixels within `LINE_RADIUS_PX` of a mock line, by the line's kind
-  (CO: 12CO and 13CO; CN, OH, atomic, Brackett), and the mock's continuum (no mock
+  (CO, CN, OH, atomic, Brackett), and the mock's continuum (no mock
   line near); the mean residual of each class (negative: the star absorbs more than the mock
   does there);
 - the large-scale share: the fraction of Σr² carried by r smoothed over `CONTINUUM_SCALE_PX`
@@ -114,8 +114,7 @@ def pixel_classes(radius_px: float = LINE_RADIUS_PX) -> np.ndarray:
     """(7514,) class of every pixel: the mock species nearest within `radius_px` ('CO',
     'CN', 'OH', 'atomic', 'brackett'), else 'continuum'."""
     table = line_table()
-    species = table["species"].replace({"12CO": "CO", "13CO": "CO"})
-    kind = np.where(table["kind"].eq("molecular"), species, table["kind"]).astype(str)
+    kind = np.where(table["kind"].eq("molecular"), table["species"], table["kind"]).astype(str)
     pixels = apogee.KEPT_PIXELS.astype(float)
     order = np.argsort(table["pixel"].to_numpy())
     centres, kind = table["pixel"].to_numpy()[order], kind[order]

@@ -152,6 +152,14 @@ def load_lines() -> pd.DataFrame:
         return pd.read_csv(fh)
 
 
+@lru_cache(maxsize=1)
+def load_molecular_lines() -> pd.DataFrame:
+    """CN, OH and CO lines of the APOGEE DR17 line list (species, air, vac Å, χ eV, log gf):
+    the subset `sdss.turbospectrum` bundles."""
+    with _data_path("apogee_dr17_molecular_lines.csv").open() as fh:
+        return pd.read_csv(fh)
+
+
 @lru_cache(maxsize=2)
 def load_windows(active_only: bool = True) -> pd.DataFrame:
     """ASPCAP DR17 element windows (element, start/end vacuum Å, flag); global mask excluded."""

@@ -392,9 +392,10 @@ def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: in
     """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
     `starts` (S, K), then `n_polish` more from the best only. Returns value (K,), covariance
     (K, K) = H⁻¹ at the solution, chi2 (prior excluded), converged (bool). With `implicit`,
-    value is differentiated through the optimality condition (else through the iterations). `objective` replaces
-    `flux_objective` of the same star and prior in the iterations, covariance and convergence
-    test (e.g. `readout_objective`); the implicit derivative always comes from `flux_fn`."""
+    value is differentiated through the optimality condition (else through the iterations).
+    `objective` replaces `flux_objective` of the same star and prior in the iterations,
+    covariance and convergence test (e.g. `readout_objective`); the implicit derivative always
+    comes from `flux_fn`."""
     if objective is None:
         objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
     free = jnp.ones(starts.shape[-1], bool)

@@ -1,7 +1,7 @@
 """The mock's line list: every feature of the generator with its strength law, from the real
-H-band line list (atomic lines), the CN, OH and CO lines of the APOGEE DR17 line list (positions,
-excitation and gf of ¹²C¹⁴N, ¹³C¹⁴N, ¹⁶OH, ¹²C¹⁶O and ¹³C¹⁶O; Smith et al. 2021), and the
-Brackett series; deterministic."""
+H-band line list (atomic lines), the CN, OH and CO lines of the APOGEE DR17 line list
+(positions, excitation and gf of ¹²C¹⁴N, ¹³C¹⁴N, ¹⁶OH, ¹²C¹⁶O and ¹³C¹⁶O; Smith et al. 2021),
+and the Brackett series; deterministic."""
 from __future__ import annotations
 
 from functools import lru_cache
@@ -144,7 +144,7 @@ def listed_molecular_lines() -> pd.DataFrame:
             log_strength=log_share + rows["loggf"].to_numpy() - THETA_REF * chi,
             chi_eff=chi_eff + chi, gamma=gamma, kind="molecular")))
     lines = pd.concat(frames, ignore_index=True)
-    lines = lines[_on_grid(lines["wavelength"].to_numpy())]
+    lines = lines[_on_grid(apogee.pixel_of_wavelength(lines["wavelength"].to_numpy()))]
     strongest = lines.groupby("species")["log_strength"].transform("max")
     lines["log_tau_ref"] = (lines["log_strength"] - strongest
                             + lines["species"].map(MOLECULE_LOG_TAU_MAX))
@@ -152,9 +152,9 @@ def listed_molecular_lines() -> pd.DataFrame:
     return lines[keep].drop(columns="log_strength").reset_index(drop=True)
 
 
-def _on_grid(wavelength) -> np.ndarray:
-    """Whether a line (vacuum Å) lies on the apStar grid or within 10 px of its ends."""
-    pixel = apogee.pixel_of_wavelength(wavelength)
+def _on_grid(pixel) -> np.ndarray:
+    """Whether a line at (fractional) `pixel` of the 8575 grid lies on it or within 10 px of
+    its ends."""
     return (pixel > -10) & (pixel < apogee.N_PIX + 10)
 
 
@@ -178,7 +178,7 @@ def line_table() -> pd.DataFrame:
     table = pd.concat([_atomic_lines(rng), listed_molecular_lines(), _brackett_lines()],
                       ignore_index=True)
     table["pixel"] = apogee.pixel_of_wavelength(table["wavelength"].to_numpy())
-    return table[_on_grid(table["wavelength"].to_numpy())].reset_index(drop=True)
+    return table[_on_grid(table["pixel"].to_numpy())].reset_index(drop=True)
 
 
 def _line_group(kind_mask: np.ndarray, table: pd.DataFrame) -> dict:

@@ -28,13 +28,13 @@ as they are in the real spectra): the discriminator compares like with like, and
 learns spectra, not spectra with holes. Without M the generator learns the masked spectra's
 scores, and its samples are masked a second time when they are judged (with the moment term
 they came out 10–50 % too wide in principal components 5–16 of the default mock).
-m = `moment_mismatch`, weight λ = `moment_weight`, pulls the batch's mean and covariance of the whitened scores towards the real
-batch's (feature matching on the statistics the Fréchet distance measures); λ = 0.3 helped
-on the default mock and λ = 1 let its batch-to-batch noise swamp the adversarial signal (README:
-the GAN section). With one simultaneous update of both players per step it trained without
-divergence on the default mock (L_D near 2 ln 2, the equilibrium, without the moment term and
-0.8–0.9 with it; the validation Fréchet distance falls between swings); WGAN-GP
-would need several critic steps per generator step and the gradient penalty's second
+m = `moment_mismatch`, weight λ = `moment_weight`, pulls the batch's mean and covariance of the
+whitened scores towards the real batch's (feature matching on the statistics the Fréchet
+distance measures); λ = 0.3 helped on the default mock and λ = 1 let its batch-to-batch noise
+swamp the adversarial signal (README: the GAN section). With one simultaneous update of both
+players per step it trained without divergence on the default mock (L_D near 2 ln 2, the
+equilibrium, without the moment term and 0.8–0.9 with it; the validation Fréchet distance
+falls between swings); WGAN-GP would need several critic steps per generator step and the gradient penalty's second
 derivatives, several times the cost per generator update, so the cheaper loss was kept.
 Whether the samples pass the classifier two-sample test is measured by the generative_samples
 rule, not assumed here.
@@ -47,9 +47,10 @@ learning rate). Checkpoints, resume and schedules are the loop's. The two losses
 `d_loss` and `g_loss` metrics (history.csv: train_d_loss, train_g_loss, valid_d_loss,
 valid_g_loss; with λ > 0 also `moments`, m, which carries the real batch's own sampling variance
 and so stays well above 0). A GAN's losses say little about its samples, so the validation loss
-(`key=None`: dropout off, noise from a fixed key) is instead the Fréchet distance (stargrad.generative.frechet)
-between the batch's real and generated spectra in the first `fd_components` components (scores in
-normalized flux, not whitened, where a few odd stars would dominate the covariances): the
+(`key=None`: dropout off, noise from a fixed key) is instead the Fréchet distance
+(stargrad.generative.frechet) between the batch's real and generated spectra in the first
+`fd_components` components (scores in normalized flux, not whitened, where a few odd stars
+would dominate the covariances): the
 loop keeps the parameters of the epoch whose samples were closest to the validation spectra,
 and its plateau schedule and early stopping act on that distance.
 """
@@ -114,7 +115,8 @@ def sample(params, key, conditions):
 
 def moment_mismatch(real, fake, twin, weights):
     """The generator's mean and covariance against the real batch's,
-    |μ_g − μ_r|² + ‖C_g − C_r‖²_F, from two independent fake batches (B, K) at the real batch's conditions:
+    |μ_g − μ_r|² + ‖C_g − C_r‖²_F, from two independent fake batches (B, K) at the real batch's
+    conditions:
     (m_a − m_r)·(m_b − m_r) + ⟨C_a − C_r, C_b − C_r⟩. Its expectation is the mismatch plus the
     real batch's own sampling variance, a constant, so its gradient in the generator is unbiased.
     The squared difference to one fake batch would add that batch's sampling variance, ≈

@@ -122,9 +122,10 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
 
     hidden: widths of the emulator's hidden layers. Test step: n_iter Levenberg-Marquardt
     iterations from each of two starts, then n_polish from the better one; n_prototypes
-    training label vectors (the mean included) to pick the second start from; bound_margin: labels stay within the training range widened
-    by this fraction of its width on each side; prior_std: τ (standardized units); star_chunk:
-    stars solved at once (memory ~ star_chunk × P × K floats)."""
+    training label vectors (the mean included) to pick the second start from; bound_margin:
+    labels stay within the training range widened by this fraction of its width on each side;
+    prior_std: τ (standardized units); star_chunk: stars solved at once (memory ~ star_chunk ×
+    P × K floats)."""
     if kind != "regression":
         raise ValueError(f"payne: kind must be 'regression' (the emulator's inputs are "
                          f"continuous labels), got {kind!r}")

@@ -137,8 +137,8 @@ def valid_chi2(run: Path) -> dict:
 
 def rates(run: Path, n_rate: int, n_jacobian: int) -> dict:
     """Payne test step (stars/s) on n_rate test stars after a compiling call, for the labels
-    alone and for every output, and the implicit Jacobian of n_jacobian stars (s, after
-    compiling its chunk of 32)."""
+    alone and for every output, the fraction of those stars whose fit converged, and the
+    implicit Jacobian of n_jacobian stars (s, after compiling its chunk of 32)."""
     trained = stargrad.load(run / "results/models/payne/aspcap", calibration=None)
     test = load_split(run / "results/data/main/test.fits")
     x, x_err, _ = trained.inputs(test.flux, test.error, test.mask)
@@ -153,6 +153,8 @@ def rates(run: Path, n_rate: int, n_jacobian: int) -> dict:
         wall, cpu = time.perf_counter() - t0, time.process_time() - c0
         out.update({f"test_step{name}_stars_per_s": n / wall,
                     f"test_step{name}_cpu_s_per_star": cpu / n})
+    out["test_step_converged_fraction"] = float(np.mean(apply(trained.params, x[:n],
+                                                              x_err[:n])["converged"]))
     m = min(n_jacobian, len(x))
     jacobian(trained.model, trained.params, x[:32], x_err=x_err[:32], chunk_size=32)
     t0, c0 = time.perf_counter(), time.process_time()

@@ -110,19 +110,24 @@ def test_several_starts_keep_the_least_chi2():
                                                          n_iter=31)["value"][0], atol=1e-4)
 
 
-def test_readout_objective_equals_the_flux_objective():
-    """A read-out model f = Θ v(ℓ) (tanh features of the labels and a constant): the objective
-    built from ΘᵀWΘ gives the same value, Gauss-Newton matrix and gradient as the one built
-    from the flux's Jacobian, and the fits with either agree."""
-    rng = np.random.default_rng(9)
+def readout_model(seed: int):
+    """A read-out model f = Θ v(ℓ): tanh features of the labels and a constant, random Θ;
+    returns (Θ, v, f)."""
+    rng = np.random.default_rng(seed)
     mix = jnp.asarray(rng.normal(0.0, 1.0, (6, N_LABELS)), jnp.float32)
     theta = jnp.asarray(rng.normal(0.0, 0.3, (N_PIXELS, 7)), jnp.float32)
 
     def features(labels):
         return jnp.concatenate([jnp.tanh(mix @ labels), jnp.ones(1)])
 
-    def flux(labels):
-        return theta @ features(labels)
+    return theta, features, lambda labels: theta @ features(labels)
+
+
+def test_readout_objective_equals_the_flux_objective():
+    """A read-out model f = Θ v(ℓ) (tanh features of the labels and a constant): the objective
+    built from ΘᵀWΘ gives the same value, Gauss-Newton matrix and gradient as the one built
+    from the flux's Jacobian, and the fits with either agree."""
+    theta, features, flux = readout_model(9)
 
     labels, x, inv_var = stars(flux, 3, seed=10, noise=0.02)
     at = jnp.asarray(labels[0] + 0.1)
@@ -140,6 +145,41 @@ def test_readout_objective_equals_the_flux_objective():
             theta, solver.weighted_gram(theta, ws), features, xs, ws))["value"]))(
         x, inv_var, starts)
     np.testing.assert_allclose(by_readout, fit(flux, x, inv_var, starts)["value"], atol=1e-4)
+
+
+def test_readout_steps_from_an_approximate_gram_reach_the_exact_optimum():
+    """Iterations whose H comes from another weighting's Gram (a typical one, scaled, as the
+    Payne's test step uses) end where the exact ones do, because value and gradient are the
+    star's own; the summary from the exact objective then gives the exact covariance and
+    convergence. With a Gram that far from the star's, the same few iterations do not get there
+    (the steps depend on H, the optimum does not)."""
+    theta, features, flux = readout_model(11)
+
+    labels, x, inv_var = stars(flux, 3, seed=12, noise=0.02)
+    inv_var[1, :8] = 0.0                                     # masked pixels, not in the typical
+    typical = np.median(inv_var, axis=0)
+    starts = labels[:, None] + 0.2
+    exact = fit(flux, x, inv_var, starts, n_iter=30)
+
+    def approximate(n_iter, gram_factor):
+        def one(xs, ws, ss):
+            gram = solver.weighted_gram(theta, jnp.asarray(typical)) * gram_factor
+            scale = jnp.sum(ws) / jnp.sum(typical)
+            return solver.fit_star(
+                flux, xs, ws, ss, n_iter=n_iter,
+                objective=solver.readout_objective(theta, scale * gram, features, xs, ws),
+                final_objective=solver.flux_objective(flux, xs, ws))
+        return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(x, inv_var, starts).items()}
+
+    approx = approximate(30, 1.0)
+    np.testing.assert_allclose(approx["value"], exact["value"], atol=1e-4)
+    np.testing.assert_allclose(approx["covariance"], exact["covariance"], rtol=1e-3, atol=1e-9)
+    np.testing.assert_allclose(approx["chi2"], exact["chi2"], rtol=1e-4)
+    assert approx["converged"].all()
+    # H 1000× too large: the steps are too short to arrive, and the exact test says so
+    slow = approximate(3, 1000.0)
+    assert not slow["converged"].any()
+    assert np.abs(slow["value"] - exact["value"]).max() > 1e-2
 
 
 def test_implicit_jacobian_equals_unrolled():

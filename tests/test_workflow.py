@@ -255,15 +255,14 @@ def test_command_line_config_applies_on_top_of_the_default(tmp_path):
 def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     """SIGKILL the whole snakemake process group while a network trains, rerun: the run
     completes and every result equals the uninterrupted run's, byte for byte. The run starts
-    from the finished run's files (times kept) less both BCNNs' models and everything made
-    from them, so that it begins at their training and goes on to all that follows."""
+    from the finished run's files (times kept) less the BCNN's model and everything made from
+    it, so that it begins at its training and goes on to all that follows (predictions, MC
+    dropout, attribution, the comparison)."""
     work = tmp_path / "killed"
     for top in ("resources", "results"):
         shutil.copytree(run / top, work / top)
-    for model in ("bcnn", "bcnn_censored"):
-        for stage in ("models", "predictions", "attribution", "catalogue"):
-            shutil.rmtree(work / "results" / stage / model, ignore_errors=True)
-    shutil.rmtree(work / "results/compare/aspcap")
+    for stage in ("models", "predictions", "attribution", "catalogue"):
+        shutil.rmtree(work / "results" / stage / "bcnn", ignore_errors=True)
     with open(tmp_path / "first.log", "w") as out:
         proc = subprocess.Popen(command(work), stdout=out, stderr=subprocess.STDOUT, env=ENV,
                                 start_new_session=True)

@@ -280,18 +280,18 @@ def best_of_starts(objective: Callable, starts, free, n_iter: int, *, lower=None
     return labels[best], objs[best]
 
 
-def newton_decrement(objective: Callable, labels, free, lower=None, upper=None):
-    """gᵀH⁻¹g over the free labels not held at a bound by a gradient pointing out of the box:
-    the further decrease of the objective a Newton step predicts (χ² units)."""
-    _, h, _, g = objective(labels)
-    return jnp.dot(g, scaled_solve(h, g, _inside(free, labels, g, lower, upper)))
-
-
 def converged(objective: Callable, labels, free, lower=None, upper=None,
               tol: float = CONVERGENCE_TOL):
     """True when the objective is finite and the Newton decrement below `tol`."""
-    obj = objective(labels)[0]
-    decrement = newton_decrement(objective, labels, free, lower, upper)
+    return converged_at(objective(labels), labels, free, lower, upper, tol)
+
+
+def converged_at(terms, labels, free, lower=None, upper=None, tol: float = CONVERGENCE_TOL):
+    """`converged` from the objective's terms (value, H, S, g) at `labels`: the Newton decrement
+    gᵀH⁻¹g over the free labels not held at a bound by a gradient pointing out of the box (the
+    further decrease of the objective a Newton step predicts, χ² units) is below `tol`."""
+    obj, h, _, g = terms
+    decrement = jnp.dot(g, scaled_solve(h, g, _inside(free, labels, g, lower, upper)))
     return jnp.isfinite(obj) & jnp.all(jnp.isfinite(labels)) & (decrement < tol)
 
 
@@ -337,17 +337,27 @@ def weighted_gram(theta, weights, chunk: int = 512):
     return upper[pair_matrix(t)]
 
 
+def flux_jacobian(flux_fn: Callable, labels):
+    """(A = ∂f/∂ℓ (P, K), f (P,)) of `flux_fn` at `labels`, by forward mode (K passes)."""
+    return jax.jacfwd(lambda ell: (flux_fn(ell), flux_fn(ell)), has_aux=True)(labels)
+
+
+def flux_terms(a, f, labels, x, inv_var, prior_prec=0.0, prior_mean=0.0):
+    """The objective's terms (χ² + |ℓ − μ|²/τ², H = AᵀWA + I/τ², S = 0, g = AᵀWr − (ℓ − μ)/τ²)
+    of one star (x, inv_var (P,)) from the flux f (P,) and its Jacobian A (P, K) at `labels`."""
+    w_resid = inv_var * (x - f)
+    offset = labels - prior_mean
+    h = a.T @ (a * inv_var[:, None]) + prior_prec * jnp.eye(labels.shape[0], dtype=a.dtype)
+    value = jnp.dot(x - f, w_resid) + prior_prec * jnp.dot(offset, offset)
+    return value, h, jnp.zeros_like(h), a.T @ w_resid - prior_prec * offset
+
+
 def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
     """The objective of one star (x, inv_var (P,)) under `flux_fn(labels (K,)) -> (P,)`:
-    labels -> (χ² + |ℓ − μ|²/τ², H = AᵀWA + I/τ², S = 0, g = AᵀWr − (ℓ − μ)/τ²), with A from
-    one forward-mode Jacobian (K forward passes)."""
+    labels -> `flux_terms` at them, with A from one forward-mode Jacobian (K forward passes)."""
     def objective(labels):
-        a, f = jax.jacfwd(lambda ell: (flux_fn(ell), flux_fn(ell)), has_aux=True)(labels)
-        w_resid = inv_var * (x - f)
-        offset = labels - prior_mean
-        h = a.T @ (a * inv_var[:, None]) + prior_prec * jnp.eye(labels.shape[0], dtype=a.dtype)
-        value = jnp.dot(x - f, w_resid) + prior_prec * jnp.dot(offset, offset)
-        return value, h, jnp.zeros_like(h), a.T @ w_resid - prior_prec * offset
+        return flux_terms(*flux_jacobian(flux_fn, labels), labels, x, inv_var, prior_prec,
+                          prior_mean)
     return objective
 
 
@@ -355,25 +365,24 @@ def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.
                       prior_mean=0.0):
     """`flux_objective` for a flux model that is a linear read-out Θ v(ℓ) of features v =
     `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of
-    ones): the value from the flux as there, but H = DᵀMD + I/τ² and g = Dᵀ(b − Mv) − (ℓ −
-    μ)/τ² with D = ∂v/∂ℓ (T, K) by forward mode, M = ΘᵀWΘ = `weighted_gram(theta, inv_var)`
-    and b = ΘᵀWx, both formed once per star. An evaluation then costs one read-out Θv, O(PT),
-    instead of the O(PTK) of A = ΘD. (The Cannon's polynomial is such a model too; it expands χ²
-    itself as a quadratic form in v, models/cannon.py. Here the value keeps the flux residual:
-    as xᵀWx − 2bᵀv + vᵀMv it would lose the χ² differences near the optimum to float32
-    cancellation, while b − Mv, the gradient, is of the size of the noise-weighted residual.)"""
-    projected = theta.T @ (inv_var * x)
+    ones), with the Gauss-Newton matrix H = DᵀMD + I/τ² from a Gram matrix M (T, T) and
+    D = ∂v/∂ℓ (T, K) by forward mode: the value and g = Dᵀ Θᵀ W r − (ℓ − μ)/τ² come from
+    the residual r = x − Θv, so an evaluation costs two read-outs, O(PT), instead of the
+    O(PTK) of A = ΘD.
 
+    With M = ΘᵀWΘ (`weighted_gram(theta, inv_var)`) H is exact. Any other symmetric positive
+    definite M (an approximation, e.g. a Gram of typical weights scaled to the star) changes the
+    steps only: value and gradient are exact, so the iterations stop at the same optimum, and
+    the covariance and convergence test must then come from an exact H (`fit_star`'s
+    `final_objective`)."""
     def objective(labels):
         d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
         resid = x - v @ theta.T       # not theta @ v: vmapped, that lands pixels-first
+        w_resid = inv_var * resid
         offset = labels - prior_mean
-        # M[D v] as one product: M v alone runs as a matrix-vector product per star at a few
-        # percent of the machine's matrix rate
-        m_dv = gram @ jnp.concatenate([d, v[:, None]], axis=1)
-        h = d.T @ m_dv[:, :-1] + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
-        value = jnp.dot(resid, inv_var * resid) + prior_prec * jnp.dot(offset, offset)
-        return value, h, jnp.zeros_like(h), d.T @ (projected - m_dv[:, -1]) - prior_prec * offset
+        h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
+        value = jnp.dot(resid, w_resid) + prior_prec * jnp.dot(offset, offset)
+        return value, h, jnp.zeros_like(h), d.T @ (w_resid @ theta) - prior_prec * offset
     return objective
 
 
@@ -386,16 +395,14 @@ def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.
     return optimality
 
 
-def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
-             lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
-             tol: float = CONVERGENCE_TOL, objective: Callable | None = None) -> dict:
-    """Fit one star (x, inv_var (P,)) with `flux_fn`: `n_iter` iterations from each row of
-    `starts` (S, K), then `n_polish` more from the best only. Returns value (K,), covariance
-    (K, K) = H⁻¹ at the solution, chi2 (prior excluded), converged (bool). With `implicit`,
-    value is differentiated through the optimality condition (else through the iterations).
-    `objective` replaces `flux_objective` of the same star and prior in the iterations,
-    covariance and convergence test (e.g. `readout_objective`); the implicit derivative always
-    comes from `flux_fn`."""
+def solve_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
+               lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
+               objective: Callable | None = None):
+    """Labels (K,) of one star (x, inv_var (P,)) under `flux_fn`: `n_iter` iterations from each
+    row of `starts` (S, K), then `n_polish` more from the best only. With `implicit`, they are
+    differentiated through the optimality condition (else through the iterations).
+    `objective` replaces `flux_objective` of the same star and prior in the iterations (e.g.
+    `readout_objective`); the implicit derivative always comes from `flux_fn`."""
     if objective is None:
         objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
     free = jnp.ones(starts.shape[-1], bool)
@@ -407,16 +414,38 @@ def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: in
                                        upper=upper)[0]
         return best
 
-    if implicit:
-        optimality = flux_optimality(flux_fn, x, inv_var, prior_prec, prior_mean)
-        labels = implicit_solution(optimality, solve, starts[0])
-    else:
-        labels = solve(starts[0])
-    obj, h, _, _ = objective(labels)
+    if not implicit:
+        return solve(starts[0])
+    optimality = flux_optimality(flux_fn, x, inv_var, prior_prec, prior_mean)
+    return implicit_solution(optimality, solve, starts[0])
+
+
+def fit_summary(terms, labels, *, lower=None, upper=None, prior_prec=0.0, prior_mean=0.0,
+                tol: float = CONVERGENCE_TOL) -> dict:
+    """value (K,) = labels, covariance (K, K) = H⁻¹, chi2 (prior excluded) and converged
+    (`converged_at`) from the objective's terms (value, H, S, g) at the labels."""
     offset = labels - prior_mean
-    return {"value": labels, "covariance": covariance(h),
-            "chi2": obj - prior_prec * jnp.dot(offset, offset),
-            "converged": converged(objective, labels, free, lower, upper, tol)}
+    free = jnp.ones(labels.shape[-1], bool)
+    return {"value": labels, "covariance": covariance(terms[1]),
+            "chi2": terms[0] - prior_prec * jnp.dot(offset, offset),
+            "converged": converged_at(terms, labels, free, lower, upper, tol)}
+
+
+def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
+             lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
+             tol: float = CONVERGENCE_TOL, objective: Callable | None = None,
+             final_objective: Callable | None = None) -> dict:
+    """`solve_star`, then `fit_summary` at its labels: value (K,), covariance (K, K) = H⁻¹ at
+    the solution, chi2 (prior excluded), converged (bool). The summary's terms come from
+    `final_objective`, by default `objective` (itself by default `flux_objective`)."""
+    if objective is None:
+        objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
+    labels = solve_star(flux_fn, x, inv_var, starts, n_iter=n_iter, n_polish=n_polish,
+                        lower=lower, upper=upper, prior_prec=prior_prec, prior_mean=prior_mean,
+                        implicit=implicit, objective=objective)
+    final = objective if final_objective is None else final_objective
+    return fit_summary(final(labels), labels, lower=lower, upper=upper, prior_prec=prior_prec,
+                       prior_mean=prior_mean, tol=tol)
 
 
 def fit_stars(flux_fn: Callable, x, inv_var, starts, *, star_chunk: int = 64, **options) -> dict:

@@ -19,8 +19,13 @@ residuals at the catalogue labels (`solver.fit_scatter`; +inf: weight 0, for a p
 valid star), and frozen with the test step's constants.
 
 Test step (`apply`), star by star: the labels of least χ²(ℓ) = Σ_p (x_p − f_p(ℓ))² / (σ_p² + s_p²)
-+ |ℓ|²/τ² by `solver.fit_star`, with the Gauss-Newton matrix formed through the emulator's last
-layer as a linear read-out (`solver.readout_objective`): `n_iter` Levenberg-Marquardt iterations
++ |ℓ|²/τ² by `solver.solve_star`, through the emulator's last layer as a linear read-out
+(`solver.readout_objective`). The iterations' Gauss-Newton matrix DᵀMD takes for M the Gram
+Σ_b c_b ΘᵀW̄_bΘ of the typical pixel weights W̄ (training median σ², the emulator's scatter) over
+`GRAM_BLOCKS` contiguous pixel blocks b, formed once per call, each scaled to the star by
+c_b = tr(ΘᵀW_bΘ)/tr(ΘᵀW̄_bΘ), a P-term dot product, instead of the star's own ΘᵀWΘ (0.5 GFLOP
+a star): that changes the steps only, since the value and gradient are the star's own; the covariance and the convergence test come from the star's exact
+A = ∂f/∂ℓ at the solution (`solver.fit_summary`). `n_iter` Levenberg-Marquardt iterations
 from each of two starts — the training mean and the training label vector among `n_prototypes`
 whose emulated spectrum fits best — then `n_polish` from the better one, inside the training
 label range widened by `bound_margin` of its width on each side; τ = `prior_std` is a weak
@@ -31,7 +36,7 @@ with Σ = diag σ² (the measurement noise alone, A = ∂f/∂ℓ at the solutio
 `log_var` (B, K), log of diag (AᵀC⁻¹A + I/τ²)⁻¹ − that, C = diag(σ² + s²) (the emulator's
 error propagated as the Cannon's scatter is: becomes std_predictive, so that std_total² is the
 diagonal of the full formal covariance); `chi2`, `chi2_red` (B,) as the Cannon's; `converged`
-(B,) bool (`solver.converged`). Without `x_err` every pixel gets the training median σ_p² and
+(B,) bool (`solver.converged_at`). Without `x_err` every pixel gets the training median σ_p² and
 none is masked. Derivatives of `value` in the flux are implicit (`solver.implicit_solution`).
 
 Regression only.
@@ -51,6 +56,9 @@ TRAITS = Traits(uses_flux_errors=True)
 
 #: Floor of the predictive variance (standardized label units²) before its log.
 MIN_LABEL_VARIANCE = 1e-12
+#: Contiguous pixel blocks whose typical Gram is rescaled to each star (see `apply`): one block
+#: leaves stars with a masked chip short of convergence; 8 converge all (bench/bench_payne.py).
+GRAM_BLOCKS = 8
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> int:
@@ -69,6 +77,21 @@ def _positive_number(name: str, value, allow_zero: bool = False) -> float:
         raise ValueError(f"payne: {name} must be a finite number {'>=' if allow_zero else '>'} "
                          f"0, got {value!r}")
     return float(value)
+
+
+def _blocks(a, n_blocks: int):
+    """(P, ...) → (n_blocks, ⌈P/n_blocks⌉, ...): contiguous pixel blocks, zero-padded at the end."""
+    size = -(-a.shape[0] // n_blocks)
+    padded = jnp.pad(a, [(0, size * n_blocks - a.shape[0])] + [(0, 0)] * (a.ndim - 1))
+    return padded.reshape((n_blocks, size) + a.shape[1:])
+
+
+def typical_gram_blocks(theta, w_typical):
+    """The read-out Gram ΘᵀW̄Θ of typical pixel weights w̄ (P,), per block of `GRAM_BLOCKS`
+    contiguous pixels: (grams (G, T, T), ‖Θ_p‖² per block (G, P/G), tr ΘᵀW̄Θ per block (G,))."""
+    theta_b, w_b = _blocks(theta, GRAM_BLOCKS), _blocks(w_typical, GRAM_BLOCKS)
+    norms = jnp.sum(jnp.square(theta_b), axis=2)
+    return jax.vmap(solver.weighted_gram)(theta_b, w_b), norms, jnp.sum(w_b * norms, axis=1)
 
 
 def emulate(emulator: dict, labels):
@@ -212,14 +235,22 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
                        upper=frozen["upper"], prior_prec=prior_prec)
 
         theta, features = readout(emulator)
+        grams, block_norms, block_traces = typical_gram_blocks(
+            theta, solver.inverse_variance(frozen["flux_var"], frozen["scatter"]))
 
         def one(args):
             xs, wt, wn, ss = args
-            objective = solver.readout_objective(theta, solver.weighted_gram(theta, wt), features,
-                                                 xs, wt, prior_prec)
-            fit = solver.fit_star(flux_fn, xs, wt, ss, objective=objective, **options)
-            _, h_noise, _, _ = solver.flux_objective(flux_fn, xs, wn, prior_prec)(
-                lax.stop_gradient(fit["value"]))
+            star_traces = jnp.sum(_blocks(wt, GRAM_BLOCKS) * block_norms, axis=1)
+            gram = jnp.tensordot(star_traces / jnp.maximum(block_traces, MIN_LABEL_VARIANCE),
+                                 grams, axes=1)
+            objective = solver.readout_objective(theta, gram, features, xs, wt, prior_prec)
+            value = solver.solve_star(flux_fn, xs, wt, ss, objective=objective, **options)
+            at = lax.stop_gradient(value)
+            a, f = solver.flux_jacobian(flux_fn, at)
+            fit = solver.fit_summary(solver.flux_terms(a, f, at, xs, wt, prior_prec), value,
+                                     lower=options["lower"], upper=options["upper"],
+                                     prior_prec=prior_prec)
+            h_noise = solver.flux_terms(a, f, at, xs, wn, prior_prec)[1]
             var_total = jnp.diagonal(fit["covariance"])
             var_model = jnp.minimum(jnp.diagonal(solver.covariance(h_noise)), var_total)
             n_pix = jnp.sum(wt > 0)

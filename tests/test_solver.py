@@ -207,8 +207,9 @@ def test_implicit_jacobian_equals_unrolled():
 
 def test_small_dense_algebra_matches_lapack_and_needs_a_pivot():
     """`solve_linear` against numpy in float64 on matrices that need row exchanges (a zero
-    leading entry, indefinite, odd and even sizes); `symmetric_eigen` reconstructs h with
-    orthonormal vectors and numpy's eigenvalues; `covariance` of a badly scaled h is h⁻¹."""
+    leading entry, indefinite, odd and even sizes); `floored_cholesky` and `lower_inverse`
+    reconstruct h and invert its factor; `covariance` of a badly scaled h is h⁻¹, and of a
+    singular h finite and positive, large along the direction the matrix leaves free."""
     rng = np.random.default_rng(11)
     for k in (1, 2, 5, 22, 23):
         a = rng.normal(size=(k, k)).astype(np.float32)
@@ -219,15 +220,24 @@ def test_small_dense_algebra_matches_lapack_and_needs_a_pivot():
                                    atol=1e-4 * np.abs(expected).max() * np.linalg.cond(a) ** 0.5)
         m = rng.normal(size=(k, k))
         h = (m @ m.T + 0.1 * np.eye(k)).astype(np.float32)
-        values, vectors = (np.asarray(v, np.float64) for v in solver.symmetric_eigen(jnp.asarray(h)))
-        np.testing.assert_allclose(np.sort(values), np.linalg.eigvalsh(h.astype(np.float64)),
-                                   atol=1e-5 * values.max())
-        np.testing.assert_allclose(vectors.T @ vectors, np.eye(k), atol=1e-5)
-        np.testing.assert_allclose(vectors * values @ vectors.T, h, atol=1e-5 * values.max())
+        d = np.sqrt(np.diagonal(h))
+        unit = h / np.outer(d, d)
+        low = np.asarray(solver.floored_cholesky(jnp.asarray(unit), solver.PIVOT_FLOOR), np.float64)
+        np.testing.assert_array_equal(np.triu(low, 1), 0.0)
+        np.testing.assert_allclose(low @ low.T, unit, atol=1e-5)
+        np.testing.assert_allclose(np.asarray(solver.lower_inverse(jnp.asarray(low)), np.float64)
+                                   @ low, np.eye(k), atol=1e-4 * np.linalg.cond(low))
         scale = np.exp(rng.uniform(-5, 5, k)).astype(np.float32)
         np.testing.assert_allclose(solver.covariance(jnp.asarray(h * np.outer(scale, scale))),
                                    np.linalg.inv(h.astype(np.float64)) / np.outer(scale, scale),
                                    rtol=2e-3, atol=0)
+    # rank 3 of 5 (labels 3 and 4 copies of 0 and 1): finite, positive, the copies nearly free
+    m = rng.normal(size=(5, 3))
+    m[3], m[4] = m[0], m[1]
+    singular = np.asarray(solver.covariance(jnp.asarray((m @ m.T).astype(np.float32))))
+    assert np.all(np.isfinite(singular)) and np.all(np.diagonal(singular) > 0)
+    scaled = np.diagonal(singular) * np.diagonal(m @ m.T)      # in units of the unit diagonal
+    assert scaled[3:].min() > 1e5, scaled
 
 
 def test_a_batch_of_fits_calls_no_lapack():

@@ -35,9 +35,9 @@ maximum likelihood from residuals (`fit_scatter`); starts from training labels
 Formal covariance: H⁻¹ = (AᵀWA + I/τ²)⁻¹ at the solution (the inverse Fisher matrix when the
 data dominate the prior).
 
-Linear algebra: the K × K solves and eigendecompositions are written in plain XLA operations
-(`solve_linear`, Gauss-Jordan with partial pivoting; `symmetric_eigen`, parallel-order Jacobi
-rotations), not LAPACK. On CPU, jaxlib runs a batched LAPACK kernel by splitting the batch over
+Linear algebra: the K × K solves and inverses are written in plain XLA operations
+(`solve_linear`, Gauss-Jordan with partial pivoting; `floored_cholesky` and `lower_inverse`),
+not LAPACK. On CPU, jaxlib runs a batched LAPACK kernel by splitting the batch over
 XLA's intra-op thread pool and waiting for the pieces; two such kernels that XLA schedules at the
 same time (a star's covariance and its convergence test are independent) can each hold a pool
 thread while waiting for the other's, and with as many kernels as threads (2 cores) every thread
@@ -66,15 +66,12 @@ DAMPING_RANGE = (1e-12, 1e12)
 #: Newton decrement gᵀH⁻¹g (χ² units) below which a fit counts as converged: the optimum is
 #: within about sqrt(tol) = 0.1 formal standard deviations.
 CONVERGENCE_TOL = 1e-2
-#: Smallest eigenvalue of the Jacobi-scaled H kept by `covariance`, relative to the largest
-#: (about float32 resolution).
-EIGEN_FLOOR = 1e-7
+#: Smallest Cholesky pivot of the Jacobi-scaled H (unit diagonal) kept by `covariance` (about
+#: float32 resolution).
+PIVOT_FLOOR = 1e-7
 #: Floor of σ² + s² (normalized flux units²): a pixel of zero variance would take all the weight.
 MIN_VARIANCE = 1e-12
 BISECTION_STEPS = 40    # of the scatter's likelihood equation, in log s², per pixel
-#: Sweeps of `symmetric_eigen`: Jacobi rotations converge quadratically, and float32 matrices
-#: of a few tens of rows are diagonal to rounding after 6–8.
-JACOBI_SWEEPS = 10
 
 
 # --------------------------------------------------------------------------- pixel weights
@@ -151,58 +148,33 @@ def solve_linear(a, b):
     return b / jnp.diagonal(a)
 
 
-def _round_robin(n: int) -> np.ndarray:
-    """(n − 1, n/2, 2) index pairs for even n: every pair once, the pairs of a round disjoint
-    (the circle method), so the rotations of a round commute."""
-    players = list(range(n))
-    rounds = []
-    for _ in range(n - 1):
-        rounds.append([(players[i], players[n - 1 - i]) for i in range(n // 2)])
-        players = [players[0], players[-1]] + players[1:-1]
-    return np.asarray(rounds)
+def floored_cholesky(a, floor: float):
+    """Lower-triangular L (K, K) with L Lᵀ = a for a symmetric positive semi-definite a of unit
+    diagonal, column by column in plain XLA operations (see the module docstring for why not
+    LAPACK). A pivot (the remaining diagonal entry) at or below `floor` is a direction the
+    earlier ones already explain to rounding: it becomes √floor and its column below the
+    diagonal 0, so the direction gets the finite variance 1/floor and rounding noise is not
+    divided by a near-zero pivot."""
+    rows = jnp.arange(a.shape[0])
+
+    def eliminate(col, state):
+        a, low = state
+        kept = a[col, col] > floor
+        pivot = jnp.sqrt(jnp.where(kept, a[col, col], floor))
+        below = jnp.where((rows > col) & kept, a[:, col] / pivot, 0.0)
+        return a - jnp.outer(below, below), low.at[:, col].set(below.at[col].set(pivot))
+
+    return lax.fori_loop(0, a.shape[0], eliminate, (a, jnp.zeros_like(a)))[1]
 
 
-def symmetric_eigen(h):
-    """Eigenvalues (K,) and eigenvectors (K, K, as columns) of a symmetric h, by JACOBI_SWEEPS
-    sweeps of Jacobi rotations in parallel order (each round zeroes K/2 disjoint off-diagonal
-    pairs at once, Golub & Van Loan §8.5), in plain XLA operations; unsorted.
+def lower_inverse(low):
+    """L⁻¹ (K, K) of a lower-triangular L with a non-zero diagonal, by forward substitution."""
+    eye = jnp.eye(low.shape[0], dtype=low.dtype)
 
-    A round's rotation R pairs every index i with a partner j: (aR)[:, i] = c a[:, i] ∓ s a[:, j]
-    (− for the first of the pair), and Rᵀa the same on rows, so a round costs O(K²) elementwise
-    work instead of two K × K matrix products."""
-    k = h.shape[0]
-    n = k + k % 2                      # an odd size gets a decoupled extra row, never rotated
-    a = jnp.eye(n, dtype=h.dtype).at[:k, :k].set(0.5 * (h + h.T))
-    rounds = _round_robin(n)
-    first, second = rounds[..., 0], rounds[..., 1]
-    # per round and index: its partner, the pair it belongs to, and the sign of its sine
-    partner, pair, sign = (np.empty((n - 1, n), int), np.empty((n - 1, n), int),
-                           np.ones((n - 1, n)))
-    for r in range(n - 1):
-        partner[r, first[r]], partner[r, second[r]] = second[r], first[r]
-        pair[r, first[r]] = pair[r, second[r]] = np.arange(n // 2)
-        sign[r, first[r]] = -1.0
-    first, second, partner, pair = map(jnp.asarray, (first, second, partner, pair))
-    sign = jnp.asarray(sign, h.dtype)
+    def substitute(row, inv):
+        return inv.at[row].set((eye[row] - low[row] @ inv) / low[row, row])
 
-    def rotate(i, state):
-        a, v = state
-        r = i % (n - 1)
-        pi, qi = first[r], second[r]
-        app, aqq, apq = a[pi, pi], a[qi, qi], a[pi, qi]
-        off = apq != 0
-        tau = jnp.where(off, (aqq - app) / jnp.where(off, 2.0 * apq, 1.0), 0.0)
-        direction = jnp.where(tau >= 0, 1.0, -1.0)
-        t = jnp.where(off, direction / (jnp.abs(tau) + jnp.sqrt(1.0 + tau * tau)), 0.0)
-        c_pair = 1.0 / jnp.sqrt(1.0 + t * t)
-        c, s = c_pair[pair[r]], (t * c_pair)[pair[r]] * sign[r]
-        j = partner[r]
-        a = c[None, :] * a + s[None, :] * a[:, j]          # a R
-        a = c[:, None] * a + s[:, None] * a[j, :]          # Rᵀ (a R)
-        return a, c[None, :] * v + s[None, :] * v[:, j]
-
-    a, v = lax.fori_loop(0, JACOBI_SWEEPS * (n - 1), rotate, (a, jnp.eye(n, dtype=h.dtype)))
-    return jnp.diagonal(a)[:k], v[:k, :k]
+    return lax.fori_loop(0, low.shape[0], substitute, jnp.zeros_like(low))
 
 
 # --------------------------------------------------------------------------- iterations
@@ -219,13 +191,13 @@ def scaled_solve(h, g, free, damping=0.0, scale=None):
 
 
 def covariance(h):
-    """H⁻¹ (K, K) of a symmetric positive semi-definite H, Jacobi-scaled and inverted through
-    its eigenvalues, floored at EIGEN_FLOOR of the largest: a direction the data (nearly) leave
-    free gets a large, finite, positive variance instead of a rounding-error sign."""
+    """H⁻¹ (K, K) of a symmetric positive semi-definite H, Jacobi-scaled (unit diagonal) and
+    inverted through its Cholesky factor with pivots floored at PIVOT_FLOOR (`floored_cholesky`):
+    a direction the data (nearly) leave free gets a large, finite, positive variance instead of
+    a rounding-error sign."""
     d = jnp.sqrt(jnp.maximum(jnp.diagonal(h), 1e-30))
-    eig, vec = symmetric_eigen(h / jnp.outer(d, d))
-    eig = jnp.maximum(eig, EIGEN_FLOOR * jnp.max(eig))
-    return (vec / eig) @ vec.T / jnp.outer(d, d)
+    inv = lower_inverse(floored_cholesky(h / jnp.outer(d, d), PIVOT_FLOOR))
+    return inv.T @ inv / jnp.outer(d, d)
 
 
 def _clip(labels, lower, upper):

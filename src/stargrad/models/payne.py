@@ -24,8 +24,9 @@ Test step (`apply`), star by star: the labels of least χ²(ℓ) = Σ_p (x_p −
 Σ_b c_b ΘᵀW̄_bΘ of the typical pixel weights W̄ (training median σ², the emulator's scatter) over
 `GRAM_BLOCKS` contiguous pixel blocks b, formed once per call, each scaled to the star by
 c_b = tr(ΘᵀW_bΘ)/tr(ΘᵀW̄_bΘ), a P-term dot product, instead of the star's own ΘᵀWΘ (0.5 GFLOP
-a star): that changes the steps only, since the value and gradient are the star's own; the covariance and the convergence test come from the star's exact
-A = ∂f/∂ℓ at the solution (`solver.fit_summary`). `n_iter` Levenberg-Marquardt iterations
+a star): that changes the steps only, since the value and gradient are the star's own; the
+covariance and the convergence test come from the star's exact A = ∂f/∂ℓ at the solution
+(`solver.fit_summary`), `SUMMARY_CHUNK` stars at a time. `n_iter` Levenberg-Marquardt iterations
 from each of two starts — the training mean and the training label vector among `n_prototypes`
 whose emulated spectrum fits best — then `n_polish` from the better one, inside the training
 label range widened by `bound_margin` of its width on each side; τ = `prior_std` is a weak
@@ -59,6 +60,9 @@ MIN_LABEL_VARIANCE = 1e-12
 #: Contiguous pixel blocks whose typical Gram is rescaled to each star (see `apply`): one block
 #: leaves stars with a masked chip short of convergence; 8 converge all (bench/bench_payne.py).
 GRAM_BLOCKS = 8
+#: Stars whose exact A = ∂f/∂ℓ (P × K each) and AᵀWA are formed at once at the solution: a few
+#: keep A in the processor's cache for the two products that read it (bench/bench_payne.py).
+SUMMARY_CHUNK = 8
 
 
 def _positive_int(name: str, value, allow_zero: bool = False) -> int:
@@ -238,29 +242,33 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
         grams, block_norms, block_traces = typical_gram_blocks(
             theta, solver.inverse_variance(frozen["flux_var"], frozen["scatter"]))
 
-        def one(args):
-            xs, wt, wn, ss = args
+        def solve(args):
+            xs, wt, ss = args
             star_traces = jnp.sum(_blocks(wt, GRAM_BLOCKS) * block_norms, axis=1)
             gram = jnp.tensordot(star_traces / jnp.maximum(block_traces, MIN_LABEL_VARIANCE),
                                  grams, axes=1)
             objective = solver.readout_objective(theta, gram, features, xs, wt, prior_prec)
-            value = solver.solve_star(flux_fn, xs, wt, ss, objective=objective, **options)
-            at = lax.stop_gradient(value)
-            a, f = solver.flux_jacobian(flux_fn, at)
-            fit = solver.fit_summary(solver.flux_terms(a, f, at, xs, wt, prior_prec), value,
+            return solver.solve_star(flux_fn, xs, wt, ss, objective=objective, **options)
+
+        def summarize(args):
+            labels, xs, wt, wn = args
+            a, f = solver.flux_jacobian(flux_fn, labels)
+            fit = solver.fit_summary(solver.flux_terms(a, f, labels, xs, wt, prior_prec), labels,
                                      lower=options["lower"], upper=options["upper"],
                                      prior_prec=prior_prec)
-            h_noise = solver.flux_terms(a, f, at, xs, wn, prior_prec)[1]
+            h_noise = solver.flux_terms(a, f, labels, xs, wn, prior_prec)[1]
             var_total = jnp.diagonal(fit["covariance"])
             var_model = jnp.minimum(jnp.diagonal(solver.covariance(h_noise)), var_total)
             n_pix = jnp.sum(wt > 0)
-            return {"value": fit["value"], "log_var_model": jnp.log(var_model),
+            return {"log_var_model": jnp.log(var_model),
                     "log_var": jnp.log(jnp.maximum(var_total - var_model, MIN_LABEL_VARIANCE)),
                     "chi2": fit["chi2"], "converged": fit["converged"],
                     "chi2_red": fit["chi2"] / jnp.maximum(n_pix - n_outputs, 1)}
 
-        return lax.map(one, (x, w_total, w_noise, starts),
-                       batch_size=min(star_chunk, x.shape[0]))
+        value = lax.map(solve, (x, w_total, starts), batch_size=min(star_chunk, x.shape[0]))
+        summary = lax.map(summarize, (lax.stop_gradient(value), x, w_total, w_noise),
+                          batch_size=min(SUMMARY_CHUNK, x.shape[0]))
+        return {"value": value, **summary}
 
     return Model(init=init, apply=apply, loss=loss, stochastic=False, input_norm="mean",
                  init_data=init_data, finish=finish)

@@ -165,10 +165,10 @@ def test_readout_steps_from_an_approximate_gram_reach_the_exact_optimum():
         def one(xs, ws, ss):
             gram = solver.weighted_gram(theta, jnp.asarray(typical)) * gram_factor
             scale = jnp.sum(ws) / jnp.sum(typical)
-            return solver.fit_star(
+            labels = solver.solve_star(
                 flux, xs, ws, ss, n_iter=n_iter,
-                objective=solver.readout_objective(theta, scale * gram, features, xs, ws),
-                final_objective=solver.flux_objective(flux, xs, ws))
+                objective=solver.readout_objective(theta, scale * gram, features, xs, ws))
+            return solver.fit_summary(solver.flux_objective(flux, xs, ws)(labels), labels)
         return {k: np.asarray(v) for k, v in jax.jit(jax.vmap(one))(x, inv_var, starts).items()}
 
     approx = approximate(30, 1.0)

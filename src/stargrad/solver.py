@@ -252,16 +252,11 @@ def best_of_starts(objective: Callable, starts, free, n_iter: int, *, lower=None
     return labels[best], objs[best]
 
 
-def converged(objective: Callable, labels, free, lower=None, upper=None,
-              tol: float = CONVERGENCE_TOL):
-    """True when the objective is finite and the Newton decrement below `tol`."""
-    return converged_at(objective(labels), labels, free, lower, upper, tol)
-
-
-def converged_at(terms, labels, free, lower=None, upper=None, tol: float = CONVERGENCE_TOL):
-    """`converged` from the objective's terms (value, H, S, g) at `labels`: the Newton decrement
-    gᵀH⁻¹g over the free labels not held at a bound by a gradient pointing out of the box (the
-    further decrease of the objective a Newton step predicts, χ² units) is below `tol`."""
+def converged(terms, labels, free, lower=None, upper=None, tol: float = CONVERGENCE_TOL):
+    """True when the objective's terms (value, H, S, g) at `labels` are finite and the Newton
+    decrement gᵀH⁻¹g over the free labels not held at a bound by a gradient pointing out of the
+    box (the further decrease of the objective a Newton step predicts, χ² units) is below
+    `tol`."""
     obj, h, _, g = terms
     decrement = jnp.dot(g, scaled_solve(h, g, _inside(free, labels, g, lower, upper)))
     return jnp.isfinite(obj) & jnp.all(jnp.isfinite(labels)) & (decrement < tol)
@@ -345,8 +340,8 @@ def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.
     With M = ΘᵀWΘ (`weighted_gram(theta, inv_var)`) H is exact. Any other symmetric positive
     definite M (an approximation, e.g. a Gram of typical weights scaled to the star) changes the
     steps only: value and gradient are exact, so the iterations stop at the same optimum, and
-    the covariance and convergence test must then come from an exact H (`fit_star`'s
-    `final_objective`)."""
+    the covariance and convergence test must then come from an exact H (`solve_star`, then
+    `fit_summary` of `flux_objective`)."""
     def objective(labels):
         d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
         resid = x - v @ theta.T       # not theta @ v: vmapped, that lands pixels-first
@@ -392,32 +387,31 @@ def solve_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: 
     return implicit_solution(optimality, solve, starts[0])
 
 
-def fit_summary(terms, labels, *, lower=None, upper=None, prior_prec=0.0, prior_mean=0.0,
-                tol: float = CONVERGENCE_TOL) -> dict:
+def fit_summary(terms, labels, *, free=None, lower=None, upper=None, prior_prec=0.0,
+                prior_mean=0.0, tol: float = CONVERGENCE_TOL) -> dict:
     """value (K,) = labels, covariance (K, K) = H⁻¹, chi2 (prior excluded) and converged
-    (`converged_at`) from the objective's terms (value, H, S, g) at the labels."""
+    (`converged`; `free` (K,) bool, default all) from the objective's terms (value, H, S, g) at
+    the labels."""
     offset = labels - prior_mean
-    free = jnp.ones(labels.shape[-1], bool)
+    free = jnp.ones(labels.shape[-1], bool) if free is None else free
     return {"value": labels, "covariance": covariance(terms[1]),
             "chi2": terms[0] - prior_prec * jnp.dot(offset, offset),
-            "converged": converged_at(terms, labels, free, lower, upper, tol)}
+            "converged": converged(terms, labels, free, lower, upper, tol)}
 
 
 def fit_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
              lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
-             tol: float = CONVERGENCE_TOL, objective: Callable | None = None,
-             final_objective: Callable | None = None) -> dict:
-    """`solve_star`, then `fit_summary` at its labels: value (K,), covariance (K, K) = H⁻¹ at
-    the solution, chi2 (prior excluded), converged (bool). The summary's terms come from
-    `final_objective`, by default `objective` (itself by default `flux_objective`)."""
+             tol: float = CONVERGENCE_TOL, objective: Callable | None = None) -> dict:
+    """`solve_star`, then `fit_summary` of `objective` (by default `flux_objective`) at its
+    labels: value (K,), covariance (K, K) = H⁻¹ at the solution, chi2 (prior excluded),
+    converged (bool)."""
     if objective is None:
         objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
     labels = solve_star(flux_fn, x, inv_var, starts, n_iter=n_iter, n_polish=n_polish,
                         lower=lower, upper=upper, prior_prec=prior_prec, prior_mean=prior_mean,
                         implicit=implicit, objective=objective)
-    final = objective if final_objective is None else final_objective
-    return fit_summary(final(labels), labels, lower=lower, upper=upper, prior_prec=prior_prec,
-                       prior_mean=prior_mean, tol=tol)
+    return fit_summary(objective(labels), labels, lower=lower, upper=upper,
+                       prior_prec=prior_prec, prior_mean=prior_mean, tol=tol)
 
 
 def fit_stars(flux_fn: Callable, x, inv_var, starts, *, star_chunk: int = 64, **options) -> dict:

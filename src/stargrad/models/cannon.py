@@ -445,13 +445,12 @@ def implicit_labels(theta, x, inv_var, form: ChiSquare, linear, prototype, prior
 def star_result(form: ChiSquare, labels, n_pixels, free, prior_prec, order: int) -> dict:
     """Outputs of one star at its labels: value, log_var (log diag of the formal covariance
     (AᵀC⁻¹A + I/τ²)⁻¹), chi2 (prior term excluded), chi2_red = chi2 / (n_pixels − K) and
-    converged (`solver.converged`)."""
-    objective = _objective_of(form, prior_prec, order)
-    obj, h, _, _ = objective(labels)
-    chi2 = obj - prior_prec * jnp.sum(labels * labels)
-    return {"value": labels, "log_var": jnp.log(jnp.diagonal(solver.covariance(h))),
-            "chi2": chi2, "chi2_red": chi2 / jnp.maximum(n_pixels - labels.shape[0], 1),
-            "converged": solver.converged(objective, labels, free)}
+    converged (`solver.fit_summary`, from one evaluation of the objective)."""
+    fit = solver.fit_summary(_objective_of(form, prior_prec, order)(labels), labels, free=free,
+                             prior_prec=prior_prec)
+    dof = jnp.maximum(n_pixels - labels.shape[0], 1)
+    return {"value": labels, "log_var": jnp.log(jnp.diagonal(fit["covariance"])),
+            "chi2": fit["chi2"], "chi2_red": fit["chi2"] / dof, "converged": fit["converged"]}
 
 
 # --------------------------------------------------------------------------- batches of stars

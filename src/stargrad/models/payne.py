@@ -37,7 +37,7 @@ with Σ = diag σ² (the measurement noise alone, A = ∂f/∂ℓ at the solutio
 `log_var` (B, K), log of diag (AᵀC⁻¹A + I/τ²)⁻¹ − that, C = diag(σ² + s²) (the emulator's
 error propagated as the Cannon's scatter is: becomes std_predictive, so that std_total² is the
 diagonal of the full formal covariance); `chi2`, `chi2_red` (B,) as the Cannon's; `converged`
-(B,) bool (`solver.converged_at`). Without `x_err` every pixel gets the training median σ_p² and
+(B,) bool (`solver.converged`). Without `x_err` every pixel gets the training median σ_p² and
 none is masked. Derivatives of `value` in the flux are implicit (`solver.implicit_solution`).
 
 Regression only.
@@ -90,12 +90,23 @@ def _blocks(a, n_blocks: int):
     return padded.reshape((n_blocks, size) + a.shape[1:])
 
 
-def typical_gram_blocks(theta, w_typical):
+def typical_gram_blocks(theta, w_typical) -> dict:
     """The read-out Gram ΘᵀW̄Θ of typical pixel weights w̄ (P,), per block of `GRAM_BLOCKS`
-    contiguous pixels: (grams (G, T, T), ‖Θ_p‖² per block (G, P/G), tr ΘᵀW̄Θ per block (G,))."""
+    contiguous pixels: grams (G, T, T), norms ‖Θ_p‖² per block (G, P/G) and traces
+    tr ΘᵀW̄_bΘ (G,)."""
     theta_b, w_b = _blocks(theta, GRAM_BLOCKS), _blocks(w_typical, GRAM_BLOCKS)
     norms = jnp.sum(jnp.square(theta_b), axis=2)
-    return jax.vmap(solver.weighted_gram)(theta_b, w_b), norms, jnp.sum(w_b * norms, axis=1)
+    return {"grams": jax.vmap(solver.weighted_gram)(theta_b, w_b), "norms": norms,
+            "traces": jnp.sum(w_b * norms, axis=1)}
+
+
+def star_gram(typical: dict, weights):
+    """Σ_b c_b ΘᵀW̄_bΘ (T, T): the typical blocks' Grams, each scaled to a star's pixel weights
+    (P,) by c_b = tr(ΘᵀW_bΘ)/tr(ΘᵀW̄_bΘ) (0 for a block of no typical weight)."""
+    traces = jnp.sum(_blocks(weights, GRAM_BLOCKS) * typical["norms"], axis=1)
+    has_weight = typical["traces"] > 0
+    scale = jnp.where(has_weight, traces / jnp.where(has_weight, typical["traces"], 1.0), 0.0)
+    return jnp.tensordot(scale, typical["grams"], axes=1)
 
 
 def emulate(emulator: dict, labels):
@@ -239,15 +250,13 @@ def build(*, n_inputs: int, n_outputs: int, kind: str = "regression", hidden=(25
                        upper=frozen["upper"], prior_prec=prior_prec)
 
         theta, features = readout(emulator)
-        grams, block_norms, block_traces = typical_gram_blocks(
+        typical = typical_gram_blocks(
             theta, solver.inverse_variance(frozen["flux_var"], frozen["scatter"]))
 
         def solve(args):
             xs, wt, ss = args
-            star_traces = jnp.sum(_blocks(wt, GRAM_BLOCKS) * block_norms, axis=1)
-            gram = jnp.tensordot(star_traces / jnp.maximum(block_traces, MIN_LABEL_VARIANCE),
-                                 grams, axes=1)
-            objective = solver.readout_objective(theta, gram, features, xs, wt, prior_prec)
+            objective = solver.readout_objective(theta, star_gram(typical, wt), features, xs, wt,
+                                                 prior_prec)
             return solver.solve_star(flux_fn, xs, wt, ss, objective=objective, **options)
 
         def summarize(args):

@@ -35,6 +35,11 @@ def module_path(name: str) -> Path | None:
     return None
 
 
+@lru_cache(maxsize=None)
+def _resolved_module_path(name: str) -> Path:
+    return module_path(name).resolve()
+
+
 def _module_name(path: Path) -> str | None:
     try:
         rel = path.resolve().relative_to(ROOT)
@@ -50,18 +55,39 @@ def _with_parents(name: str) -> list[str]:
 
 
 @lru_cache(maxsize=None)
+def _data_names() -> frozenset[str]:
+    return frozenset(p.name for p in DATA.iterdir()) if DATA.is_dir() else frozenset()
+
+
+def _import_nodes(tree: ast.AST):
+    """The Import / ImportFrom nodes and the string constants of `tree`, in one walk that skips
+    the bodies of `if TYPE_CHECKING:` blocks (their `else:` still counts)."""
+    todo = [tree]
+    while todo:
+        node = todo.pop()
+        if isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield node
+            continue
+        if isinstance(node, ast.Constant):
+            if isinstance(node.value, str):
+                yield node
+            continue
+        if _is_type_checking_block(node):
+            todo.extend(node.orelse)
+            todo.append(node.test)
+            continue
+        todo.extend(ast.iter_child_nodes(node))
+
+
+@lru_cache(maxsize=None)
 def _direct_imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     """(stargrad modules imported by the file at `path`, data files it names)."""
     tree = ast.parse(path.read_text(), filename=str(path))
     name = _module_name(path)
     package = (name if path.name == "__init__.py" else name.rsplit(".", 1)[0]) if name else None
-    typing_only = {id(n) for node in ast.walk(tree) if _is_type_checking_block(node)
-                   for n in ast.walk(node)}
     required, optional, data = set(), set(), set()
-    data_names = {p.name for p in DATA.iterdir()} if DATA.is_dir() else set()
-    for node in ast.walk(tree):
-        if id(node) in typing_only:
-            continue
+    data_names = _data_names()
+    for node in _import_nodes(tree):
         if isinstance(node, ast.Import):
             required.update(alias.name for alias in node.names)
         elif isinstance(node, ast.ImportFrom):
@@ -75,7 +101,7 @@ def _direct_imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
                 base = node.module or ""
             required.add(base)
             optional.update(f"{base}.{alias.name}" for alias in node.names)
-        elif isinstance(node, ast.Constant) and node.value in data_names:
+        elif node.value in data_names:
             data.add(node.value)
     modules = set()
     for imported in required | optional:
@@ -116,7 +142,7 @@ def closure(*entries) -> list[Path]:
             continue
         files.add(path)
         modules, data = _direct_imports(path)
-        todo += [module_path(m).resolve() for m in modules]
+        todo += [_resolved_module_path(m) for m in modules]
         files.update((DATA / name).resolve() for name in data)
     return sorted(files)
 

@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -20,8 +21,13 @@ from .figures import save_figure  # noqa: E402
 CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}
 
 
+#: Fixed margins of the three-panel figure (figure fractions): its text is the same for every
+#: label, and a constrained layout would measure every tick and annotation at every save.
+_CHIP_MARGINS = {"left": 0.07, "right": 0.99, "bottom": 0.07, "top": 0.945, "hspace": 0.22}
+
+
 def _chip_figure(title: str, ylabel: str):
-    fig, axes = plt.subplots(3, 1, figsize=(12, 8), constrained_layout=True)
+    fig, axes = plt.subplots(3, 1, figsize=(12, 8), gridspec_kw=_CHIP_MARGINS)
     fig.suptitle(title)
     for ax, chip in zip(axes, apogee.CHIP_OFFSETS):
         ax.axhline(0.0, color="0.3", ls="--", lw=0.8)
@@ -30,26 +36,40 @@ def _chip_figure(title: str, ylabel: str):
     return fig, axes
 
 
+def _chip_wavelengths():
+    """Vacuum wavelengths (Å) of the 7514 pixels, split by chip."""
+    return apogee.chips_split(apogee.wavelength(apogee.N_PIX_GAPLESS))
+
+
 def _draw_chips(axes, y, label: str, color=None, lw=0.8):
     """One (7514,) curve split over the three chip panels."""
-    wave = apogee.chips_split(apogee.wavelength(apogee.N_PIX_GAPLESS))
-    for ax, chip, w, v in zip(axes, apogee.CHIP_OFFSETS, wave, apogee.chips_split(y)):
+    for ax, chip, w, v in zip(axes, apogee.CHIP_OFFSETS, _chip_wavelengths(),
+                              apogee.chips_split(y)):
         ax.plot(w, v, lw=lw, color=color or CHIP_COLORS[chip], label=label)
         ax.set_xlim(w[0], w[-1])
         ax.margins(y=0.15)  # room for the line names
 
 
 def _shade_windows(axes, label: str) -> None:
+    """The label's element windows as one gold band collection per chip panel (full height,
+    only the windows inside the panel's range: one artist each, however many windows)."""
     element = own_element(label)
     if element is None:
         return
     windows = apogee.load_windows()
     windows = windows[windows["element"] == element]
-    for ax in axes:
-        for i, (start, end) in enumerate(zip(windows["start_vac_angstrom"],
-                                             windows["end_vac_angstrom"])):
-            ax.axvspan(start, end, color="gold", alpha=0.35, lw=0,
-                       label=f"{element} windows" if i == 0 else None)
+    spans = np.column_stack([windows["start_vac_angstrom"], windows["end_vac_angstrom"]])
+    for ax, w in zip(axes, _chip_wavelengths()):
+        inside = spans[(spans[:, 1] >= w[0]) & (spans[:, 0] <= w[-1])]
+        bands = [[(a, 0.0), (a, 1.0), (b, 1.0), (b, 0.0)] for a, b in inside]
+        ax.add_collection(PolyCollection(bands, transform=ax.get_xaxis_transform(),
+                                         facecolors="gold", alpha=0.35, linewidths=0,
+                                         label=f"{element} windows"), autolim=False)
+
+
+#: A feature's leader line, from the name's edge to the point: not clipped to the text box, which
+#: matplotlib would do for every annotation at every draw.
+_LEADER = {"arrowstyle": "-", "lw": 0.5, "patchA": None, "shrinkA": 0, "shrinkB": 0}
 
 
 def _annotate(axes, features: pd.DataFrame) -> None:
@@ -58,10 +78,11 @@ def _annotate(axes, features: pd.DataFrame) -> None:
     for row in features.itertuples(index=False):
         name = getattr(row, "species_1", None)
         text = f"{name}" if isinstance(name, str) and name else f"{row.wavelength_vac:.1f}"
+        up = row.jacobian >= 0
         panel[row.chip].annotate(text, (row.wavelength_vac, row.jacobian),
-                                 xytext=(0, 8 if row.jacobian >= 0 else -14),
-                                 textcoords="offset points", ha="center", fontsize=7,
-                                 arrowprops={"arrowstyle": "-", "lw": 0.5})
+                                 xytext=(0, 8 if up else -8), textcoords="offset points",
+                                 ha="center", va="bottom" if up else "top", fontsize=7,
+                                 arrowprops=_LEADER)
 
 
 def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame,

@@ -32,7 +32,6 @@ def plot_label_distributions(path, table: pd.DataFrame, labels) -> None:
         ax.tick_params(labelsize=6)
     axes[0].legend(fontsize=7)
     fig.suptitle("catalogue: predicted labels of the survey against the training set", fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 
@@ -49,7 +48,6 @@ def plot_uncertainty_vs_snr(path, table: pd.DataFrame, snr: np.ndarray, labels) 
         ax.set_ylabel(f"σ {label} [{unit(label)}]", fontsize=7)
         ax.tick_params(labelsize=6)
     fig.suptitle("catalogue: calibrated uncertainty against S/N", fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 

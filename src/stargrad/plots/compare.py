@@ -40,7 +40,6 @@ def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str =
         ax.set_title(label, fontsize=8)
         ax.tick_params(labelsize=6)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     save_figure(fig, path)
 
 

@@ -45,10 +45,7 @@ def save_figure(fig, path, dpi: int = SCREEN_DPI) -> None:
     fmt = path.suffix.lstrip(".") or "png"
     with atomic_path(path) as tmp:
         if fmt == "png":
-            rendered = io.BytesIO()
-            fig.savefig(rendered, format="png", dpi=dpi)
-            with Image.open(rendered) as image:
-                palette = image.convert("RGB").quantize(PNG_COLOURS,
+            palette = _rendered_rgb(fig, dpi).quantize(PNG_COLOURS,
                                                         method=Image.Quantize.FASTOCTREE,
                                                         dither=Image.Dither.NONE)
             palette.save(tmp, format="png", optimize=True)
@@ -57,11 +54,41 @@ def save_figure(fig, path, dpi: int = SCREEN_DPI) -> None:
     plt.close(fig)
 
 
+def _rendered_rgb(fig, dpi: int) -> Image.Image:
+    """`fig` rendered by Agg at `dpi`, as an RGB image: the raw pixels, without the PNG that
+    matplotlib would encode and PIL decode again."""
+    raw = io.BytesIO()
+    fig.savefig(raw, format="rgba", dpi=dpi)
+    width, height = (int(v) for v in fig.get_size_inches() * dpi)     # as Agg sizes it
+    pixels = raw.getvalue()
+    if len(pixels) != 4 * width * height:
+        raise RuntimeError(f"Agg rendered {len(pixels)} bytes, not {width}×{height} RGBA")
+    return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1).convert("RGB")
+
+
+#: label_grid's margins and gaps between panels, inches.
+GRID_MARGINS = {"left": 0.5, "right": 0.12, "bottom": 0.42, "top": 0.6, "wgap": 0.55,
+                "hgap": 0.62}
+
+
 def label_grid(n: int, size: float = 2.6):
-    """A figure of n panels, up to 6 per row; returns (figure, flat axes)."""
+    """A figure of n panels, up to 6 per row, `size` inches each, with fixed margins and gaps
+    (inches: `GRID_MARGINS`) for panels with a title, 6-point ticks and 7-point axis labels
+    under a suptitle: a tight layout would measure every tick of every panel, which took longer
+    than drawing them. Returns (figure, flat axes)."""
     ncol = min(n, 6)
     nrow = int(np.ceil(n / ncol))
-    fig, axes = plt.subplots(nrow, ncol, figsize=(size * ncol, size * nrow), squeeze=False)
+    width, height = size * ncol, size * nrow
+    m = GRID_MARGINS
+    panel_w = (width - m["left"] - m["right"] - (ncol - 1) * m["wgap"]) / ncol
+    panel_h = (height - m["bottom"] - m["top"] - (nrow - 1) * m["hgap"]) / nrow
+    fig, axes = plt.subplots(nrow, ncol, figsize=(width, height), squeeze=False,
+                             gridspec_kw={"left": m["left"] / width,
+                                          "right": 1 - m["right"] / width,
+                                          "bottom": m["bottom"] / height,
+                                          "top": 1 - m["top"] / height,
+                                          "wspace": m["wgap"] / panel_w,
+                                          "hspace": m["hgap"] / panel_h})
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, axes.flat

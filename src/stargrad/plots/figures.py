@@ -55,15 +55,11 @@ def save_figure(fig, path, dpi: int = SCREEN_DPI) -> None:
 
 
 def _rendered_rgb(fig, dpi: int) -> Image.Image:
-    """`fig` rendered by Agg at `dpi`, as an RGB image: the raw pixels, without the PNG that
-    matplotlib would encode and PIL decode again."""
-    raw = io.BytesIO()
-    fig.savefig(raw, format="rgba", dpi=dpi)
-    width, height = (int(v) for v in fig.get_size_inches() * dpi)     # as Agg sizes it
-    pixels = raw.getvalue()
-    if len(pixels) != 4 * width * height:
-        raise RuntimeError(f"Agg rendered {len(pixels)} bytes, not {width}×{height} RGBA")
-    return Image.frombuffer("RGBA", (width, height), pixels, "raw", "RGBA", 0, 1).convert("RGB")
+    """`fig` drawn by Agg at `dpi`, as an RGB image: the canvas's own pixels, without the PNG
+    that savefig would encode and PIL decode again."""
+    fig.set_dpi(dpi)
+    fig.canvas.draw()
+    return Image.fromarray(np.asarray(fig.canvas.buffer_rgba())).convert("RGB")
 
 
 #: label_grid's margins and gaps between panels, inches.

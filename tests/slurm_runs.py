@@ -147,7 +147,8 @@ def ci_run(workdir: Path) -> BackgroundRun:
 def gpu_run(workdir: Path) -> BackgroundRun:
     """device: gpu through profiles/slurm-gpu with a --config of its own (which replaces the
     profile's `config:` list, so it repeats device=gpu), on a smaller config that still runs
-    every GPU rule (the GAN for generative_samples, which then scores no labels). The stand-in
+    every GPU rule (the GAN for generative_samples, which then scores no labels) and no oracle
+    (a CPU rule of 50 CPU s that the CPU-side checks do not need). The stand-in
     GPUs compute on the CPU: the test-only allowance says so. In `workdir`, its config beside
     it."""
     config = yaml.safe_load(CONFIG.read_text())
@@ -156,6 +157,7 @@ def gpu_run(workdir: Path) -> BackgroundRun:
     config["models"]["linear"]["tasks"] = ["logg"]
     config["tasks"] = {t: s for t, s in config["tasks"].items() if t in ("aspcap", "logg")}
     config["catalogue"].update(models={"linear": ["logg"]}, n_shards=1)
+    config["oracle"]["tasks"] = []
     config["generative"]["samples"]["label_model"] = None
     configfile = workdir.with_name("gpu.yaml")
     configfile.parent.mkdir(parents=True, exist_ok=True)

@@ -23,21 +23,18 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
 
 
+@lru_cache(maxsize=None)
 def module_path(name: str) -> Path | None:
-    """Source file of a stargrad module name ('stargrad.models.mlp'), None if there is none."""
+    """Source file (resolved) of a stargrad module name ('stargrad.models.mlp'), None if there
+    is none."""
     parts = name.split(".")
     if parts[0] != PACKAGE:
         return None
     base = ROOT.joinpath(*parts[1:])
     for path in (base.with_suffix(".py"), base / "__init__.py"):
         if path.is_file():
-            return path
+            return path.resolve()
     return None
-
-
-@lru_cache(maxsize=None)
-def _resolved_module_path(name: str) -> Path:
-    return module_path(name).resolve()
 
 
 def _module_name(path: Path) -> str | None:
@@ -142,7 +139,7 @@ def closure(*entries) -> list[Path]:
             continue
         files.add(path)
         modules, data = _direct_imports(path)
-        todo += [_resolved_module_path(m) for m in modules]
+        todo += [module_path(m) for m in modules]
         files.update((DATA / name).resolve() for name in data)
     return sorted(files)
 

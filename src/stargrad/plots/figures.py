@@ -5,7 +5,6 @@ with a palette of at most 256 colours, and no creation date in the file (same in
 bytes)."""
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib

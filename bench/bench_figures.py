@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from stargrad.attribution.lines import lines_table
-from stargrad.plots.attribution import plot_label_jacobian
+from stargrad.plots.attribution import plot_label_jacobians
 from stargrad.plots.compare import plot_pred_vs_true
 from stargrad.sdss.apogee import ASPCAP_LABELS, N_PIX_GAPLESS
 
@@ -35,17 +35,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         out = args.out or Path(scratch)
         out.mkdir(parents=True, exist_ok=True)
-        plot_label_jacobian(out / "warm-up.png", jacobian[0], labels[0],
-                            lines[lines["label"] == labels[0]])
+        warm_up = out / "warm-up"
+        warm_up.mkdir(exist_ok=True)
+        plot_label_jacobians(warm_up, jacobian[:1], labels[:1], lines)
         t0 = time.process_time()
-        for k, label in enumerate(labels):
-            plot_label_jacobian(out / f"{label}.png", jacobian[k], label,
-                                lines[lines["label"] == label])
+        plot_label_jacobians(out, jacobian, labels, lines)
         t1 = time.process_time()
         plot_pred_vs_true(out / "pred_vs_true.png", table, labels, "synthetic (400 stars)")
         t2 = time.process_time()
+        kb = np.mean([(out / f"{label}.png").stat().st_size for label in labels]) / 1e3
     print(f"{len(labels)} mean-Jacobian figures: {t1 - t0:.1f} CPU s "
-          f"({(t1 - t0) / len(labels):.2f} a figure)")
+          f"({(t1 - t0) / len(labels):.2f} a figure, {kb:.1f} kB a file)")
     print(f"predicted-against-true grid of {len(labels)} panels: {t2 - t1:.1f} CPU s")
 
 

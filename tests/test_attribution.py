@@ -249,9 +249,10 @@ def test_plots_write_png(tmp_path):
     jac = np.zeros(apogee.N_PIX_GAPLESS)
     jac[_mg_pixel()] = 1.0
     jac[100] = -0.5
-    lines = line_matching.match_lines(line_matching.top_features(jac, n=3))
-    pa.plot_label_jacobian(tmp_path / "Mg.png", jac, "Mg", lines)
-    pa.plot_jacobian_comparison(tmp_path / "cmp.png", {"mlp": jac, "bcnn": 3 * jac}, "Mg")
+    lines = line_matching.match_lines(line_matching.top_features(jac, n=3)).assign(label="Mg")
+    pa.plot_label_jacobians(tmp_path, jac[None], ["Mg"], lines)
+    (tmp_path / "cmp").mkdir()
+    pa.plot_jacobian_comparisons(tmp_path / "cmp", {"Mg": {"mlp": jac, "bcnn": 3 * jac}})
     pa.plot_classifier_gradient(tmp_path / "evstate.png", jac[None], "evstate")
-    for name in ("Mg", "cmp", "evstate"):
+    for name in ("Mg", "cmp/Mg", "evstate"):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

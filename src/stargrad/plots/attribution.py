@@ -3,6 +3,7 @@ chips against vacuum wavelength (Å), the label's ASPCAP DR17 windows shaded, th
 features named by their nearest line."""
 from __future__ import annotations
 
+from pathlib import Path
 
 import matplotlib
 
@@ -26,14 +27,34 @@ CHIP_COLORS = {"blue": "tab:blue", "green": "tab:green", "red": "tab:red"}
 _CHIP_MARGINS = {"left": 0.07, "right": 0.99, "bottom": 0.07, "top": 0.945, "hspace": 0.22}
 
 
-def _chip_figure(title: str, ylabel: str):
+def _chip_figure(ylabel: str):
     fig, axes = plt.subplots(3, 1, figsize=(12, 8), gridspec_kw=_CHIP_MARGINS)
-    fig.suptitle(title)
     for ax, chip in zip(axes, apogee.CHIP_OFFSETS):
         ax.axhline(0.0, color="0.3", ls="--", lw=0.8)
         ax.set_ylabel(f"{chip} chip\n{ylabel}")
     axes[-1].set_xlabel("vacuum wavelength (Å)")
     return fig, axes
+
+
+def _save_chip_figures(ylabel: str, figures) -> None:
+    """Save each (path, title, draw) of `figures` as a three-chip figure, `draw(axes)` adding
+    its artists to the empty panels. One matplotlib figure serves them all, emptied back to
+    its panels between saves: building the panels and their ticks again for every label cost
+    more than drawing them. Each file is the one a figure of its own gives."""
+    fig, axes = _chip_figure(ylabel)
+    empty = [set(ax.get_children()) for ax in axes]
+    try:
+        for path, title, draw in figures:
+            fig.suptitle(title)
+            draw(axes)
+            save_figure(fig, path, close=False)
+            for ax, keep in zip(axes, empty):
+                for artist in ax.get_children():
+                    if artist not in keep:
+                        artist.remove()
+                ax.relim()
+    finally:
+        plt.close(fig)
 
 
 def _chip_wavelengths():
@@ -85,34 +106,48 @@ def _annotate(axes, features: pd.DataFrame) -> None:
                                  arrowprops=_LEADER)
 
 
-def plot_label_jacobian(path, mean_jac_k, label: str, top_lines_df: pd.DataFrame,
-                        ylabel: str = "∂label/∂flux") -> None:
-    """One label's mean Jacobian (7514,) over the blue/green/red chips, dashed zero line, the
-    label's element windows shaded (none for teff, logg), `top_lines_df` rows (top_features
-    or match_lines output for this label) annotated with their species."""
-    j = as_7514(mean_jac_k, f"plot_label_jacobian({label}): mean_jac_k")
-    fig, axes = _chip_figure(f"{label}: mean Jacobian", ylabel)
-    _shade_windows(axes, label)
-    _draw_chips(axes, j, label)
-    _annotate(axes, top_lines_df)
-    if own_element(label) is not None:
-        axes[0].legend(loc="upper right", fontsize=8)
-    save_figure(fig, path)
+def plot_label_jacobians(plot_dir, mean_jac, labels, lines: pd.DataFrame,
+                         ylabel: str = "∂label/∂flux") -> None:
+    """One figure per label, `plot_dir`/<label>.png: its mean Jacobian (row of `mean_jac`,
+    (K, 7514)) over the blue/green/red chips, dashed zero line, the label's element windows
+    shaded (none for teff, logg), its rows of `lines` (lines_table, match_lines or
+    top_features output, with a `label` column) annotated with their species."""
+    jac = [as_7514(row, f"plot_label_jacobians({label})") for row, label in zip(mean_jac, labels)]
+
+    def draw(j, label):
+        def onto(axes):
+            _shade_windows(axes, label)
+            _draw_chips(axes, j, label)
+            _annotate(axes, lines[lines["label"] == label])
+            if own_element(label) is not None:
+                axes[0].legend(loc="upper right", fontsize=8)
+        return onto
+
+    _save_chip_figures(ylabel, ((Path(plot_dir) / f"{label}.png", f"{label}: mean Jacobian",
+                                 draw(j, label)) for j, label in zip(jac, labels)))
 
 
-def plot_jacobian_comparison(path, jacs_by_model: dict, label: str) -> None:
-    """Several models' mean Jacobians (7514,) for one label, overlaid per chip. Each curve is
-    divided by its own max |J| (given in the legend) so that shapes compare across scales."""
-    if not jacs_by_model:
-        raise ValueError("plot_jacobian_comparison: jacs_by_model is empty")
-    fig, axes = _chip_figure(f"{label}: mean Jacobian by model", "J / max|J|")
-    _shade_windows(axes, label)
-    for i, (name, jac) in enumerate(jacs_by_model.items()):
-        j = as_7514(jac, f"plot_jacobian_comparison: model {name!r}")
-        scale = np.max(np.abs(j)) or 1.0
-        _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
-    axes[0].legend(loc="upper right", fontsize=8)
-    save_figure(fig, path)
+def plot_jacobian_comparisons(plot_dir, jacs_by_label: dict) -> None:
+    """One figure per label, `plot_dir`/<label>.png: several models' mean Jacobians (7514,)
+    ({label: {model: jacobian}}) overlaid per chip. Each curve is divided by its own max |J|
+    (given in the legend) so that shapes compare across scales."""
+    def draw(label, jacs_by_model):
+        if not jacs_by_model:
+            raise ValueError(f"plot_jacobian_comparisons: no model for {label!r}")
+        jacs = {name: as_7514(jac, f"plot_jacobian_comparisons: model {name!r}")
+                for name, jac in jacs_by_model.items()}
+
+        def onto(axes):
+            _shade_windows(axes, label)
+            for i, (name, j) in enumerate(jacs.items()):
+                scale = np.max(np.abs(j)) or 1.0
+                _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
+            axes[0].legend(loc="upper right", fontsize=8)
+        return onto
+
+    _save_chip_figures("J / max|J|", ((Path(plot_dir) / f"{label}.png",
+                                       f"{label}: mean Jacobian by model", draw(label, jacs))
+                                      for label, jacs in jacs_by_label.items()))
 
 
 def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -> None:
@@ -123,7 +158,10 @@ def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -
         j = j[0]
     if j.ndim != 1:
         raise ValueError(f"plot_classifier_gradient: expected one output, got shape {j.shape}")
-    fig, axes = _chip_figure(title, "∂output/∂flux")
-    _draw_chips(axes, j, title)
-    _annotate(axes, match_lines(top_features(j, n_features)))
-    save_figure(fig, path)
+    features = match_lines(top_features(j, n_features))
+
+    def onto(axes):
+        _draw_chips(axes, j, title)
+        _annotate(axes, features)
+
+    _save_chip_figures("∂output/∂flux", [(path, title, onto)])

@@ -81,7 +81,5 @@ def attribute(model_dir, split_path, out_dir, *, chunk_size: int, mc_samples: in
             table.to_csv(tmp, index=False, float_format="%.6g")
     plot_dir = out_dir / "plots"
     plot_dir.mkdir(parents=True, exist_ok=True)
-    for k, label in enumerate(labels):
-        plots_attribution.plot_label_jacobian(plot_dir / f"{label}.png", mean_j[k], label,
-                                              lines[lines["label"] == label])
+    plots_attribution.plot_label_jacobians(plot_dir, mean_j, labels, lines)
     log(f"attribution of {meta['model']}/{meta['task']} done in {time.perf_counter() - t0:.1f} s")

@@ -13,7 +13,7 @@ from ..attribution.files import read_jacobian_fits
 from ..attribution.similarity import similarity_matrix
 from ..predictions import ORACLE, mad_std, read_predictions
 from ..plots.compare import plot_metric_by_label, plot_ranking
-from ..plots.attribution import plot_jacobian_comparison
+from ..plots.attribution import plot_jacobian_comparisons
 from ..provenance import atomic_path
 from ..sdss.survey import read_table
 
@@ -206,7 +206,7 @@ def compare_attribution(jacs: dict[str, np.ndarray], out_csv, plot_dir, labels) 
          pd.DataFrame(columns=["label", "model_a", "model_b", "cosine"])).to_csv(
             tmp, index=False, float_format="%.6g")
     Path(plot_dir).mkdir(parents=True, exist_ok=True)
-    for k, label in enumerate(labels):
-        shown = {m: j[k] for m, j in jacs.items() if np.all(np.isfinite(j[k]))}
-        if shown:
-            plot_jacobian_comparison(Path(plot_dir) / f"{label}.png", shown, label)
+    shown = {label: {m: j[k] for m, j in jacs.items() if np.all(np.isfinite(j[k]))}
+             for k, label in enumerate(labels)}
+    plot_jacobian_comparisons(plot_dir, {label: by_model for label, by_model in shown.items()
+                                         if by_model})

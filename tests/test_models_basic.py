@@ -170,3 +170,21 @@ def test_each_family_beats_the_mean(family, hyper):
     baseline = np.mean((tr["y"].mean(0) - va["y"]) ** 2)
     assert mse < 0.6 * baseline, (family, mse, baseline)
     np.testing.assert_allclose(history["valid_loss"].min(), mse, rtol=1e-4)
+
+
+def test_traits_read_from_source_are_each_familys_declaration(monkeypatch, tmp_path):
+    """`models.traits` reads TRAITS without importing the family (the workflow's parse inside a
+    cluster job stays free of JAX); what it reads is what the imported module declares, and a
+    declaration it cannot read is an error naming the module."""
+    import importlib
+
+    for family in models.families():
+        declared = importlib.import_module(f"stargrad.models.{family}").TRAITS
+        assert models.traits(family) == declared, family
+    (tmp_path / "odd.py").write_text("SUPERVISED = False\nTRAITS = Traits(supervised=SUPERVISED)\n")
+    monkeypatch.setattr(models, "__path__", [str(tmp_path)])
+    monkeypatch.setattr(models, "families", lambda: ("odd",))
+    with pytest.raises(TypeError, match=r"stargrad\.models\.odd must declare TRAITS"):
+        models.traits("odd")
+    with pytest.raises(ValueError, match="unknown model family 'even'"):
+        models.traits("even")

@@ -12,13 +12,17 @@ sys.path.insert(0, str(Path(workflow.basedir) / "src"))
 from stargrad import models, provenance  # noqa: E402
 from stargrad.sdss.apogee import ASPCAP_LABELS  # noqa: E402
 from stargrad.pipeline.codedigest import code_digest  # noqa: E402
-from stargrad.pipeline.configcheck import check_config  # noqa: E402
 from stargrad.tasks import tasks_from_config  # noqa: E402
-from stargrad.train import RUN_CONTROL_FIELDS, TrainConfig  # noqa: E402
+from stargrad.train_config import RUN_CONTROL_FIELDS, TrainConfig  # noqa: E402
 
 
 validate(config, schema="../schemas/config.schema.yaml")
-check_config(config)
+# The run's own Snakemake checks the config (building every model, which imports JAX); the
+# Snakemake that a cluster job starts to run one job parses this file again and does not.
+if workflow.is_main_process:
+    from stargrad.pipeline.configcheck import check_config
+
+    check_config(config)
 
 SURVEY_SOURCE = config["survey"]["source"]
 SURVEY_NAME = config["survey"]["name"]

@@ -3,9 +3,11 @@
 docs/ARCHITECTURE.md for the contract and "How to add a model family"."""
 from __future__ import annotations
 
+import ast
 import importlib
 import pkgutil
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable, NamedTuple
 
 
@@ -35,18 +37,37 @@ def families() -> tuple[str, ...]:
     return tuple(sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg))
 
 
-def _module(family: str):
+def _known(family: str) -> str:
     if family not in families():
         raise ValueError(f"unknown model family {family!r}; known: {', '.join(families())}")
-    return importlib.import_module(f"{__name__}.{family}")
+    return family
 
 
+def _module(family: str):
+    return importlib.import_module(f"{__name__}.{_known(family)}")
+
+
+@lru_cache(maxsize=None)
 def traits(family: str) -> Traits:
-    """The `TRAITS` declaration of a family."""
-    declared = getattr(_module(family), "TRAITS", None)
-    if not isinstance(declared, Traits):
-        raise TypeError(f"stargrad.models.{family} must declare TRAITS = Traits(...)")
-    return declared
+    """The `TRAITS = Traits(...)` declaration of a family, read from its source without
+    importing it (importing a family imports JAX, and the workflow reads every model's traits
+    at each parse, including the one inside every cluster job): a module-level assignment of a
+    `Traits` call with literal keyword arguments."""
+    path = Path(__path__[0]) / f"{_known(family)}.py"
+    for node in ast.parse(path.read_text(), filename=str(path)).body:
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "TRAITS"):
+            continue
+        call = node.value
+        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
+                and call.func.id == "Traits" and not call.args):
+            try:
+                return Traits(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
+            except (TypeError, ValueError):
+                pass
+        break
+    raise TypeError(f"stargrad.models.{family} must declare TRAITS = Traits(...) with literal "
+                    f"keyword arguments")
 
 
 def build(family: str, *, n_inputs: int, n_outputs: int, kind: str = "regression",

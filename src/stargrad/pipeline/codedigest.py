@@ -56,38 +56,48 @@ def _data_names() -> frozenset[str]:
     return frozenset(p.name for p in DATA.iterdir()) if DATA.is_dir() else frozenset()
 
 
-def _import_nodes(tree: ast.AST):
-    """The Import / ImportFrom nodes and the string constants of `tree`, in one walk that skips
-    the bodies of `if TYPE_CHECKING:` blocks (their `else:` still counts)."""
+#: The fields of a node that hold statements: the only places an import statement can be.
+_STATEMENT_FIELDS = ("body", "orelse", "finalbody", "handlers", "cases")
+
+
+def _import_statements(tree: ast.AST):
+    """The Import / ImportFrom statements of `tree`, visiting statements only (expressions
+    cannot hold one) and skipping the bodies of `if TYPE_CHECKING:` blocks (their `else:` still
+    counts)."""
     todo = [tree]
     while todo:
         node = todo.pop()
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             yield node
-            continue
-        if isinstance(node, ast.Constant):
-            if isinstance(node.value, str):
-                yield node
-            continue
-        if _is_type_checking_block(node):
+        elif _is_type_checking_block(node):
             todo.extend(node.orelse)
-            todo.append(node.test)
-            continue
-        todo.extend(ast.iter_child_nodes(node))
+        else:
+            for field in _STATEMENT_FIELDS:
+                todo.extend(getattr(node, field, ()))
+
+
+def _named_data(tree: ast.AST, source: str) -> set[str]:
+    """The data files (`DATA`) named by a string constant of `tree`; the whole tree is walked
+    only when its `source` mentions one."""
+    candidates = {name for name in _data_names() if name in source}
+    if not candidates:
+        return set()
+    return {node.value for node in ast.walk(tree)
+            if isinstance(node, ast.Constant) and node.value in candidates}
 
 
 @lru_cache(maxsize=None)
 def _direct_imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
     """(stargrad modules imported by the file at `path`, data files it names)."""
-    tree = ast.parse(path.read_text(), filename=str(path))
+    source = path.read_text()
+    tree = ast.parse(source, filename=str(path))
     name = _module_name(path)
     package = (name if path.name == "__init__.py" else name.rsplit(".", 1)[0]) if name else None
-    required, optional, data = set(), set(), set()
-    data_names = _data_names()
-    for node in _import_nodes(tree):
+    required, optional = set(), set()
+    for node in _import_statements(tree):
         if isinstance(node, ast.Import):
             required.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
+        else:
             if node.level:
                 if package is None:
                     continue
@@ -98,8 +108,6 @@ def _direct_imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
                 base = node.module or ""
             required.add(base)
             optional.update(f"{base}.{alias.name}" for alias in node.names)
-        elif node.value in data_names:
-            data.add(node.value)
     modules = set()
     for imported in required | optional:
         if imported.split(".")[0] != PACKAGE:
@@ -107,7 +115,7 @@ def _direct_imports(path: Path) -> tuple[frozenset[str], frozenset[str]]:
         if imported in required and module_path(imported) is None:
             raise ImportError(f"{path}: imports {imported}, which is not a stargrad module")
         modules.update(m for m in _with_parents(imported) if module_path(m) is not None)
-    return frozenset(modules), frozenset(data)
+    return frozenset(modules), frozenset(_named_data(tree, source))
 
 
 def _is_type_checking_block(node) -> bool:

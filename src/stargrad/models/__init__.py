@@ -54,18 +54,14 @@ def traits(family: str) -> Traits:
     at each parse, including the one inside every cluster job): a module-level assignment of a
     `Traits` call with literal keyword arguments."""
     path = Path(__path__[0]) / f"{_known(family)}.py"
-    for node in ast.parse(path.read_text(), filename=str(path)).body:
-        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
-                and isinstance(node.targets[0], ast.Name) and node.targets[0].id == "TRAITS"):
-            continue
-        call = node.value
-        if (isinstance(call, ast.Call) and isinstance(call.func, ast.Name)
-                and call.func.id == "Traits" and not call.args):
-            try:
-                return Traits(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
-            except (TypeError, ValueError):
-                pass
-        break
+    call = next((node.value for node in ast.parse(path.read_text(), filename=str(path)).body
+                 if isinstance(node, ast.Assign)
+                 and [getattr(t, "id", None) for t in node.targets] == ["TRAITS"]), None)
+    if isinstance(call, ast.Call) and getattr(call.func, "id", None) == "Traits" and not call.args:
+        try:
+            return Traits(**{kw.arg: ast.literal_eval(kw.value) for kw in call.keywords})
+        except (TypeError, ValueError):
+            pass
     raise TypeError(f"stargrad.models.{family} must declare TRAITS = Traits(...) with literal "
                     f"keyword arguments")
 

@@ -3,6 +3,7 @@ chips against vacuum wavelength (Å), the label's ASPCAP DR17 windows shaded, th
 features named by their nearest line."""
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 
 import matplotlib
@@ -106,6 +107,14 @@ def _annotate(axes, features: pd.DataFrame) -> None:
                                  arrowprops=_LEADER)
 
 
+def _draw_label_jacobian(axes, j, label: str, features: pd.DataFrame) -> None:
+    _shade_windows(axes, label)
+    _draw_chips(axes, j, label)
+    _annotate(axes, features)
+    if own_element(label) is not None:
+        axes[0].legend(loc="upper right", fontsize=8)
+
+
 def plot_label_jacobians(plot_dir, mean_jac, labels, lines: pd.DataFrame,
                          ylabel: str = "∂label/∂flux") -> None:
     """One figure per label, `plot_dir`/<label>.png: its mean Jacobian (row of `mean_jac`,
@@ -113,41 +122,33 @@ def plot_label_jacobians(plot_dir, mean_jac, labels, lines: pd.DataFrame,
     shaded (none for teff, logg), its rows of `lines` (lines_table, match_lines or
     top_features output, with a `label` column) annotated with their species."""
     jac = [as_7514(row, f"plot_label_jacobians({label})") for row, label in zip(mean_jac, labels)]
+    _save_chip_figures(ylabel, [
+        (Path(plot_dir) / f"{label}.png", f"{label}: mean Jacobian",
+         partial(_draw_label_jacobian, j=j, label=label, features=lines[lines["label"] == label]))
+        for j, label in zip(jac, labels)])
 
-    def draw(j, label):
-        def onto(axes):
-            _shade_windows(axes, label)
-            _draw_chips(axes, j, label)
-            _annotate(axes, lines[lines["label"] == label])
-            if own_element(label) is not None:
-                axes[0].legend(loc="upper right", fontsize=8)
-        return onto
 
-    _save_chip_figures(ylabel, ((Path(plot_dir) / f"{label}.png", f"{label}: mean Jacobian",
-                                 draw(j, label)) for j, label in zip(jac, labels)))
+def _draw_comparison(axes, label: str, jacs: dict) -> None:
+    _shade_windows(axes, label)
+    for i, (name, j) in enumerate(jacs.items()):
+        scale = np.max(np.abs(j)) or 1.0
+        _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
+    axes[0].legend(loc="upper right", fontsize=8)
 
 
 def plot_jacobian_comparisons(plot_dir, jacs_by_label: dict) -> None:
     """One figure per label, `plot_dir`/<label>.png: several models' mean Jacobians (7514,)
     ({label: {model: jacobian}}) overlaid per chip. Each curve is divided by its own max |J|
     (given in the legend) so that shapes compare across scales."""
-    def draw(label, jacs_by_model):
+    figures = []
+    for label, jacs_by_model in jacs_by_label.items():
         if not jacs_by_model:
             raise ValueError(f"plot_jacobian_comparisons: no model for {label!r}")
         jacs = {name: as_7514(jac, f"plot_jacobian_comparisons: model {name!r}")
                 for name, jac in jacs_by_model.items()}
-
-        def onto(axes):
-            _shade_windows(axes, label)
-            for i, (name, j) in enumerate(jacs.items()):
-                scale = np.max(np.abs(j)) or 1.0
-                _draw_chips(axes, j / scale, f"{name} (max|J| {scale:.3g})", color=f"C{i}")
-            axes[0].legend(loc="upper right", fontsize=8)
-        return onto
-
-    _save_chip_figures("J / max|J|", ((Path(plot_dir) / f"{label}.png",
-                                       f"{label}: mean Jacobian by model", draw(label, jacs))
-                                      for label, jacs in jacs_by_label.items()))
+        figures.append((Path(plot_dir) / f"{label}.png", f"{label}: mean Jacobian by model",
+                        partial(_draw_comparison, label=label, jacs=jacs)))
+    _save_chip_figures("J / max|J|", figures)
 
 
 def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -> None:
@@ -160,8 +161,8 @@ def plot_classifier_gradient(path, mean_jac, title: str, n_features: int = 10) -
         raise ValueError(f"plot_classifier_gradient: expected one output, got shape {j.shape}")
     features = match_lines(top_features(j, n_features))
 
-    def onto(axes):
+    def draw(axes):
         _draw_chips(axes, j, title)
         _annotate(axes, features)
 
-    _save_chip_figures("∂output/∂flux", [(path, title, onto)])
+    _save_chip_figures("∂output/∂flux", [(path, title, draw)])

@@ -206,7 +206,6 @@ def compare_attribution(jacs: dict[str, np.ndarray], out_csv, plot_dir, labels) 
          pd.DataFrame(columns=["label", "model_a", "model_b", "cosine"])).to_csv(
             tmp, index=False, float_format="%.6g")
     Path(plot_dir).mkdir(parents=True, exist_ok=True)
-    shown = {label: {m: j[k] for m, j in jacs.items() if np.all(np.isfinite(j[k]))}
-             for k, label in enumerate(labels)}
-    plot_jacobian_comparisons(plot_dir, {label: by_model for label, by_model in shown.items()
-                                         if by_model})
+    shown = {label: by_model for k, label in enumerate(labels)
+             if (by_model := {m: j[k] for m, j in jacs.items() if np.all(np.isfinite(j[k]))})}
+    plot_jacobian_comparisons(plot_dir, shown)

@@ -109,11 +109,14 @@ def slurm_runs(background_runs):
 def pytest_collection_modifyitems(items):
     """The tests that read the session's CI-config run go after the unit tests, and the tests
     that await a background SLURM run go last: the other tests run while those runs go on,
-    instead of waiting on them halfway through the session. The readers of the CI-config run
-    go to any worker: none of them changes its directory (they rebuild, resume or retry in
-    copies; dry runs and reports only read it)."""
+    instead of waiting on them halfway through the session. In each group the tests marked
+    `long` go first, so that no worker ends the session running one of them while the other
+    has nothing left. The readers of the CI-config run go to any worker: none of them changes
+    its directory (they rebuild, resume or retry in copies; dry runs and reports only read
+    it)."""
     items.sort(key=lambda item: (item.originalname in slurm_runs_module.RUNS,
-                                 "run" in item.fixturenames))
+                                 "run" in item.fixturenames,
+                                 item.get_closest_marker("long") is None))
 
 
 @pytest.fixture

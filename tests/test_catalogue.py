@@ -126,6 +126,7 @@ def _peak_rss_mb(run, root, tmp_path, model) -> float:
     return float(proc.stdout.split()[-1])
 
 
+@pytest.mark.long
 def test_catalogue_memory_does_not_grow_with_the_survey(run, tmp_path):
     """Peak memory of a catalogue shard on the CI survey and on one ten times larger: the
     spectra stream through in blocks, so only the output rows grow (a few kB a star)."""

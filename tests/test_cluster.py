@@ -89,6 +89,7 @@ def test_a_job_refuses_a_stargrad_that_is_not_the_workflows_own(tmp_path):
     assert proc.returncode != 0 and "not this workflow's" in log, log
 
 
+@pytest.mark.long
 def test_training_past_its_time_budget_resumes_on_retry_to_the_same_model(run, tmp_path):
     """A budget far below one epoch: each attempt trains one epoch, checkpoints and exits
     non-zero; Snakemake's retry resumes from the checkpoint, and the model is byte-identical

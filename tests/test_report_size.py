@@ -96,6 +96,7 @@ def test_planned_jobs_parse_a_dry_run():
                                     ["train", "logg", "model=m, task=logg"]]
 
 
+@pytest.mark.long
 @pytest.mark.workflow
 def test_ci_report_figures_are_small_and_its_own_projection_is_exact(run, tmp_path):
     snakemake(run, "--report", "report_size.html")

@@ -140,6 +140,7 @@ def test_oracle_row_first_and_chi2_fits_flag_convergence(run, config):
             assert "converged" in pred.dtype.names
 
 
+@pytest.mark.long
 def test_second_run_does_nothing_and_one_target_rebuilds_alone(run, tmp_path):
     """In a copy of the run's directory (its files' times and Snakemake's records kept), so
     that the tests reading the run in parallel never see it change."""
@@ -259,6 +260,7 @@ def test_command_line_config_applies_on_top_of_the_default(tmp_path):
     assert {wc["model"] for rule, wc in jobs if rule == "train"} == set(default["models"])
 
 
+@pytest.mark.long
 def test_killed_run_resumes_to_the_same_files(run, tmp_path):
     """SIGKILL the whole snakemake process group while a network trains, rerun: the run
     completes and every result equals the uninterrupted run's, byte for byte. The run starts

@@ -73,10 +73,12 @@ def planned_resources(dry_run_output: str) -> list[tuple[str, bool, dict]]:
 
 
 def workflow_copy(tmp_path) -> Path:
-    """A copy of the workflow and library (file times kept) whose source a test may edit."""
+    """A copy of the workflow and library (file times kept) whose source a test may edit. The
+    library's bytecode comes along: Python checks it against its source's time and size, so an
+    edited module is compiled again and the others are not."""
     copy = tmp_path / "repo"
     copy.mkdir()
-    ignore = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    ignore = shutil.ignore_patterns("*.egg-info")
     for name in ("Snakefile", "workflow", "scripts", "src", "config", "envs", "profiles"):
         source = REPO / name
         if source.is_dir():

@@ -8,6 +8,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
+from ..predictions import mad_std  # noqa: E402
 from ..sdss.apogee import is_missing  # noqa: E402
 from .figures import label_grid, save_figure  # noqa: E402
 from ..tasks import unit  # noqa: E402
@@ -15,7 +16,6 @@ from ..tasks import unit  # noqa: E402
 
 def plot_pred_vs_true(path, table: pd.DataFrame, labels, title: str, kind: str = "regression"):
     """Predicted against true value per label, with the 1:1 line and the robust scatter."""
-    from astropy.stats import mad_std
     fig, axes = label_grid(len(labels))
     for ax, label in zip(axes, labels):
         true, pred = table[f"{label}_true"].to_numpy(), table[label].to_numpy()

@@ -9,7 +9,9 @@ Reads what the run left in RUNDIR:
 - `logs/**.log`: the job's SET_UP and DONE lines (`stargrad.pipeline.job`): start-up = seconds from
   the job's process start to the end of its set-up (Python, Snakemake's script preamble, JAX
   imported and its backend up; the stage's own imports come after), and the job's CPU seconds
-  (its process and children) when it ends;
+  (its process and children) when it ends; in a JAX job its JAX_PROGRAMS line: the programs
+  JAX made and the seconds it spent tracing and lowering them (Python work that no cache
+  saves) and compiling them or loading them from the compilation cache;
 - `benchmarks/**.tsv` beside a log (logs/X.log -> benchmarks/X.tsv): CPU seconds of jobs whose
   log has no DONE line, and peak memory.
 The profile describes the jobs that made the current files: a target rebuilt later counts
@@ -30,6 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from stargrad.pipeline.job import job_timing  # noqa: E402
 
 
+#: A job's JAX_PROGRAMS figures, summed per rule: programs, wall seconds tracing and lowering
+#: them, and compiling or loading them from the compilation cache.
+JAX_FIELDS = ("programs", "trace_lower_s", "compile_s")
+
+
 @dataclass
 class Job:
     rule: str
@@ -41,6 +48,9 @@ class Job:
     cpu_s: float | None = None
     setup_s: float | None = None
     setup_cpu_s: float | None = None
+    programs: int = 0
+    trace_lower_s: float = 0.0
+    compile_s: float = 0.0
     max_rss_mb: float | None = None
 
     @property
@@ -85,6 +95,9 @@ def load_jobs(rundir) -> list[Job]:
         timing = job_timing(log.read_text(errors="replace"))
         job.cpu_s = timing.get("cpu_s")
         job.setup_s, job.setup_cpu_s = timing.get("setup_s"), timing.get("setup_cpu_s")
+        job.programs = timing.get("programs", 0)
+        job.trace_lower_s = timing.get("trace_s", 0.0) + timing.get("lower_s", 0.0)
+        job.compile_s = timing.get("compile_s", 0.0)
         bench = rundir / "benchmarks" / Path(job.name).relative_to("logs").with_suffix(".tsv")
         if bench.is_file():
             row = _benchmark(bench)
@@ -96,18 +109,20 @@ def load_jobs(rundir) -> list[Job]:
 
 
 def rule_table(jobs: list[Job]) -> list[dict]:
-    """Per rule: jobs, wall, CPU and start-up seconds (sums over its jobs; start-up and CPU of
-    the jobs that logged them), peak memory; most CPU first."""
+    """Per rule: jobs, wall, CPU and start-up seconds, JAX programs and the seconds spent making
+    them (sums over its jobs; of the jobs that logged them), peak memory; most CPU first."""
     rules: dict[str, dict] = {}
     for job in jobs:
         row = rules.setdefault(job.rule, {"rule": job.rule, "jobs": 0, "wall_s": 0.0,
                                           "cpu_s": 0.0, "setup_s": 0.0, "setup_cpu_s": 0.0,
-                                          "max_rss_mb": None})
+                                          **dict.fromkeys(JAX_FIELDS, 0), "max_rss_mb": None})
         row["jobs"] += 1
         row["wall_s"] += job.wall_s
         row["cpu_s"] += job.cpu_s or 0.0
         row["setup_s"] += job.setup_s or 0.0
         row["setup_cpu_s"] += job.setup_cpu_s or 0.0
+        for name in JAX_FIELDS:
+            row[name] += getattr(job, name)
         if job.max_rss_mb is not None:
             row["max_rss_mb"] = max(row["max_rss_mb"] or 0.0, job.max_rss_mb)
     return sorted(rules.values(), key=lambda r: -r["cpu_s"])
@@ -144,6 +159,7 @@ def profile(rundir) -> dict:
                   "setup_s": sum(j.setup_s or 0.0 for j in jobs),
                   "setup_cpu_s": sum(j.setup_cpu_s or 0.0 for j in jobs),
                   "jobs_with_cpu": sum(j.cpu_s is not None for j in jobs),
+                  **{name: sum(getattr(j, name) for j in jobs) for name in JAX_FIELDS},
                   "makespan_s": (max(j.end for j in jobs) - min(j.start for j in jobs)
                                  if jobs else 0.0)},
         "critical_path": [{"rule": j.rule, "job": j.name, "wall_s": j.wall_s,
@@ -159,14 +175,18 @@ def _fmt(value, digits=1) -> str:
 def print_profile(data: dict, out=sys.stdout) -> None:
     total = data["total"]
     print(f"{'rule':34s} {'jobs':>5s} {'wall s':>9s} {'CPU s':>9s} {'start-up s':>10s} "
-          f"{'(CPU s)':>8s} {'peak MB':>8s}", file=out)
+          f"{'(CPU s)':>8s} {'JAX programs':>12s} {'trace+lower s':>13s} {'compile s':>9s} "
+          f"{'peak MB':>8s}", file=out)
     for row in data["rules"] + [{"rule": "total", "max_rss_mb": None, **total}]:
         print(f"{row['rule']:34s} {row['jobs']:5d} {row['wall_s']:9.1f} {row['cpu_s']:9.1f} "
-              f"{row['setup_s']:10.1f} {row['setup_cpu_s']:8.1f} "
+              f"{row['setup_s']:10.1f} {row['setup_cpu_s']:8.1f} {row['programs']:12d} "
+              f"{row['trace_lower_s']:13.1f} {row['compile_s']:9.1f} "
               f"{_fmt(row['max_rss_mb'], 0):>8s}", file=out)
     print(f"\n{total['jobs']} jobs ({total['jobs_with_cpu']} with CPU seconds); first start to "
           f"last end {total['makespan_s']:.1f} s; CPU {total['cpu_s']:.1f} s, of which "
-          f"start-up {total['setup_cpu_s']:.1f} s", file=out)
+          f"start-up {total['setup_cpu_s']:.1f} s; JAX made {total['programs']} programs, "
+          f"{total['trace_lower_s']:.1f} s tracing and lowering them (wall), "
+          f"{total['compile_s']:.1f} s compiling or loading them", file=out)
     path = data["critical_path"]
     print(f"\ncritical path: {len(path)} jobs, {sum(j['wall_s'] for j in path):.1f} s wall "
           f"(start-up {sum(j['setup_s'] or 0 for j in path):.1f} s)", file=out)

@@ -95,9 +95,32 @@ def test_job_timing_reads_the_set_up_and_done_lines():
     assert job.job_timing(text) == {"setup_s": 2.25, "setup_cpu_s": 1.5, "wall_s": 10.01,
                                     "cpu_s": 17.25}
     assert job.job_timing(text.rsplit("\n", 1)[0]) == {"setup_s": 2.25, "setup_cpu_s": 1.5}
+    jax_line = job.JAX_PROGRAMS.format(programs=105, trace=4.55, lower=2.875, compile=2.08)
+    assert job.job_timing(text.replace("epoch 1", jax_line)) == {
+        "setup_s": 2.25, "setup_cpu_s": 1.5, "wall_s": 10.01, "cpu_s": 17.25, "programs": 105,
+        "trace_s": 4.55, "lower_s": 2.88, "compile_s": 2.08}
     before = job.process_wall_s()
     time.sleep(0.2)
     assert job.process_wall_s() - before >= 0.2 and job.process_cpu_s() > 0
+
+
+def test_jax_programs_line_counts_each_new_program_once():
+    """After `watch_jax_programs` (which a JAX job's set-up calls), a program JAX makes for the
+    first time adds one program and its seconds; running it again adds nothing."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    job.watch_jax_programs()
+    job.watch_jax_programs()                              # once per process: no double count
+    counted = job.job_timing(job.jax_programs_line())
+    program = jax.jit(lambda x: jnp.cumsum(jnp.sin(x) * 3.0) - 0.5)
+    program(np.ones(17, np.float32)).block_until_ready()       # numpy inputs: no program
+    first = job.job_timing(job.jax_programs_line())
+    program(np.zeros(17, np.float32)).block_until_ready()
+    again = job.job_timing(job.jax_programs_line())
+    assert first["programs"] == counted["programs"] + 1, (counted, first)
+    assert first["trace_s"] + first["lower_s"] > counted["trace_s"] + counted["lower_s"]
+    assert again == first
 
 
 def test_atomic_write_removes_the_temporary_files_of_a_killed_writer(tmp_path):

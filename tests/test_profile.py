@@ -22,6 +22,13 @@ def test_dag_profile_accounts_for_every_job_and_a_chain_of_the_dag(run, tmp_path
         assert row["cpu_s"] > 0 and 0 < row["setup_s"] < row["wall_s"]
         assert row["rule"] in proc.stdout
     assert {"train", "predict", "attribute", "compile_dataset"} <= {r["rule"] for r in data["rules"]}
+    # JAX jobs count the programs they made and the seconds spent making them; others none
+    rows = {row["rule"]: row for row in data["rules"]}
+    for rule in ("train", "predict", "attribute"):
+        assert rows[rule]["programs"] >= rows[rule]["jobs"], rows[rule]
+        assert 0 < rows[rule]["trace_lower_s"] + rows[rule]["compile_s"] < rows[rule]["wall_s"]
+    assert rows["compile_dataset"]["programs"] == 0
+    assert total["programs"] == sum(row["programs"] for row in data["rules"])
 
     path = data["critical_path"]
     for before, after in zip(path, path[1:]):

@@ -20,12 +20,15 @@ Every job keeps XLA's compiled programs in JAX's persistent compilation cache
 (`compilation_cache_dir`): a job that compiles what an earlier job compiled loads it instead.
 
 Every log line carries the seconds since the job's process started; the set-up's last line
-(SET_UP) gives the start-up time and CPU seconds, the last line (DONE) the job's own, which
-bench/dag_profile.py reads (`job_timing`). Only logs carry times: no output file does.
+(SET_UP) gives the start-up time and CPU seconds, the last line (DONE) the job's own, and in a
+job that runs JAX the line before it (JAX_PROGRAMS) how many programs JAX made and how long it
+spent tracing, lowering and compiling them; bench/dag_profile.py reads them (`job_timing`).
+Only logs carry times: no output file does.
 """
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import platform
@@ -39,13 +42,25 @@ from pathlib import Path
 DEVICES = ("cpu", "gpu", "auto")
 ALLOW_CPU_AS_GPU = "STARGRAD_ALLOW_CPU_AS_GPU"
 EIGEN_FLAG = "--xla_cpu_multi_thread_eigen=false"
-#: The set-up's last log line and the job's last one: wall and CPU seconds since the process
-#: started (CPU: this process and its finished children).
 CACHE_ENV = "STARGRAD_COMPILATION_CACHE"
 #: Compilations shorter than this (s) are not written to the cache (JAX's default is 1 s).
 CACHE_MIN_COMPILE_S = 0.1
+#: The set-up's last log line and the job's last one: wall and CPU seconds since the process
+#: started (CPU: this process and its finished children).
 SET_UP = "set up after {wall:.2f} s, {cpu:.2f} s CPU"
 DONE = "done after {wall:.2f} s, {cpu:.2f} s CPU"
+#: A JAX job's line before DONE: the programs it made (each jitted function per argument shapes,
+#: and each operation run outside one) and the wall seconds of the three steps before a program
+#: runs. The compilation cache saves only the last.
+JAX_PROGRAMS = ("JAX programs: {programs}, tracing {trace:.2f} s, lowering {lower:.2f} s, "
+                "compiling or loading {compile:.2f} s")
+_JAX_PROGRAMS_PATTERN = re.compile(r"JAX programs: (\d+), tracing ([\d.]+) s, lowering "
+                                   r"([\d.]+) s, compiling or loading ([\d.]+) s")
+#: jax.monitoring's duration events of those steps.
+_JAX_STEPS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
+              "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
+              "/jax/core/compile/backend_compile_duration": "compile"}
+_jax_counts = {"programs": 0, **dict.fromkeys(_JAX_STEPS.values(), 0.0)}
 _IMPORTED = time.monotonic()
 
 
@@ -132,6 +147,7 @@ def check_device(device: str, log) -> str:
     platform ("cpu", "gpu", ...)."""
     import jax
 
+    watch_jax_programs()
     platform = jax.default_backend()
     log(f"JAX {jax.__version__}: backend {platform}, devices {jax.devices()}")
     if device == "gpu" and platform != "gpu":
@@ -145,6 +161,25 @@ def check_device(device: str, log) -> str:
                               f"the CUDA build of jaxlib (envs/stargrad-cuda.yaml) or set "
                               f"device: cpu or auto")
     return platform
+
+
+@functools.cache
+def watch_jax_programs() -> None:
+    """Count, from now on, the programs JAX makes in this process and the seconds of each step
+    (`jax_programs_line`)."""
+    from jax import monitoring
+
+    def record(event, duration, **_):
+        step = _JAX_STEPS.get(event)
+        if step is not None:
+            _jax_counts[step] += duration
+            _jax_counts["programs"] += step == "compile"
+    monitoring.register_event_duration_secs_listener(record)
+
+
+def jax_programs_line() -> str:
+    """JAX_PROGRAMS filled in with what `watch_jax_programs` counted."""
+    return JAX_PROGRAMS.format(**_jax_counts)
 
 
 def check_library(workflow_src: Path | None, log) -> None:
@@ -184,14 +219,20 @@ def process_cpu_s() -> float:
 
 
 def job_timing(log_text: str) -> dict:
-    """{"setup_s", "setup_cpu_s", "wall_s", "cpu_s"} from a job log's SET_UP and DONE lines
-    (the keys of the lines it has)."""
+    """{"setup_s", "setup_cpu_s", "wall_s", "cpu_s"} from a job log's SET_UP and DONE lines and
+    {"programs", "trace_s", "lower_s", "compile_s"} from its JAX_PROGRAMS line (the keys of the
+    lines it has)."""
     found = {}
     for line, wall, cpu in ((SET_UP, "setup_s", "setup_cpu_s"), (DONE, "wall_s", "cpu_s")):
         pattern = re.escape(line.split("{")[0]) + r"([\d.]+) s, ([\d.]+) s CPU"
         match = re.search(pattern, log_text)
         if match:
             found[wall], found[cpu] = float(match.group(1)), float(match.group(2))
+    match = _JAX_PROGRAMS_PATTERN.search(log_text)
+    if match:
+        found["programs"] = int(match.group(1))
+        found.update({f"{step}_s": float(value) for step, value
+                      in zip(_JAX_STEPS.values(), match.groups()[1:])})
     return found
 
 
@@ -245,4 +286,6 @@ def rule_job(snakemake):
             check_device(device, log)
         log(SET_UP.format(wall=process_wall_s(), cpu=process_cpu_s()))
         yield log
+        if device is not None:
+            log(jax_programs_line())
         log(DONE.format(wall=process_wall_s(), cpu=process_cpu_s()))

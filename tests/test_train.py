@@ -311,6 +311,11 @@ def test_bad_inputs_give_clear_errors():
         train.fit(model, {**tr, "y_err": tr["y_err"][:, :1]}, va, cfg, 0, **QUIET)
     with pytest.raises(ValueError, match="lacks valid"):
         train.fit(model, {k: v for k, v in tr.items() if k != "valid"}, va, cfg, 0, **QUIET)
+    for wrong in (lambda p, b, k: model.loss(p, b, k)[0],                 # no metrics
+                  lambda p, b, k: (model.loss(p, b, k)[0] * jnp.ones(2), {}),   # not a scalar
+                  lambda p, b, k: (model.loss(p, b, k)[0], {"loss": 0.0})):     # a metric 'loss'
+        with pytest.raises(TypeError, match=r"model.loss must return \(scalar, \{name: scalar"):
+            train.fit(model._replace(loss=wrong), tr, va, cfg, 0, **QUIET)
 
 
 def test_train_config_from_dict():

@@ -114,15 +114,21 @@ def _check_compatible(train: dict, valid: dict) -> None:
                              f"valid[{name!r}] rows {valid[name].shape[1:]}")
 
 
-def _check_loss_output(model, params, batch, key) -> None:
-    """Fail early and clearly if `model.loss` does not return (scalar, {name: scalar})."""
-    out = jax.eval_shape(model.loss, params, batch, key)
-    ok = (isinstance(out, tuple) and len(out) == 2 and getattr(out[0], "shape", None) == ()
-          and isinstance(out[1], dict)
-          and all(getattr(v, "shape", None) == () and k != "loss" for k, v in out[1].items()))
-    if not ok:
-        raise TypeError(f"model.loss must return (scalar, {{name: scalar}}) with no metric named "
-                        f"'loss'; got {out}")
+def _checked_loss(loss):
+    """`loss` that fails clearly, while JAX traces it (before any step runs), unless it returns
+    (scalar, {name: scalar}) with no metric named 'loss'. Checked in the traces that training
+    makes anyway: a trace of its own took as long as a small model's whole training step."""
+    def checked(params, batch, key):
+        out = loss(params, batch, key)
+        ok = (isinstance(out, tuple) and len(out) == 2 and getattr(out[0], "shape", None) == ()
+              and isinstance(out[1], dict)
+              and all(getattr(v, "shape", None) == () and k != "loss" for k, v in out[1].items()))
+        if not ok:
+            shapes = jax.tree.map(lambda v: getattr(v, "shape", type(v).__name__), out)
+            raise TypeError(f"model.loss must return (scalar, {{name: scalar}}) with no metric "
+                            f"named 'loss'; got shapes {shapes}")
+        return out
+    return checked
 
 
 def _as_key(key, seed: int):
@@ -168,8 +174,10 @@ def make_evaluator(model, data: dict, batch_size: int):
     batch_size = min(batch_size, len(data["y"]))
     full, rest, n_rest = _split_batches(jax.device_put(data), batch_size)
 
+    loss = _checked_loss(model.loss)
+
     def batch_loss(params, batch):
-        return model.loss(params, batch, None)
+        return loss(params, batch, None)
 
     full_loss = jax.jit(lambda params, batches: lax.map(lambda b: batch_loss(params, b), batches))
     rest_loss = jax.jit(batch_loss)
@@ -215,7 +223,7 @@ def _make_epoch(model, tx, data: dict, batch_size: int, drop_last: bool):
     n = len(data["y"])
     n_full, n_rest = divmod(n, batch_size)
     n_rest = 0 if drop_last else n_rest
-    grad_fn = jax.value_and_grad(model.loss, has_aux=True)
+    grad_fn = jax.value_and_grad(_checked_loss(model.loss), has_aux=True)
 
     def step(params, opt_state, batch, key):
         (loss, metrics), grads = grad_fn(params, batch, key)
@@ -402,8 +410,6 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
     tx = _optimizer(cfg)
     params = (model.init(init_key) if model.init_data is None
               else model.init_data(train, init_key))
-    first = {k: a[:batch_size] for k, a in train.items()}
-    _check_loss_output(model, params, first, init_key)
     opt_state = tx.init(params)
     best_params, sched, history = params, _fresh_schedule(cfg), []
 

@@ -35,6 +35,7 @@ import platform
 import re
 import resource
 import socket
+import string
 import time
 import traceback
 from pathlib import Path
@@ -54,8 +55,6 @@ DONE = "done after {wall:.2f} s, {cpu:.2f} s CPU"
 #: runs. The compilation cache saves only the last.
 JAX_PROGRAMS = ("JAX programs: {programs}, tracing {trace:.2f} s, lowering {lower:.2f} s, "
                 "compiling or loading {compile:.2f} s")
-_JAX_PROGRAMS_PATTERN = re.compile(r"JAX programs: (\d+), tracing ([\d.]+) s, lowering "
-                                   r"([\d.]+) s, compiling or loading ([\d.]+) s")
 #: jax.monitoring's duration events of those steps.
 _JAX_STEPS = {"/jax/core/compile/jaxpr_trace_duration": "trace",
               "/jax/core/compile/jaxpr_to_mlir_module_duration": "lower",
@@ -143,8 +142,8 @@ def where_it_runs(threads: int | None = None) -> str:
 
 
 def check_device(device: str, log) -> str:
-    """Import JAX, log the backend and devices it uses, and enforce `device`; returns the
-    platform ("cpu", "gpu", ...)."""
+    """Import JAX, start counting its programs (`watch_jax_programs`), log the backend and
+    devices it uses, and enforce `device`; returns the platform ("cpu", "gpu", ...)."""
     import jax
 
     watch_jax_programs()
@@ -218,21 +217,30 @@ def process_cpu_s() -> float:
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
 
 
+def _line_pattern(template: str) -> re.Pattern:
+    """A regex of the lines `template` writes, one named group per (numeric) field."""
+    return re.compile("".join(re.escape(text) + (rf"(?P<{field}>[\d.]+)" if field else "")
+                              for text, field, _, _ in string.Formatter().parse(template)))
+
+
+#: Each timing line's pattern and the `job_timing` key of each of its fields.
+_TIMING_LINES = (
+    (_line_pattern(SET_UP), {"wall": "setup_s", "cpu": "setup_cpu_s"}),
+    (_line_pattern(DONE), {"wall": "wall_s", "cpu": "cpu_s"}),
+    (_line_pattern(JAX_PROGRAMS), {"programs": "programs", "trace": "trace_s",
+                                   "lower": "lower_s", "compile": "compile_s"}))
+
+
 def job_timing(log_text: str) -> dict:
     """{"setup_s", "setup_cpu_s", "wall_s", "cpu_s"} from a job log's SET_UP and DONE lines and
     {"programs", "trace_s", "lower_s", "compile_s"} from its JAX_PROGRAMS line (the keys of the
     lines it has)."""
     found = {}
-    for line, wall, cpu in ((SET_UP, "setup_s", "setup_cpu_s"), (DONE, "wall_s", "cpu_s")):
-        pattern = re.escape(line.split("{")[0]) + r"([\d.]+) s, ([\d.]+) s CPU"
-        match = re.search(pattern, log_text)
+    for pattern, keys in _TIMING_LINES:
+        match = pattern.search(log_text)
         if match:
-            found[wall], found[cpu] = float(match.group(1)), float(match.group(2))
-    match = _JAX_PROGRAMS_PATTERN.search(log_text)
-    if match:
-        found["programs"] = int(match.group(1))
-        found.update({f"{step}_s": float(value) for step, value
-                      in zip(_JAX_STEPS.values(), match.groups()[1:])})
+            found.update({keys[field]: (int if field == "programs" else float)(value)
+                          for field, value in match.groupdict().items()})
     return found
 
 

@@ -169,6 +169,26 @@ def test_drop_last_skips_the_partial_batch():
     assert moved[False] == pytest.approx(0.3, abs=0.03)
 
 
+
+def test_fit_makes_as_many_programs_for_many_layers_as_for_one():
+    """Initialisation, optimizer state and batching run as fixed programs: an MLP of 7 layers
+    of distinct shapes makes no more XLA programs than one of 2 (each eager jnp call on a new
+    shape would compile a program of its own, seconds for the censored BCNN's ~100 arrays)."""
+    from jax import monitoring
+    traced = []
+    monitoring.register_event_duration_secs_listener(
+        lambda event, _, **kw: traced.append(kw.get("fun_name"))
+        if event == "/jax/core/compile/jaxpr_trace_duration" else None)
+    tr, va = regression_data(seed=5, n_train=77, n_valid=21, p=5)   # shapes of no other test
+    cfg = train.TrainConfig(learning_rate=1e-3, batch_size=16, max_epochs=2)
+    programs = {}
+    for hidden in ([7], [9], [9, 10, 11, 12, 13, 14]):     # the first compiles the shared ones
+        before = len(traced)
+        train.fit(models.build("mlp", n_inputs=5, n_outputs=2, hidden=hidden), tr, va, cfg, 0,
+                  **QUIET)
+        programs[len(hidden)] = traced[before:]
+    assert len(programs[6]) == len(programs[1]), programs
+
 RESUME_CFG = train.TrainConfig(batch_size=16, max_epochs=4, learning_rate=3e-2, plateau_patience=1)
 
 

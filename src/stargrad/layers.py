@@ -67,21 +67,22 @@ def init_params(key, layout):
     k_normal, k_uniform = jax.random.split(key)
     pools = {"normal": jax.random.normal(k_normal, (sizes["normal"],)),
              "uniform": jax.random.uniform(k_uniform, (sizes["uniform"],), minval=-1.0)}
-    # Called eagerly (as `train.fit` does), carve the pools in numpy: each jnp slice of a new
-    # shape would compile its own XLA program (seconds for the censored model's ~100 arrays).
-    xp = jnp if isinstance(pools["normal"], jax.core.Tracer) else np
+    # Called eagerly (as `train.fit` does), carve the pools in numpy and put each array on the
+    # device as it is: each jnp slice, or jnp.asarray, of a new shape would compile its own XLA
+    # program (seconds for the censored model's ~100 arrays).
+    traced = isinstance(pools["normal"], jax.core.Tracer)
+    xp, put = (jnp, jnp.asarray) if traced else (np, jax.device_put)
     pools = {kind: xp.asarray(pool) for kind, pool in pools.items()}
     used = {"normal": 0, "uniform": 0}
     out = []
     for leaf in leaves:
         size = math.prod(leaf.shape)
         if leaf.kind == "zeros":
-            out.append(jnp.asarray(xp.zeros(leaf.shape, np.float32)))
+            out.append(put(xp.zeros(leaf.shape, np.float32)))
             continue
         start = used[leaf.kind]
         used[leaf.kind] = start + size
-        out.append(jnp.asarray(
-            leaf.scale * pools[leaf.kind][start:start + size].reshape(leaf.shape)))
+        out.append(put(leaf.scale * pools[leaf.kind][start:start + size].reshape(leaf.shape)))
     return jax.tree.unflatten(treedef, out)
 
 

@@ -172,7 +172,8 @@ def make_evaluator(model, data: dict, batch_size: int):
     """Return `evaluate(params) -> (loss, {metric: value})`, the star-weighted mean of
     `model.loss(params, batch, None)` over fixed (unshuffled) batches of `data`."""
     batch_size = min(batch_size, len(data["y"]))
-    full, rest, n_rest = _split_batches(jax.device_put(data), batch_size)
+    full, rest, n_rest = _split_batches(data, batch_size)    # sliced before going to the device:
+    full, rest = jax.device_put((full, rest))               # no XLA program for each slice
 
     loss = _checked_loss(model.loss)
 
@@ -408,9 +409,11 @@ def fit(model, train: dict, valid: dict, cfg: TrainConfig, key=None, *,
         log(f"train has {n_train} stars, fewer than batch_size={cfg.batch_size}: "
             f"one batch of {n_train} per epoch")
     tx = _optimizer(cfg)
-    params = (model.init(init_key) if model.init_data is None
+    # One program each for the initial parameters and the optimizer state, rather than one
+    # per parameter shape for every eager jnp call in them.
+    params = (jax.jit(model.init)(init_key) if model.init_data is None
               else model.init_data(train, init_key))
-    opt_state = tx.init(params)
+    opt_state = jax.jit(tx.init)(params)
     best_params, sched, history = params, _fresh_schedule(cfg), []
 
     meta = {"format": 2, "config": cfg.to_dict(),

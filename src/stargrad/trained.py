@@ -8,7 +8,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from . import models, params_io
@@ -31,7 +30,7 @@ def load_trained(model_dir):
     norm = Normalizer.from_json(json.loads((model_dir / "norm.json").read_text()))
     task = Task(meta["task"], meta["dataset"], tuple(meta["labels"]), meta["kind"])
     model = build_model({"family": meta["family"], "hyper": meta["hyper"]}, task)
-    params = jax.tree_util.tree_map(jnp.asarray, params_io.load_params(model_dir / "params.npz"))
+    params = jax.device_put(params_io.load_params(model_dir / "params.npz"))
     return model, params, norm, meta
 
 

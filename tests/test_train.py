@@ -189,6 +189,7 @@ def test_fit_makes_as_many_programs_for_many_layers_as_for_one():
         programs[len(hidden)] = traced[before:]
     assert len(programs[6]) == len(programs[1]), programs
 
+
 RESUME_CFG = train.TrainConfig(batch_size=16, max_epochs=4, learning_rate=3e-2, plateau_patience=1)
 
 

@@ -67,9 +67,9 @@ def init_params(key, layout):
     k_normal, k_uniform = jax.random.split(key)
     pools = {"normal": jax.random.normal(k_normal, (sizes["normal"],)),
              "uniform": jax.random.uniform(k_uniform, (sizes["uniform"],), minval=-1.0)}
-    # Called eagerly (as `train.fit` does), carve the pools in numpy and put each array on the
-    # device as it is: each jnp slice, or jnp.asarray, of a new shape would compile its own XLA
-    # program (seconds for the censored model's ~100 arrays).
+    # Called eagerly (`train.fit` jits `init`, a family's `init_data` may not), carve the pools
+    # in numpy and put each array on the device as it is: each jnp slice, or jnp.asarray, of a
+    # new shape would compile its own XLA program (seconds for the censored model's ~100 arrays).
     traced = isinstance(pools["normal"], jax.core.Tracer)
     xp, put = (jnp, jnp.asarray) if traced else (np, jax.device_put)
     pools = {kind: xp.asarray(pool) for kind, pool in pools.items()}

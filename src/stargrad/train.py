@@ -172,8 +172,9 @@ def make_evaluator(model, data: dict, batch_size: int):
     """Return `evaluate(params) -> (loss, {metric: value})`, the star-weighted mean of
     `model.loss(params, batch, None)` over fixed (unshuffled) batches of `data`."""
     batch_size = min(batch_size, len(data["y"]))
-    full, rest, n_rest = _split_batches(data, batch_size)    # sliced before going to the device:
-    full, rest = jax.device_put((full, rest))               # no XLA program for each slice
+    # sliced before going to the device: no XLA program for each slice
+    full, rest, n_rest = _split_batches(data, batch_size)
+    full, rest = jax.device_put((full, rest))
 
     loss = _checked_loss(model.loss)
 

@@ -110,6 +110,23 @@ def test_several_starts_keep_the_least_chi2():
                                                          n_iter=31)["value"][0], atol=1e-4)
 
 
+def test_iterations_return_the_terms_at_their_labels_for_the_next_ones_to_start_from():
+    labels, x, inv_var = stars(curved_flux, 1, seed=9)
+    objective = solver.flux_objective(curved_flux, jnp.asarray(x[0]), jnp.asarray(inv_var[0]))
+    free = jnp.ones(N_LABELS, bool)
+    starts = jnp.asarray(np.stack([labels[0] + 0.2, labels[0] - 0.3]))
+    best, terms = solver.best_of_starts(objective, starts, free, 2)
+    for got, want in zip(terms, objective(best)):       # not the other start's, not a trial's
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    # going on from the terms at the labels is going on from the labels: the same steps
+    given = solver.levenberg_marquardt(objective, best, free, 3, terms=objective(best))
+    evaluated = solver.levenberg_marquardt(objective, best, free, 3)
+    for got, want in zip(jax.tree.leaves(given), jax.tree.leaves(evaluated)):
+        np.testing.assert_array_equal(got, want)
+    far = solver.levenberg_marquardt(objective, best, free, 3, terms=objective(starts[0]))
+    assert not np.allclose(far[0], evaluated[0], rtol=1e-3)    # the terms are what it starts from
+
+
 def readout_model(seed: int):
     """A read-out model f = Θ v(ℓ): tanh features of the labels and a constant, random Θ;
     returns (Θ, v, f)."""
@@ -180,6 +197,39 @@ def test_readout_steps_from_an_approximate_gram_reach_the_exact_optimum():
     slow = approximate(3, 1000.0)
     assert not slow["converged"].any()
     assert np.abs(slow["value"] - exact["value"]).max() > 1e-2
+
+
+def test_chord_polish_keeps_value_and_gradient_exact_and_reaches_the_optimum():
+    """The chord objective returns the H it is given at every labels, with the value and
+    gradient of the full one; a polish of chord iterations from the best start's H ends where
+    the full iterations do, and differs from them on the way."""
+    theta, features, flux = readout_model(13)
+    labels, x, inv_var = stars(flux, 3, seed=14, noise=0.02)
+    gram = solver.weighted_gram(theta, jnp.asarray(inv_var[0]))
+    full = solver.readout_objective(theta, gram, features, x[0], inv_var[0], 0.5, 0.1)
+    fixed = jnp.asarray(np.diag([3.0, 2.0, 1.0]), jnp.float32)
+    chord = solver.readout_objective(theta, gram, features, x[0], inv_var[0], 0.5, 0.1, h=fixed)
+    for at in (labels[0], labels[0] + 0.3):
+        want, got = full(jnp.asarray(at)), chord(jnp.asarray(at))
+        np.testing.assert_array_equal(got[1], fixed)
+        for k in (0, 3):
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5,
+                                       atol=1e-5 * float(jnp.abs(want[k]).max()))
+
+    def solve(n_polish, chord_polish):
+        def one(xs, ws, ss):
+            gram = solver.weighted_gram(theta, ws)
+            objective = solver.readout_objective(theta, gram, features, xs, ws)
+            polish = (lambda terms: solver.readout_objective(theta, gram, features, xs, ws,
+                                                             h=terms[1])) if chord_polish else None
+            return solver.solve_star(flux, xs, ws, ss, n_iter=2, n_polish=n_polish,
+                                     objective=objective, polish_objective=polish)
+        return np.asarray(jax.jit(jax.vmap(one))(x, inv_var, labels[:, None] + 0.2))
+
+    np.testing.assert_allclose(solve(30, True), solve(30, False), atol=1e-4)
+    # its first step is the full one's (same H, same g); the next ones keep the old H
+    np.testing.assert_array_equal(solve(1, True), solve(1, False))
+    assert not np.array_equal(solve(3, True), solve(3, False))
 
 
 def test_implicit_jacobian_equals_unrolled():

@@ -20,9 +20,11 @@ evaluation and S = 0; the Cannon builds its own, O(T²) per evaluation, in model
 Iterations (`levenberg_marquardt`): δ solves (H + λ diag H) δ = g in Jacobi-scaled form (labels
 differ by orders of magnitude in how well the flux constrains them: Teff in K, abundances in
 dex), the trial ℓ + δ is clipped to the box and kept if it lowers the objective; λ starts at
-LM_DAMPING, ÷10 on an accepted step and ×10 on a rejected one (within DAMPING_RANGE). A fixed number of iterations, so
-everything jits and vmaps over stars. `best_of_starts` runs them from several starts and keeps
-the one of least objective.
+LM_DAMPING, ÷10 on an accepted step and ×10 on a rejected one (within DAMPING_RANGE). A fixed
+number of iterations, so everything jits and vmaps over stars. `best_of_starts` runs them from
+several starts and keeps the one of least objective; they return the objective's terms at their
+labels, for a polish to go on from without evaluating them again. A polish may take a fixed
+Gauss-Newton matrix (chord iterations: `readout_objective`'s `h`), as the Payne's does.
 
 Convergence (`converged`): the Newton decrement gᵀH⁻¹g over the labels not held at a bound
 (the objective's predicted further decrease, χ² units) is below `tol` and the objective finite.
@@ -213,43 +215,44 @@ def _inside(free, labels, g, lower, upper):
 
 
 def levenberg_marquardt(objective: Callable, start, free, n_iter: int, *, newton: bool = False,
-                        lower=None, upper=None):
-    """Labels (K,) and objective value after `n_iter` Levenberg-Marquardt iterations from
-    `start`; only `free` labels move, and stay inside [lower, upper] (None: unbounded): a label
-at a bound whose gradient points out of the box is held there for the step.
+                        lower=None, upper=None, terms=None):
+    """Labels (K,) and the objective's terms (value, H, S, g) at them after `n_iter`
+    Levenberg-Marquardt iterations from `start` (`terms`: the objective's terms at `start`, when
+    the caller has them); only `free` labels move, and stay inside [lower, upper] (None:
+    unbounded): a label at a bound whose gradient points out of the box is held there for the
+    step.
 
     Steps solve (H + λ diag H) δ = g (Gauss-Newton), or with `newton` (H + S + λ diag H) δ = g:
     far from the optimum H + S can be indefinite and Gauss-Newton is the robust choice, but
     near it the model misfit can make S comparable to H, where Newton converges quadratically
     and Gauss-Newton only linearly."""
-    obj, h, curv, g = objective(start)
+    terms = objective(start) if terms is None else terms
     use_curv = 1.0 if newton else 0.0
 
     def step(state, _):
-        labels, obj, h, curv, g, damping = state
+        labels, (obj, h, curv, g), damping = state
         delta = scaled_solve(h + use_curv * curv, g, _inside(free, labels, g, lower, upper),
                              damping, scale=h)
         trial = _clip(labels + delta, lower, upper)
-        obj_t, h_t, curv_t, g_t = objective(trial)
-        better = obj_t < obj
+        trial_terms = objective(trial)
+        better = trial_terms[0] < obj
         pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
-        return (pick(trial, labels), pick(obj_t, obj), pick(h_t, h), pick(curv_t, curv),
-                pick(g_t, g), jnp.clip(jnp.where(better, damping * 0.1, damping * 10.0),
-                                       *DAMPING_RANGE)), None
+        return (pick(trial, labels), jax.tree.map(pick, trial_terms, (obj, h, curv, g)),
+                jnp.clip(jnp.where(better, damping * 0.1, damping * 10.0),
+                         *DAMPING_RANGE)), None
 
-    damping = jnp.asarray(LM_DAMPING, obj.dtype)
-    (labels, obj, *_), _ = lax.scan(step, (start, obj, h, curv, g, damping), None,
-                                    length=n_iter)
-    return labels, obj
+    damping = jnp.asarray(LM_DAMPING, terms[0].dtype)
+    (labels, terms, _), _ = lax.scan(step, (start, tuple(terms), damping), None, length=n_iter)
+    return labels, terms
 
 
 def best_of_starts(objective: Callable, starts, free, n_iter: int, *, lower=None, upper=None):
-    """(labels (K,), objective) of the least objective after `n_iter` iterations from each row of
-    `starts` (S, K) (clipped to the box first)."""
-    labels, objs = jax.vmap(lambda s: levenberg_marquardt(
+    """(labels (K,), the objective's terms at them) of the least objective after `n_iter`
+    iterations from each row of `starts` (S, K) (clipped to the box first)."""
+    labels, terms = jax.vmap(lambda s: levenberg_marquardt(
         objective, _clip(s, lower, upper), free, n_iter, lower=lower, upper=upper))(starts)
-    best = jnp.argmin(jnp.where(jnp.isfinite(objs), objs, jnp.inf))
-    return labels[best], objs[best]
+    best = jnp.argmin(jnp.where(jnp.isfinite(terms[0]), terms[0], jnp.inf))
+    return labels[best], jax.tree.map(lambda t: t[best], terms)
 
 
 def converged(terms, labels, free, lower=None, upper=None, tol: float = CONVERGENCE_TOL):
@@ -329,7 +332,7 @@ def flux_objective(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0
 
 
 def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.0,
-                      prior_mean=0.0):
+                      prior_mean=0.0, h=None):
     """`flux_objective` for a flux model that is a linear read-out Θ v(ℓ) of features v =
     `features(labels)` (T,), Θ (P, T) (the Payne's last layer with its bias as a column of
     ones), with the Gauss-Newton matrix H = DᵀMD + I/τ² from a Gram matrix M (T, T) and
@@ -341,16 +344,28 @@ def readout_objective(theta, gram, features: Callable, x, inv_var, prior_prec=0.
     definite M (an approximation, e.g. a Gram of typical weights scaled to the star) changes the
     steps only: value and gradient are exact, so the iterations stop at the same optimum, and
     the covariance and convergence test must then come from an exact H (`solve_star`, then
-    `fit_summary` of `flux_objective`)."""
-    def objective(labels):
-        d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
+    `fit_summary` of `flux_objective`). So does a fixed `h` (K, K), returned as H at every
+    labels (chord iterations, e.g. with the H of where they start): D is then not formed, and g
+    comes from one vector-Jacobian product of the features."""
+    def gradient_terms(labels, v):
         resid = x - v @ theta.T       # not theta @ v: vmapped, that lands pixels-first
         w_resid = inv_var * resid
         offset = labels - prior_mean
-        h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
         value = jnp.dot(resid, w_resid) + prior_prec * jnp.dot(offset, offset)
-        return value, h, jnp.zeros_like(h), d.T @ (w_resid @ theta) - prior_prec * offset
-    return objective
+        return value, w_resid @ theta, prior_prec * offset
+
+    def objective(labels):
+        d, v = jax.jacfwd(lambda ell: (features(ell), features(ell)), has_aux=True)(labels)
+        value, readout_grad, prior_grad = gradient_terms(labels, v)
+        h = d.T @ (gram @ d) + prior_prec * jnp.eye(labels.shape[0], dtype=d.dtype)
+        return value, h, jnp.zeros_like(h), d.T @ readout_grad - prior_grad
+
+    def chord_objective(labels):
+        v, vjp = jax.vjp(features, labels)
+        value, readout_grad, prior_grad = gradient_terms(labels, v)
+        return value, h, jnp.zeros_like(h), vjp(readout_grad)[0] - prior_grad
+
+    return objective if h is None else chord_objective
 
 
 def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.0):
@@ -364,21 +379,24 @@ def flux_optimality(flux_fn: Callable, x, inv_var, prior_prec=0.0, prior_mean=0.
 
 def solve_star(flux_fn: Callable, x, inv_var, starts, *, n_iter: int, n_polish: int = 0,
                lower=None, upper=None, prior_prec=0.0, prior_mean=0.0, implicit: bool = True,
-               objective: Callable | None = None):
+               objective: Callable | None = None, polish_objective: Callable | None = None):
     """Labels (K,) of one star (x, inv_var (P,)) under `flux_fn`: `n_iter` iterations from each
     row of `starts` (S, K), then `n_polish` more from the best only. With `implicit`, they are
     differentiated through the optimality condition (else through the iterations).
     `objective` replaces `flux_objective` of the same star and prior in the iterations (e.g.
-    `readout_objective`); the implicit derivative always comes from `flux_fn`."""
+    `readout_objective`), `polish_objective(terms)` it in the polish, given the objective's
+    terms at the best start's labels (e.g. a chord `readout_objective` with their H); the
+    implicit derivative always comes from `flux_fn`."""
     if objective is None:
         objective = flux_objective(flux_fn, x, inv_var, prior_prec, prior_mean)
     free = jnp.ones(starts.shape[-1], bool)
 
     def solve(_):
-        best = best_of_starts(objective, starts, free, n_iter, lower=lower, upper=upper)[0]
+        best, terms = best_of_starts(objective, starts, free, n_iter, lower=lower, upper=upper)
         if n_polish:
-            best = levenberg_marquardt(objective, best, free, n_polish, lower=lower,
-                                       upper=upper)[0]
+            polish = objective if polish_objective is None else polish_objective(terms)
+            best = levenberg_marquardt(polish, best, free, n_polish, lower=lower, upper=upper,
+                                       terms=terms)[0]
         return best
 
     if not implicit:

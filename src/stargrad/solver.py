@@ -230,14 +230,15 @@ def levenberg_marquardt(objective: Callable, start, free, n_iter: int, *, newton
     use_curv = 1.0 if newton else 0.0
 
     def step(state, _):
-        labels, (obj, h, curv, g), damping = state
+        labels, terms, damping = state
+        obj, h, curv, g = terms
         delta = scaled_solve(h + use_curv * curv, g, _inside(free, labels, g, lower, upper),
                              damping, scale=h)
         trial = _clip(labels + delta, lower, upper)
         trial_terms = objective(trial)
         better = trial_terms[0] < obj
         pick = lambda new, old: jnp.where(better, new, old)  # noqa: E731
-        return (pick(trial, labels), jax.tree.map(pick, trial_terms, (obj, h, curv, g)),
+        return (pick(trial, labels), jax.tree.map(pick, tuple(trial_terms), terms),
                 jnp.clip(jnp.where(better, damping * 0.1, damping * 10.0),
                          *DAMPING_RANGE)), None
 
